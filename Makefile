@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both create .venv first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export ENSEMBLE_PLATFORM_HOME ?= $(CURDIR)/.ensemble_platform
+export DAGSTER_HOME := $(ENSEMBLE_PLATFORM_HOME)/dagster
+# Keep BLAS from oversubscribing the two cores alongside the models' own n_jobs.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install demo test ui mlflow-ui bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/ensemble-platform demo
+
+test: install
+	$(BIN)/pytest
+
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	@echo "MLflow UI on the same store: make mlflow-ui"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster dev -w workspace.yaml
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ENSEMBLE_PLATFORM_HOME)/mlflow/mlflow.db \
+		--default-artifact-root $(ENSEMBLE_PLATFORM_HOME)/mlflow/artifacts
+
+bench: install
+	$(BIN)/python bench/bench_lifecycle.py
+
+clean:
+	rm -rf $(ENSEMBLE_PLATFORM_HOME)

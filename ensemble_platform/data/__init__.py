@@ -1,0 +1,1 @@
+"""Dataset specs, loading, schema inference, validation and splitting."""

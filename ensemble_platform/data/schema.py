@@ -1,0 +1,62 @@
+"""Feature schema inferred from the data: which columns are numeric, which categorical."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from ensemble_platform.data.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The model inputs: numeric and categorical feature columns, and categories seen."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sensitive: tuple[str, ...] = ()
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def feature_columns(table: pd.DataFrame, spec: DatasetSpec) -> list[str]:
+    excluded = {spec.target, *spec.drop}
+    if not spec.use_sensitive_as_features:
+        excluded |= set(spec.sensitive)
+    return [c for c in table.columns if c not in excluded]
+
+
+def infer_schema(table: pd.DataFrame, spec: DatasetSpec) -> FeatureSchema:
+    numeric: list[str] = []
+    categorical: list[str] = []
+    for column in feature_columns(table, spec):
+        declared_categorical = column in spec.categorical
+        is_number = pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(
+            table[column]
+        )
+        if column in spec.numeric or (is_number and not declared_categorical):
+            numeric.append(column)
+        else:
+            categorical.append(column)
+    categories = {
+        c: tuple(sorted(map(str, table[c].dropna().unique()))) for c in categorical
+    }
+    return FeatureSchema(tuple(numeric), tuple(categorical), categories, tuple(spec.sensitive))
+
+
+def as_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Feature columns with categoricals as text, so every member sees the same encoding input."""
+    frame = table[schema.features].copy()
+    for column in schema.categorical:
+        frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
+        frame[column] = frame[column].map(lambda v: None if v is None else str(v))
+    for column in schema.numeric:
+        frame[column] = pd.to_numeric(frame[column]).astype("float64")
+    return frame

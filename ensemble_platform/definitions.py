@@ -1,0 +1,27 @@
+"""The Dagster code location: `defs` is what workspace.yaml and `dagster dev` load."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ensemble_platform.defs.assets import data, ensemble, members
+from ensemble_platform.defs.jobs import JOBS
+from ensemble_platform.defs.resources import PlatformResource
+from ensemble_platform.settings import PlatformPaths
+
+
+def build_definitions(home: str | None = None, dataset_spec: str | None = None) -> dg.Definitions:
+    paths = PlatformPaths.from_env(home)
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([data, members, ensemble]),
+        asset_checks=dg.load_asset_checks_from_modules([data]),
+        jobs=JOBS,
+        resources={
+            "platform": PlatformResource(home=str(paths.home), dataset_spec=dataset_spec),
+            # Asset values live under the platform home, next to everything else it writes.
+            "io_manager": dg.FilesystemIOManager(base_dir=str(paths.dagster_home / "storage")),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,65 @@
+"""Data stage: the raw table (checked by a blocking Great Expectations check) and the split."""
+
+
+import dagster as dg
+import pandas as pd
+
+from ensemble_platform.data.loading import load_dataset
+from ensemble_platform.data.schema import infer_schema
+from ensemble_platform.data.splitting import TrainHoldoutSplit, split_dataset
+from ensemble_platform.data.validation import validate_table
+from ensemble_platform.defs.resources import PlatformResource
+
+GROUP = "data"
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"})
+def raw_dataset(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.Output[pd.DataFrame]:
+    """The dataset spec's table, checked against the spec (columns, target, parseable values)."""
+    spec = platform.spec()
+    table = load_dataset(spec)
+    context.log.info(f"loaded {spec.source}: {table.shape[0]} rows x {table.shape[1]} columns")
+    return dg.Output(
+        table,
+        metadata={
+            "dataset": spec.name,
+            "source": spec.source,
+            "rows": len(table),
+            "columns": dg.MetadataValue.json(list(map(str, table.columns))),
+            "positive_rate": float((table[spec.target] == spec.positive_label).mean()),
+        },
+    )
+
+
+@dg.asset_check(asset=raw_dataset, blocking=True, description="Great Expectations suite built from the spec")
+def raw_dataset_expectations(raw_dataset: pd.DataFrame, platform: PlatformResource) -> dg.AssetCheckResult:
+    spec = platform.spec()
+    result = validate_table(raw_dataset, spec, infer_schema(raw_dataset, spec))
+    failures = "\n".join(
+        f"| {o.expectation} | {o.column or 'table'} | {o.observed} |" for o in result.failures
+    )
+    return dg.AssetCheckResult(
+        passed=result.success,
+        description=None if result.success else f"failed: {result.failure_summary()}",
+        metadata={
+            "evaluated_expectations": result.evaluated,
+            "successful_expectations": result.successful,
+            "failures": dg.MetadataValue.md(
+                "| expectation | column | observed |\n|---|---|---|\n" + failures if failures else "none"
+            ),
+            "result": dg.MetadataValue.json(result.to_dict()),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP)
+def train_holdout_split(
+    context: dg.AssetExecutionContext, raw_dataset: pd.DataFrame, platform: PlatformResource
+) -> dg.Output[TrainHoldoutSplit]:
+    """Stratified, seeded train/holdout split with shared folds; the holdout is for validation only."""
+    split = split_dataset(raw_dataset, platform.spec())
+    context.log.info(f"split: {len(split.train)} training rows in {split.n_folds} folds, {len(split.holdout)} holdout")
+    return dg.Output(
+        split,
+        metadata={**split.lineage(), "schema": dg.MetadataValue.json(split.schema.to_dict())},
+    )

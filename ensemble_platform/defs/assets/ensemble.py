@@ -1,0 +1,147 @@
+"""Ensemble stage: member matrices, candidate strategies, the versioned config, validation."""
+
+
+import dagster as dg
+import numpy as np
+
+from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.defs.assets.members import member_model
+from ensemble_platform.defs.resources import PlatformResource
+from ensemble_platform.ensemble.build import EnsembleBuild, build_ensemble
+from ensemble_platform.ensemble.config import ConfigStore
+from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
+from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
+from ensemble_platform.ensemble.strategies import strategy_catalogue
+from ensemble_platform.evaluation.validation import markdown_table, validation_report, write_json
+from ensemble_platform.members.catalogue import MEMBER_NAMES
+from ensemble_platform.members.training import MemberFit
+
+GROUP = "ensemble"
+
+
+@dg.asset(group_name=GROUP, ins={"member_model": dg.AssetIn(key=member_model.key)}, kinds={"parquet"})
+def oof_predictions(
+    context: dg.AssetExecutionContext,
+    member_model: dict[str, MemberFit],
+    train_holdout_split: TrainHoldoutSplit,
+    platform: PlatformResource,
+) -> dg.Output[MemberPredictions]:
+    """Out-of-fold (training rows) and holdout probability matrices of all members, as Parquet."""
+    predictions = collect_member_predictions(member_model, train_holdout_split, list(MEMBER_NAMES))
+    paths = write_parquet(predictions, platform.paths.predictions_dir(train_holdout_split.dataset))
+    return dg.Output(
+        predictions,
+        metadata={
+            "members": dg.MetadataValue.md(
+                "| member | registered model | version |\n|---|---|---|\n"
+                + "\n".join(f"| {m.name} | {m.registered_model} | {m.version} |" for m in predictions.members)
+            ),
+            **{f"{k}_path": dg.MetadataValue.path(str(p)) for k, p in paths.items()},
+        },
+    )
+
+
+@dg.asset(group_name=GROUP)
+def ensemble_candidates(
+    context: dg.AssetExecutionContext,
+    oof_predictions: MemberPredictions,
+    train_holdout_split: TrainHoldoutSplit,
+    platform: PlatformResource,
+) -> dg.Output[CandidateSet]:
+    """Every strategy fitted on out-of-fold predictions only and chosen on out-of-fold evidence."""
+    split, spec = train_holdout_split, platform.spec()
+    candidates = select_strategy(
+        strategy_catalogue(split.schema, spec.seed),
+        matrix(oof_predictions.oof, oof_predictions.names),
+        split.y_train,
+        split.fold_of_row,
+        X=split.X_train(),
+        log=context.log,
+    )
+    return dg.Output(
+        candidates,
+        metadata={
+            "chosen": candidates.chosen,
+            "criterion": candidates.criterion,
+            "out_of_fold_evidence": dg.MetadataValue.md(
+                markdown_table(candidates.evidence_table(), highlight=candidates.chosen)
+            ),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, pool="mlflow", kinds={"mlflow"})
+def ensemble_config(
+    context: dg.AssetExecutionContext,
+    ensemble_candidates: CandidateSet,
+    oof_predictions: MemberPredictions,
+    member_model: dict[str, MemberFit],
+    train_holdout_split: TrainHoldoutSplit,
+    platform: PlatformResource,
+) -> dg.Output[EnsembleBuild]:
+    """The chosen ensemble as a versioned config (semver) registered as `<dataset>.ensemble`."""
+    split = train_holdout_split
+    store = ConfigStore(platform.paths.configs_dir(split.dataset))
+    previous = store.latest()
+    build = build_ensemble(ensemble_candidates, oof_predictions, member_model, split, previous)
+    config = platform.registry().register_ensemble(build.config, build.runtime, split.X_train(), context.run_id)
+    path = store.save(config)
+    build.config = config
+    bumped = "unchanged" if previous and previous.version == config.version else f"from {previous.version if previous else 'none'}"
+    context.log.info(f"ensemble config {config.version} ({bumped}): {config.strategy}")
+    return dg.Output(
+        build,
+        metadata={
+            "version": config.version,
+            "previous_version": previous.version if previous else "none",
+            "strategy": config.strategy,
+            "config_hash": config.config_hash,
+            "registered_model": config.registered_model or "",
+            "registered_version": config.registered_version or "",
+            "config_path": dg.MetadataValue.path(str(path)),
+            "config": dg.MetadataValue.json(config.model_dump(mode="json")),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, pool="mlflow")
+def ensemble_validation(
+    context: dg.AssetExecutionContext,
+    ensemble_config: EnsembleBuild,
+    ensemble_candidates: CandidateSet,
+    oof_predictions: MemberPredictions,
+    train_holdout_split: TrainHoldoutSplit,
+    platform: PlatformResource,
+) -> dg.Output[dict]:
+    """Holdout metrics of every member and strategy, agreement and lift; validation.json."""
+    split, build = train_holdout_split, ensemble_config
+    scored = build.runtime.score(split.holdout)
+    member_holdout = {n: oof_predictions.holdout[n].to_numpy() for n in oof_predictions.names}
+    report = validation_report(
+        build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(),
+        split.y_holdout, split.X_holdout(), split.lineage(),
+    )
+    path = write_json(report, platform.paths.reports_dir(split.dataset) / "validation.json")
+    registry = platform.registry()
+    registry.log_to_run(
+        registry.ensemble_run_id(build.config),
+        {f"holdout_{k}": v for k, v in report["ensemble"].items()}
+        | {f"lift_{k}": v for k, v in report["lift_over_best_member"].items()},
+        [path],
+    )
+    rows = {"ensemble": report["ensemble"], **{f"member: {k}": v for k, v in report["members"].items()},
+            **{f"strategy: {k}": v for k, v in report["strategies"].items()}}
+    lift = report["lift_over_best_member"]
+    return dg.Output(
+        report,
+        metadata={
+            "ensemble_version": build.config.version,
+            "chosen": build.config.strategy,
+            "holdout_roc_auc": report["ensemble"]["roc_auc"],
+            "holdout_log_loss": report["ensemble"]["log_loss"],
+            "auc_lift_over_best_member": float(np.round(lift["roc_auc"], 5)),
+            "review_share": report["agreement"]["review_share"],
+            "holdout_metrics": dg.MetadataValue.md(markdown_table(rows, highlight="ensemble")),
+            "report_path": dg.MetadataValue.path(str(path)),
+        },
+    )

@@ -1,0 +1,42 @@
+"""Member stage: one partition per member family, so one member can be retrained alone."""
+
+
+import dagster as dg
+
+from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.defs.resources import PlatformResource
+from ensemble_platform.members.catalogue import MEMBER_NAMES
+from ensemble_platform.members.training import MemberFit, fit_member
+
+GROUP = "members"
+member_partitions = dg.StaticPartitionsDefinition(list(MEMBER_NAMES))
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=member_partitions,
+    pool="mlflow",  # registry writes on sqlite are serialised
+    kinds={"scikitlearn", "mlflow"},
+)
+def member_model(
+    context: dg.AssetExecutionContext, train_holdout_split: TrainHoldoutSplit, platform: PlatformResource
+) -> dg.Output[MemberFit]:
+    """Out-of-fold probabilities on the shared folds, refit on the training split, holdout
+    probabilities, and a registered MLflow model version `<dataset>.<member>`."""
+    name = context.partition_key
+    spec = platform.spec()
+    fit = fit_member(name, train_holdout_split, spec.seed, log=context.log)
+    fit = platform.registry().register_member(
+        fit, spec.name, train_holdout_split.lineage(), train_holdout_split.X_train(), context.run_id
+    )
+    context.log.info(f"member {name}: registered {fit.registered_model} version {fit.version}")
+    return dg.Output(
+        fit,
+        metadata={
+            "registered_model": fit.registered_model,
+            "version": fit.version,
+            "mlflow_run_id": fit.run_id,
+            "fit_seconds": round(fit.fit_seconds, 2),
+            **{f"oof_{k}": round(v, 4) for k, v in fit.oof_metrics.items()},
+        },
+    )

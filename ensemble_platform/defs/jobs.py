@@ -1,0 +1,16 @@
+"""Jobs by stage. Members are partitioned, so a full refresh runs data, each member, then ensemble."""
+
+import dagster as dg
+
+data_job = dg.define_asset_job(
+    "data_job", selection=dg.AssetSelection.groups("data"), description="Load, validate and split the dataset."
+)
+members_job = dg.define_asset_job(
+    "members_job", selection=dg.AssetSelection.groups("members"),
+    description="Train one member (a partition) and register a new MLflow version.",
+)
+ensemble_job = dg.define_asset_job(
+    "ensemble_job", selection=dg.AssetSelection.groups("ensemble"),
+    description="Combine members, choose a strategy on out-of-fold evidence, version and validate it.",
+)
+JOBS = [data_job, members_job, ensemble_job]

@@ -1,0 +1,1 @@
+"""Combination strategies, strategy selection on out-of-fold evidence, agreement, config + semver."""

@@ -1,0 +1,129 @@
+"""The ensemble config: the versioned artefact that makes decisions, and its semantic version.
+
+MAJOR: the strategy changed. MINOR: a member (or its version) changed. PATCH: only the learned
+combiner parameters (weights, meta-model, calibrator) or governance thresholds changed.
+Identical content keeps the previous version, so re-running on unchanged inputs is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ensemble_platform.errors import PlatformError
+
+DEFAULT_AGREEMENT_THRESHOLD = 0.6
+
+
+class MemberRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    family: str
+    registered_model: str
+    version: str
+    run_id: str
+
+
+class EnsembleConfig(BaseModel):
+    """What an ensemble version is. `version` is derived; everything else is content."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    version: str = "0.0.0"
+    strategy: str
+    members: tuple[MemberRef, ...]
+    combiner: dict[str, object] = Field(default_factory=dict)
+    combiner_sha256: str = ""
+    selection_criterion: str = "log_loss"
+    agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD
+    min_members: int = 2
+    data_hash: str = ""
+    registered_model: str | None = None
+    registered_version: str | None = None
+
+    def content(self) -> dict[str, object]:
+        """Everything that defines behaviour: not the version, nor where it was registered."""
+        return self.model_dump(
+            mode="json", exclude={"version", "registered_model", "registered_version", "combiner_sha256"}
+        )
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()
+
+    def member_versions(self) -> dict[str, str]:
+        return {m.name: m.version for m in self.members}
+
+
+def parse_semver(version: str) -> tuple[int, int, int]:
+    try:
+        major, minor, patch = (int(part) for part in version.split("."))
+    except ValueError:
+        raise PlatformError(f"ensemble version {version!r} is not MAJOR.MINOR.PATCH") from None
+    return major, minor, patch
+
+
+def bump_kind(previous: EnsembleConfig | None, new: EnsembleConfig) -> str | None:
+    """'major' | 'minor' | 'patch' | None (unchanged) | 'initial'."""
+    if previous is None:
+        return "initial"
+    if previous.config_hash == new.config_hash:
+        return None
+    if previous.strategy != new.strategy:
+        return "major"
+    if previous.member_versions() != new.member_versions():
+        return "minor"
+    return "patch"
+
+
+def next_version(previous: EnsembleConfig | None, new: EnsembleConfig) -> str:
+    kind = bump_kind(previous, new)
+    if kind == "initial":
+        return "1.0.0"
+    assert previous is not None
+    major, minor, patch = parse_semver(previous.version)
+    return {
+        None: previous.version,
+        "major": f"{major + 1}.0.0",
+        "minor": f"{major}.{minor + 1}.0",
+        "patch": f"{major}.{minor}.{patch + 1}",
+    }[kind]
+
+
+class ConfigStore:
+    """Ensemble configs of one dataset as JSON files, one per version, under the platform home."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def path(self, version: str) -> Path:
+        return self.directory / f"{version}.json"
+
+    def versions(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted((p.stem for p in self.directory.glob("*.json")), key=parse_semver)
+
+    def load(self, version: str) -> EnsembleConfig:
+        path = self.path(version)
+        if not path.is_file():
+            raise PlatformError(f"no ensemble config {version} at {path}")
+        return EnsembleConfig.model_validate_json(path.read_text())
+
+    def latest(self) -> EnsembleConfig | None:
+        versions = self.versions()
+        return self.load(versions[-1]) if versions else None
+
+    def save(self, config: EnsembleConfig) -> Path:
+        """Write atomically (temp file + rename): a crash never leaves a half-written config."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(config.version)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(config.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path

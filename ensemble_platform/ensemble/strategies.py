@@ -1,0 +1,233 @@
+"""Combiners: estimators whose input is the members' probability matrix P (rows x members).
+
+They follow scikit-learn's estimator conventions (constructor stores parameters, `fit` learns
+`*_` attributes, `predict_proba` returns an (n, 2) array) so they clone, compare and pickle like
+any estimator. Stacking with passthrough also reads the original features, passed as `X`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import logit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.members.catalogue import one_hot_scaled
+
+_EPS = 1e-6
+
+
+def _clip(P: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(P, dtype=float), _EPS, 1 - _EPS)
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Binary log loss without scikit-learn's input validation: the weight searches call it
+    thousands of times on arrays that are already clean."""
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def _member_log_losses(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.array([_log_loss(y, P[:, j]) for j in range(P.shape[1])])
+
+
+class Combiner(ClassifierMixin, BaseEstimator):
+    """Shared plumbing: (n, 2) probabilities, labels and a readable description."""
+
+    needs_features = False
+
+    def fit(self, P: np.ndarray, y: np.ndarray, X: pd.DataFrame | None = None) -> "Combiner":
+        raise NotImplementedError
+
+    def positive_proba(self, P: np.ndarray, X: pd.DataFrame | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, P: np.ndarray, X: pd.DataFrame | None = None) -> np.ndarray:
+        p = self.positive_proba(np.asarray(P, dtype=float), X)
+        return np.column_stack([1 - p, p])
+
+    def predict(self, P: np.ndarray, X: pd.DataFrame | None = None) -> np.ndarray:
+        return (self.positive_proba(np.asarray(P, dtype=float), X) >= 0.5).astype(int)
+
+    def describe(self) -> dict[str, object]:
+        """Learned parameters in JSON-ready form (for the config, semver and the model card)."""
+        return {}
+
+
+class MajorityVote(Combiner):
+    """Each member votes positive when its probability >= `threshold`; the majority wins.
+
+    The output probability is the positive vote share. An exact tie (even member count) is
+    broken by the member with the best out-of-fold log loss, whose vote moves the share by a
+    negligible epsilon so that thresholding at 0.5 yields that member's decision.
+    """
+
+    def __init__(self, threshold: float = 0.5, tie_epsilon: float = 1e-6):
+        self.threshold = threshold
+        self.tie_epsilon = tie_epsilon
+
+    def fit(self, P, y, X=None):
+        P = np.asarray(P, dtype=float)
+        self.tie_breaker_ = int(np.argmin(_member_log_losses(P, y)))
+        self.n_members_ = P.shape[1]
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def positive_proba(self, P, X=None):
+        votes = (P >= self.threshold).astype(float)
+        share = votes.mean(axis=1)
+        tie = np.isclose(share, 0.5)
+        nudge = np.where(votes[:, self.tie_breaker_] == 1.0, self.tie_epsilon, -self.tie_epsilon)
+        return np.where(tie, 0.5 + nudge, share)
+
+    def describe(self):
+        return {"threshold": self.threshold, "tie_breaker_index": self.tie_breaker_}
+
+
+class SoftAverage(Combiner):
+    """The unweighted mean of member probabilities."""
+
+    def fit(self, P, y, X=None):
+        self.n_members_ = np.asarray(P).shape[1]
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def positive_proba(self, P, X=None):
+        return P.mean(axis=1)
+
+    def describe(self):
+        return {"weights": [round(1 / self.n_members_, 12)] * self.n_members_}
+
+
+class WeightedAverage(Combiner):
+    """A convex combination of member probabilities with weights minimising out-of-fold log loss.
+
+    Weights are constrained to the simplex (non-negative, summing to one) and found with SLSQP
+    starting from equal weights, so the result is deterministic.
+    """
+
+    def fit(self, P, y, X=None):
+        P = _clip(P)
+        m = P.shape[1]
+
+        def loss(w: np.ndarray) -> float:
+            return _log_loss(y, P @ w)
+
+        result = minimize(
+            loss, np.full(m, 1 / m), method="SLSQP", bounds=[(0.0, 1.0)] * m,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+            options={"maxiter": 500, "ftol": 1e-10},
+        )
+        weights = np.clip(result.x, 0.0, None)
+        self.weights_ = weights / weights.sum()
+        self.n_members_ = m
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def positive_proba(self, P, X=None):
+        return P @ self.weights_
+
+    def describe(self):
+        return {"weights": [round(float(w), 12) for w in self.weights_]}
+
+
+class GreedySelection(WeightedAverage):
+    """Caruana et al. (2004) ensemble selection: repeatedly add (with replacement) the member
+    that most lowers out-of-fold log loss of the running average; weights are the pick counts."""
+
+    def __init__(self, n_rounds: int = 50):
+        self.n_rounds = n_rounds
+
+    def fit(self, P, y, X=None):
+        P = _clip(P)
+        m = P.shape[1]
+        counts = np.zeros(m)
+        running = np.zeros(len(P))
+        for step in range(1, self.n_rounds + 1):
+            # np.argmin picks the lowest index on ties: deterministic.
+            trial = [(running * (step - 1) + P[:, j]) / step for j in range(m)]
+            best = int(np.argmin([_log_loss(y, t) for t in trial]))
+            counts[best] += 1
+            running = trial[best]
+        self.weights_ = counts / counts.sum()
+        self.n_members_ = m
+        self.classes_ = np.array([0, 1])
+        return self
+
+
+class Stacking(Combiner):
+    """A regularised logistic-regression meta-model on the members' logits.
+
+    With `passthrough=True` it also sees the original features (scaled numerics, one-hot
+    categoricals), so it can learn where which member is trustworthy.
+    """
+
+    def __init__(self, C: float = 1.0, passthrough: bool = False, schema: FeatureSchema | None = None,
+                 random_state: int = 0):
+        self.C = C
+        self.passthrough = passthrough
+        self.schema = schema
+        self.random_state = random_state
+
+    @property
+    def needs_features(self) -> bool:  # type: ignore[override]
+        return self.passthrough
+
+    def _design(self, P: np.ndarray, X: pd.DataFrame | None, fit: bool) -> np.ndarray:
+        logits = logit(_clip(P))
+        if fit:
+            self.logit_scaler_ = StandardScaler().fit(logits)
+        parts = [self.logit_scaler_.transform(logits)]
+        if self.passthrough:
+            if X is None or self.schema is None:
+                raise ValueError("Stacking(passthrough=True) needs the original features X and a schema")
+            if fit:
+                self.features_ = one_hot_scaled(self.schema).fit(X)
+            parts.append(np.asarray(self.features_.transform(X), dtype=float))
+        return np.hstack(parts)
+
+    def fit(self, P, y, X=None):
+        P = np.asarray(P, dtype=float)
+        self.meta_model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
+        self.meta_model_.fit(self._design(P, X, fit=True), y)
+        self.n_members_ = P.shape[1]
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def positive_proba(self, P, X=None):
+        return self.meta_model_.predict_proba(self._design(P, X, fit=False))[:, 1]
+
+    def describe(self):
+        coefs = self.meta_model_.coef_[0]
+        described: dict[str, object] = {
+            "meta_model": "LogisticRegression",
+            "C": self.C,
+            "passthrough": self.passthrough,
+            "intercept": round(float(self.meta_model_.intercept_[0]), 12),
+            # The first n_members coefficients act on standardised member logits.
+            "member_coefficients": [round(float(c), 12) for c in coefs[: self.n_members_]],
+        }
+        if self.passthrough:
+            names = list(self.features_.get_feature_names_out())
+            described["feature_coefficients"] = {
+                n: round(float(c), 12) for n, c in zip(names, coefs[self.n_members_:])
+            }
+        return described
+
+
+def strategy_catalogue(schema: FeatureSchema, seed: int) -> dict[str, Combiner]:
+    """Every strategy the platform considers, unfitted, in order of simplicity (ties favour the
+    simpler one)."""
+    return {
+        "majority_vote": MajorityVote(),
+        "soft_average": SoftAverage(),
+        "weighted_average": WeightedAverage(),
+        "greedy_selection": GreedySelection(),
+        "stacking": Stacking(random_state=seed),
+        "stacking_passthrough": Stacking(C=0.1, passthrough=True, schema=schema, random_state=seed),
+    }

@@ -1,0 +1,1 @@
+"""Metrics, calibration, fairness and drift measures (plain functions on arrays)."""

@@ -1,0 +1,82 @@
+"""Holdout validation of an ensemble version: every member and every strategy on rows no fit
+and no choice has seen, the agreement distribution and the lift over the best member."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ensemble_platform.ensemble.agreement import agreement_summary
+from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.ensemble.selection import CandidateSet
+from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, binary_metrics
+
+SCHEMA_VERSION = 1
+
+
+def validation_report(
+    config: EnsembleConfig,
+    candidates: CandidateSet,
+    member_holdout: dict[str, np.ndarray],
+    ensemble_holdout: np.ndarray,
+    y_holdout: np.ndarray,
+    X_holdout: pd.DataFrame,
+    lineage: dict[str, object],
+) -> dict[str, object]:
+    """The validation.json document (schema documented in README)."""
+    H = np.column_stack(list(member_holdout.values()))
+    members = {name: binary_metrics(y_holdout, p) for name, p in member_holdout.items()}
+    strategies = {
+        name: binary_metrics(
+            y_holdout, ev.combiner.positive_proba(H, X_holdout if ev.combiner.needs_features else None)
+        )
+        for name, ev in candidates.candidates.items()
+    }
+    ensemble = binary_metrics(y_holdout, ensemble_holdout)
+    best_member = min(members, key=lambda n: members[n]["log_loss"])
+    lift = {
+        metric: (members[best_member][metric] - ensemble[metric]) if metric in LOWER_IS_BETTER
+        else (ensemble[metric] - members[best_member][metric])
+        for metric in METRIC_NAMES
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": config.dataset,
+        "ensemble_version": config.version,
+        "config_hash": config.config_hash,
+        "chosen": config.strategy,
+        "ensemble": ensemble,
+        "members": members,
+        "strategies": strategies,
+        "best_member": best_member,
+        "lift_over_best_member": lift,
+        "agreement": agreement_summary(H, ensemble_holdout, config.agreement_threshold),
+        "selection": {
+            "criterion": candidates.criterion,
+            "evidence": "out_of_fold_cross_validation",
+            "folds": int(lineage.get("folds", 0)),
+            "out_of_fold": candidates.evidence_table(),
+        },
+        "lineage": lineage,
+    }
+
+
+def write_json(document: dict[str, object], path: Path) -> Path:
+    """Atomic write (temp file + rename): readers never see a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def markdown_table(rows: dict[str, dict[str, float]], highlight: str | None = None) -> str:
+    header = "| name | " + " | ".join(METRIC_NAMES) + " |"
+    lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 1)]
+    for name, metrics in rows.items():
+        label = f"**{name}**" if name == highlight else name
+        lines.append(f"| {label} | " + " | ".join(f"{metrics[m]:.4f}" for m in METRIC_NAMES) + " |")
+    return "\n".join(lines)

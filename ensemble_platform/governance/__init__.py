@@ -1,0 +1,1 @@
+"""Registry (MLflow) access, approvals, gates and model cards."""

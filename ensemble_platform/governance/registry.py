@@ -1,0 +1,173 @@
+"""MLflow tracking and model registry: member versions and ensemble versions with lineage tags.
+
+Registration is idempotent: a member (or ensemble config) whose fingerprint equals that of an
+existing version reuses that version, so re-running on unchanged inputs changes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import tempfile
+from pathlib import Path
+
+import cloudpickle
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from ensemble_platform import __version__
+from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.members.training import MemberFit
+from ensemble_platform.serving.pyfunc import RUNTIME_ARTIFACT, EnsemblePyfunc
+from ensemble_platform.serving.runtime import EnsembleRuntime
+from ensemble_platform.settings import PlatformPaths
+
+FINGERPRINT_TAG = "ensemble_platform.fingerprint"
+
+
+def member_model_name(dataset: str, member: str) -> str:
+    return f"{dataset}.{member}"
+
+
+def ensemble_model_name(dataset: str) -> str:
+    return f"{dataset}.ensemble"
+
+
+class Registry:
+    """The platform's view of one MLflow tracking store + registry."""
+
+    def __init__(self, paths: PlatformPaths):
+        paths.ensure()
+        self.paths = paths
+        self.tracking_uri = paths.mlflow_tracking_uri
+        # Global URIs because mlflow.<flavor>.log_model works on the active run.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        self.client = MlflowClient(self.tracking_uri, self.tracking_uri)
+        self._migrate_once()
+
+    def _migrate_once(self) -> None:
+        """Create/upgrade the sqlite schema under an exclusive lock: concurrent first use by
+        several run processes would otherwise corrupt a fresh store."""
+        with open(self.paths.mlflow_dir / ".migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.client.search_experiments(max_results=1)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def experiment_id(self, dataset: str) -> str:
+        name = f"ensemble_platform/{dataset}"
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(
+            name, artifact_location=f"{self.paths.mlflow_artifact_root}/{dataset}"
+        )
+
+    def find_version(self, model_name: str, fingerprint: str) -> ModelVersion | None:
+        try:
+            versions = self.client.search_model_versions(f"name = '{model_name}'")
+        except MlflowException:
+            return None
+        for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            if version.tags.get(FINGERPRINT_TAG) == fingerprint:
+                return version
+        return None
+
+    def register_member(
+        self, fit: MemberFit, dataset: str, lineage: dict[str, object], X_example: pd.DataFrame,
+        dagster_run_id: str | None = None,
+    ) -> MemberFit:
+        """Log the member's run and register it as a new version unless an identical one exists."""
+        name = member_model_name(dataset, fit.name)
+        existing = self.find_version(name, fit.fingerprint)
+        if existing is not None:
+            fit.registered_model, fit.version, fit.run_id = name, existing.version, existing.run_id
+            return fit
+        tags = {
+            FINGERPRINT_TAG: fit.fingerprint,
+            "ensemble_platform.member": fit.name,
+            "ensemble_platform.family": fit.family,
+            "ensemble_platform.code_version": __version__,
+            "ensemble_platform.dagster_run_id": dagster_run_id or "",
+            **{f"ensemble_platform.{k}": str(v) for k, v in lineage.items()},
+        }
+        with mlflow.start_run(experiment_id=self.experiment_id(dataset), run_name=f"member:{fit.name}") as run:
+            mlflow.set_tags(tags)
+            mlflow.log_params({k: str(v)[:500] for k, v in fit.params.items()})
+            mlflow.log_metrics({f"oof_{k}": v for k, v in fit.oof_metrics.items()} | {"fit_seconds": fit.fit_seconds})
+            example = X_example.head(5)
+            info = mlflow.sklearn.log_model(
+                fit.pipeline,
+                name="model",
+                serialization_format="cloudpickle",
+                signature=infer_signature(example, fit.pipeline.predict_proba(example)),
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        fit.registered_model, fit.version, fit.run_id = name, version, run.info.run_id
+        return fit
+
+    def register_ensemble(
+        self, config: EnsembleConfig, runtime: EnsembleRuntime, X_example: pd.DataFrame,
+        dagster_run_id: str | None = None,
+    ) -> EnsembleConfig:
+        """Register the config as a version of `<dataset>.ensemble` (pyfunc of members + combiner)."""
+        name = ensemble_model_name(config.dataset)
+        existing = self.find_version(name, config.config_hash)
+        if existing is not None:
+            return config.model_copy(update={"registered_model": name, "registered_version": existing.version})
+        tags = {
+            FINGERPRINT_TAG: config.config_hash,
+            "ensemble_platform.semver": config.version,
+            "ensemble_platform.strategy": config.strategy,
+            "ensemble_platform.config_hash": config.config_hash,
+            "ensemble_platform.members": json.dumps(config.member_versions(), sort_keys=True),
+            "ensemble_platform.code_version": __version__,
+            "ensemble_platform.dagster_run_id": dagster_run_id or "",
+            "ensemble_platform.data_hash": config.data_hash,
+        }
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+            experiment_id=self.experiment_id(config.dataset), run_name=f"ensemble:{config.version}"
+        ) as run:
+            runtime_path = Path(tmp) / "runtime.pkl"
+            runtime_path.write_bytes(cloudpickle.dumps(runtime))
+            config_path = Path(tmp) / "ensemble_config.json"
+            config_path.write_text(config.model_dump_json(indent=2))
+            mlflow.set_tags(tags)
+            mlflow.log_params({"strategy": config.strategy, "semver": config.version,
+                               "agreement_threshold": config.agreement_threshold})
+            mlflow.log_artifact(str(config_path))
+            example = X_example.head(5)
+            info = mlflow.pyfunc.log_model(
+                name="ensemble",
+                python_model=EnsemblePyfunc(),
+                artifacts={RUNTIME_ARTIFACT: str(runtime_path)},
+                signature=infer_signature(example, runtime.score(example)),
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        self.client.set_model_version_tag(name, version, "ensemble_platform.run_id", run.info.run_id)
+        return config.model_copy(update={"registered_model": name, "registered_version": version})
+
+    def ensemble_run_id(self, config: EnsembleConfig) -> str:
+        if not (config.registered_model and config.registered_version):
+            raise ValueError(f"ensemble config {config.version} of {config.dataset} is not registered")
+        return self.client.get_model_version(config.registered_model, config.registered_version).run_id
+
+    def log_to_run(self, run_id: str, metrics: dict[str, float], files: list[Path]) -> None:
+        for key, value in metrics.items():
+            if np.isfinite(value):
+                self.client.log_metric(run_id, key, float(value))
+        for path in files:
+            self.client.log_artifact(run_id, str(path))

@@ -1,0 +1,1 @@
+"""Member model catalogue, fitting and out-of-fold prediction."""

@@ -1,0 +1,142 @@
+"""The member families: each a scikit-learn pipeline that handles its own missing values and
+categorical encoding, so any CSV the spec describes can be trained without code changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from xgboost import XGBClassifier
+
+from ensemble_platform.data.schema import FeatureSchema
+
+# Two cores on the reference machine: more threads only add contention.
+N_JOBS = 2
+
+
+def one_hot_scaled(schema: FeatureSchema) -> ColumnTransformer:
+    """Linear/distance models: median-imputed, scaled numerics (+ missing flags), one-hot cats."""
+    numeric = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler())
+    categorical = make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="__missing__"),
+        OneHotEncoder(handle_unknown="ignore", min_frequency=5, sparse_output=False),
+    )
+    return ColumnTransformer(
+        [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
+        verbose_feature_names_out=False,
+    )
+
+
+def _ordinal(schema: FeatureSchema, impute_numeric: bool) -> ColumnTransformer:
+    """Tree models: numerics as they are (or imputed), categoricals as integer codes.
+
+    Unknown and missing categories map to -1/NaN rather than failing: a production row with a
+    new category must still get a score (the data check flags it separately).
+    """
+    numeric: object = SimpleImputer(strategy="median", add_indicator=True) if impute_numeric else "passthrough"
+    categorical = OrdinalEncoder(
+        handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1
+    )
+    return ColumnTransformer(
+        [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
+        verbose_feature_names_out=False,
+    )
+
+
+def _logistic_regression(schema: FeatureSchema, seed: int) -> Pipeline:
+    return Pipeline([
+        ("prep", one_hot_scaled(schema)),
+        ("model", LogisticRegression(C=0.5, max_iter=2000, random_state=seed)),
+    ])
+
+
+def _random_forest(schema: FeatureSchema, seed: int) -> Pipeline:
+    return Pipeline([
+        ("prep", _ordinal(schema, impute_numeric=True)),
+        ("model", RandomForestClassifier(
+            n_estimators=300, min_samples_leaf=3, max_features="sqrt", n_jobs=N_JOBS, random_state=seed
+        )),
+    ])
+
+
+def _extra_trees(schema: FeatureSchema, seed: int) -> Pipeline:
+    return Pipeline([
+        ("prep", _ordinal(schema, impute_numeric=True)),
+        ("model", ExtraTreesClassifier(
+            n_estimators=300, min_samples_leaf=3, max_features=0.5, n_jobs=N_JOBS, random_state=seed
+        )),
+    ])
+
+
+def _hist_gradient_boosting(schema: FeatureSchema, seed: int) -> Pipeline:
+    n_numeric = len(schema.numeric)
+    categorical_mask = [False] * n_numeric + [True] * len(schema.categorical)
+    return Pipeline([
+        ("prep", _ordinal(schema, impute_numeric=False)),
+        ("model", HistGradientBoostingClassifier(
+            learning_rate=0.05, max_iter=250, max_leaf_nodes=15, min_samples_leaf=30,
+            l2_regularization=1.0, categorical_features=categorical_mask or None,
+            early_stopping=False, random_state=seed,
+        )),
+    ])
+
+
+def _xgboost(schema: FeatureSchema, seed: int) -> Pipeline:
+    return Pipeline([
+        ("prep", _ordinal(schema, impute_numeric=False)),
+        ("model", XGBClassifier(
+            n_estimators=300, learning_rate=0.03, max_depth=4, subsample=0.8, colsample_bytree=0.8,
+            min_child_weight=3, reg_lambda=1.0, tree_method="hist", n_jobs=N_JOBS, random_state=seed,
+            eval_metric="logloss",
+        )),
+    ])
+
+
+def _k_nearest_neighbours(schema: FeatureSchema, seed: int) -> Pipeline:
+    return Pipeline([
+        ("prep", one_hot_scaled(schema)),
+        ("model", KNeighborsClassifier(n_neighbors=50, weights="distance")),
+    ])
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """A member family: its name (the registry suffix and partition key) and how to build it."""
+
+    name: str
+    family: str
+    build: Callable[[FeatureSchema, int], Pipeline]
+
+
+CATALOGUE: dict[str, MemberSpec] = {
+    spec.name: spec
+    for spec in (
+        MemberSpec("logistic_regression", "regularised linear", _logistic_regression),
+        MemberSpec("random_forest", "bagged trees", _random_forest),
+        MemberSpec("extra_trees", "randomised trees", _extra_trees),
+        MemberSpec("hist_gradient_boosting", "boosted trees", _hist_gradient_boosting),
+        MemberSpec("xgboost", "boosted trees (XGBoost)", _xgboost),
+        MemberSpec("k_nearest_neighbours", "instance-based", _k_nearest_neighbours),
+    )
+}
+MEMBER_NAMES: tuple[str, ...] = tuple(CATALOGUE)
+
+
+def get_member_spec(name: str) -> MemberSpec:
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise KeyError(f"unknown member {name!r}; the catalogue has {list(CATALOGUE)}") from None
+
+
+def model_params(pipeline: Pipeline) -> dict[str, object]:
+    """The final estimator's hyper-parameters as loggable scalars."""
+    params = pipeline.named_steps["model"].get_params()
+    return {k: v for k, v in sorted(params.items()) if isinstance(v, (int, float, str, bool)) or v is None}

@@ -1,0 +1,86 @@
+"""Fit one member: out-of-fold probabilities on the shared folds, refit on all training rows,
+holdout probabilities from the refit model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+
+from ensemble_platform import __version__
+from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.evaluation.metrics import binary_metrics
+from ensemble_platform.logging_utils import ProgressLog, null_log
+from ensemble_platform.members.catalogue import get_member_spec, model_params
+
+
+@dataclass
+class MemberFit:
+    """A fitted member and the predictions the ensemble stage needs."""
+
+    name: str
+    family: str
+    pipeline: Pipeline  # refit on the whole training split
+    oof_proba: np.ndarray  # one per training row, each from a model that did not see it
+    holdout_proba: np.ndarray
+    oof_metrics: dict[str, float]
+    params: dict[str, object]
+    fit_seconds: float
+    train_hash: str
+    fingerprint: str  # identifies (data, member definition, seed, code): same => same model
+    registered_model: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def member_fingerprint(name: str, params: dict[str, object], split: TrainHoldoutSplit, seed: int) -> str:
+    payload = json.dumps(
+        {"member": name, "params": params, "train_hash": split.train_hash, "seed": seed,
+         "folds": split.fold_of_row.tolist(), "code_version": __version__},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def positive_proba(model, X) -> np.ndarray:
+    """Probability of the positive class (label 1), failing clearly for models without it."""
+    if not hasattr(model, "predict_proba"):
+        raise TypeError(f"{type(model).__name__} cannot predict probabilities (no predict_proba)")
+    classes = list(getattr(model, "classes_", [0, 1]))
+    return np.asarray(model.predict_proba(X))[:, classes.index(1)]
+
+
+def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog = null_log) -> MemberFit:
+    spec = get_member_spec(name)
+    template = spec.build(split.schema, seed)
+    X_train, y_train = split.X_train(), split.y_train
+    oof = np.full(len(X_train), np.nan)
+    started = time.perf_counter()
+    folds = split.folds()
+    for k, (fit_rows, predict_rows) in enumerate(folds, start=1):
+        model = clone(template).fit(X_train.iloc[fit_rows], y_train[fit_rows])
+        oof[predict_rows] = positive_proba(model, X_train.iloc[predict_rows])
+        log.info(f"member {name}: fold {k} of {len(folds)} done ({time.perf_counter() - started:.1f}s)")
+    final = clone(template).fit(X_train, y_train)
+    holdout = positive_proba(final, split.X_holdout())
+    elapsed = time.perf_counter() - started
+    log.info(f"member {name}: refit on all {len(X_train)} training rows done ({elapsed:.1f}s)")
+    params = model_params(final)
+    return MemberFit(
+        name=name,
+        family=spec.family,
+        pipeline=final,
+        oof_proba=oof,
+        holdout_proba=holdout,
+        oof_metrics=binary_metrics(y_train, oof),
+        params=params,
+        fit_seconds=elapsed,
+        train_hash=split.train_hash,
+        fingerprint=member_fingerprint(name, params, split, seed),
+    )

@@ -1,0 +1,56 @@
+"""Where the platform writes: one home directory holds Dagster, MLflow, reports and bundles."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "ENSEMBLE_PLATFORM_HOME"
+DATASET_ENV = "ENSEMBLE_PLATFORM_DATASET"
+DEFAULT_HOME = ".ensemble_platform"
+
+
+@dataclass(frozen=True)
+class PlatformPaths:
+    """All locations under the platform home; nothing is written outside it."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike[str] | None = None) -> "PlatformPaths":
+        chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return (self.mlflow_dir / "artifacts").as_uri()
+
+    def reports_dir(self, dataset: str) -> Path:
+        return self.home / "reports" / dataset
+
+    def predictions_dir(self, dataset: str) -> Path:
+        return self.home / "predictions" / dataset
+
+    def configs_dir(self, dataset: str) -> Path:
+        return self.home / "configs" / dataset
+
+    def bundles_dir(self, dataset: str) -> Path:
+        return self.home / "bundles" / dataset
+
+    def ensure(self) -> "PlatformPaths":
+        for path in (self.home, self.dagster_home, self.mlflow_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
