@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import cloudpickle
@@ -25,9 +26,17 @@ from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.pyfunc import RUNTIME_ARTIFACT, EnsemblePyfunc
 from ensemble_platform.serving.runtime import EnsembleRuntime
+from ensemble_platform.serving.signature import ensemble_signature
 from ensemble_platform.settings import PlatformPaths
 
 FINGERPRINT_TAG = "ensemble_platform.fingerprint"
+# What a registered model needs at load time. Pinned to the running versions and passed
+# explicitly: MLflow's inference would start a Python process per model (~2.5 s each).
+_RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "xgboost", "pandas", "numpy", "scipy", "cloudpickle")
+
+
+def runtime_requirements() -> list[str]:
+    return [f"{package}=={metadata.version(package)}" for package in _RUNTIME_PACKAGES]
 
 
 def member_model_name(dataset: str, member: str) -> str:
@@ -88,7 +97,7 @@ class Registry:
         name = member_model_name(dataset, fit.name)
         existing = self.find_version(name, fit.fingerprint)
         if existing is not None:
-            fit.registered_model, fit.version, fit.run_id = name, existing.version, existing.run_id
+            fit.registered_model, fit.version, fit.run_id = name, str(existing.version), existing.run_id
             return fit
         tags = {
             FINGERPRINT_TAG: fit.fingerprint,
@@ -106,13 +115,12 @@ class Registry:
             info = mlflow.sklearn.log_model(
                 fit.pipeline,
                 name="model",
+                # Trees and XGBoost do not load from skops without a trusted-types list.
                 serialization_format="cloudpickle",
                 signature=infer_signature(example, fit.pipeline.predict_proba(example)),
-                registered_model_name=name,
+                pip_requirements=runtime_requirements(),
             )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, value)
+        version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
         fit.registered_model, fit.version, fit.run_id = name, version, run.info.run_id
         return fit
 
@@ -124,7 +132,7 @@ class Registry:
         name = ensemble_model_name(config.dataset)
         existing = self.find_version(name, config.config_hash)
         if existing is not None:
-            return config.model_copy(update={"registered_model": name, "registered_version": existing.version})
+            return config.model_copy(update={"registered_model": name, "registered_version": str(existing.version)})
         tags = {
             FINGERPRINT_TAG: config.config_hash,
             "ensemble_platform.semver": config.version,
@@ -146,19 +154,20 @@ class Registry:
             mlflow.log_params({"strategy": config.strategy, "semver": config.version,
                                "agreement_threshold": config.agreement_threshold})
             mlflow.log_artifact(str(config_path))
-            example = X_example.head(5)
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
                 python_model=EnsemblePyfunc(),
                 artifacts={RUNTIME_ARTIFACT: str(runtime_path)},
-                signature=infer_signature(example, runtime.score(example)),
-                registered_model_name=name,
+                signature=ensemble_signature(runtime.schema, runtime.score(X_example.head(5))),
+                pip_requirements=runtime_requirements(),
             )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, value)
-        self.client.set_model_version_tag(name, version, "ensemble_platform.run_id", run.info.run_id)
+        version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
         return config.model_copy(update={"registered_model": name, "registered_version": version})
+
+    def _register(self, model_uri: str, name: str, tags: dict[str, str]) -> str:
+        """One registry call creates the version together with its tags: a failure before it
+        leaves no version, and no version ever exists without its lineage."""
+        return str(mlflow.register_model(model_uri, name, tags=tags).version)
 
     def ensemble_run_id(self, config: EnsembleConfig) -> str:
         if not (config.registered_model and config.registered_version):
