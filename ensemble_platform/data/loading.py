@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from ensemble_platform.data.schema import numeric_column
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.errors import DataError, DatasetSpecError
 
@@ -91,14 +92,7 @@ def _require_columns(raw: pd.DataFrame, spec: DatasetSpec) -> None:
 def _coerce_declared_numeric(table: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     table = table.copy()
     for column in spec.numeric:
-        parsed = pd.to_numeric(table[column], errors="coerce")
-        bad = table[column][parsed.isna() & table[column].notna()]
-        if len(bad):
-            raise DataError(
-                f"column {column!r} is declared numeric but has {len(bad)} unparseable value(s), "
-                f"e.g. {sorted(map(str, bad.unique()))[:5]}"
-            )
-        table[column] = parsed
+        table[column] = numeric_column(table[column], "is declared numeric")
     return table
 
 

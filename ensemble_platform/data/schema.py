@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from ensemble_platform.data.spec import DatasetSpec
+from ensemble_platform.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -58,5 +59,18 @@ def as_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
         frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
         frame[column] = frame[column].map(lambda v: None if v is None else str(v))
     for column in schema.numeric:
-        frame[column] = pd.to_numeric(frame[column]).astype("float64")
+        frame[column] = numeric_column(frame[column])
     return frame
+
+
+def numeric_column(values: pd.Series, expectation: str = "must be numeric") -> pd.Series:
+    """The column as float64 (missing stays missing); a value that is not a number is an error
+    naming the column, never a silent NaN."""
+    parsed = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = values[parsed.isna() & values.notna()]
+    if len(bad):
+        raise DataError(
+            f"column {values.name!r} {expectation} but has {len(bad)} unparseable value(s), "
+            f"e.g. {sorted(map(str, bad.unique()))[:5]}"
+        )
+    return parsed

@@ -15,6 +15,7 @@ from sklearn.pipeline import Pipeline
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
 from ensemble_platform.ensemble.agreement import vote_agreement
 from ensemble_platform.ensemble.strategies import Combiner
+from ensemble_platform.errors import DataError
 from ensemble_platform.members.training import positive_proba
 
 
@@ -34,7 +35,7 @@ class EnsembleRuntime:
         """Probability, decision, agreement and review flag per input row."""
         missing = [c for c in self.schema.features if c not in table.columns]
         if missing:
-            raise ValueError(f"input is missing feature column(s) {missing}; expected {self.schema.features}")
+            raise DataError(f"input is missing feature column(s) {missing}; expected {self.schema.features}")
         X = as_model_input(table, self.schema)
         P = self.member_matrix(X)
         proba = self.combiner.positive_proba(P, X if self.combiner.needs_features else None)
