@@ -11,6 +11,7 @@ import yaml
 
 from ensemble_platform.data.loading import read_source
 from ensemble_platform.data.spec import DatasetSpec, load_spec
+from ensemble_platform.errors import DataError, DatasetSpecError
 
 SLICE_ROWS = 600
 
@@ -47,6 +48,27 @@ def write_spec(directory: Path, table: pd.DataFrame, **overrides) -> Path:
     path = directory / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+# Every way a spec or its data can fail to work: (change to the table, spec overrides, error type,
+# fragments the message must contain). Used by the core tests and by the Dagster runs.
+BAD_INPUTS = [
+    pytest.param(None, {"source": "missing.csv"}, DatasetSpecError, ["missing.csv", "does not exist"],
+                 id="missing-file"),
+    pytest.param(None, {"target": "Outcome"}, DatasetSpecError, ["'target'", "Outcome"], id="target-absent"),
+    pytest.param(lambda t: t.assign(Status="good"), {}, DataError, ["Status", "single class"], id="one-class"),
+    pytest.param(None, {"positive_label": "default"}, DatasetSpecError, ["positive_label", "default"],
+                 id="positive-label-absent"),
+    pytest.param(None, {"sensitive": ["Gender"]}, DatasetSpecError, ["'sensitive'", "Gender"],
+                 id="sensitive-absent"),
+    pytest.param(lambda t: t.iloc[0:0], {}, DataError, ["empty"], id="empty-table"),
+    pytest.param(lambda t: t.assign(Income=t["Income"].astype(object).where(t.index != 3, "1.2k")), {},
+                 DataError, ["Income", "unparseable", "1.2k"], id="unparseable"),
+    pytest.param(lambda t: t.assign(Status=t["Status"].where(t.index != 5, None)), {}, DataError,
+                 ["Status", "missing"], id="missing-target"),
+    pytest.param(None, {"colour": "blue"}, DatasetSpecError, ["colour"], id="unknown-field"),
+    pytest.param(None, {"folds": 1}, DatasetSpecError, ["folds"], id="bad-folds"),
+]
 
 
 @pytest.fixture

@@ -1,0 +1,90 @@
+"""Dataset specs, loading and splitting: bad input fails fast and clearly; the split is leak-free."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble_platform.data.loading import content_hash, load_dataset
+from ensemble_platform.data.schema import infer_schema
+from ensemble_platform.data.spec import load_spec
+from ensemble_platform.data.splitting import split_dataset
+from ensemble_platform.data.validation import validate_table
+from ensemble_platform.errors import DataError, DatasetSpecError
+from ensemble_platform_tests.conftest import BAD_INPUTS, write_spec
+
+
+def test_default_spec_loads_real_data():
+    spec = load_spec()
+    table = load_dataset(spec)
+    assert spec.name == "credit_data"
+    assert len(table) == 4454
+    assert set(table["Status"].unique()) == {"good", "bad"}
+    assert "rownames" not in table.columns
+
+
+def test_schema_inference_excludes_sensitive_and_dropped(slice_spec):
+    table = load_dataset(slice_spec)
+    schema = infer_schema(table, slice_spec)
+    assert "Age" not in schema.features and "Marital" not in schema.features
+    assert "Home" in schema.categorical and "Income" in schema.numeric
+    assert "Status" not in schema.features
+
+
+def test_sensitive_used_as_features_only_when_asked(tmp_path, credit_slice):
+    spec = load_spec(write_spec(tmp_path, credit_slice, use_sensitive_as_features=True))
+    schema = infer_schema(load_dataset(spec), spec)
+    assert "Age" in schema.numeric and "Marital" in schema.categorical
+
+
+def test_parquet_source_and_numeric_labels(tmp_path, credit_slice):
+    table = credit_slice.assign(Status=(credit_slice["Status"] == "bad").astype(int))
+    table.to_parquet(tmp_path / "d.parquet")
+    spec_path = write_spec(tmp_path, credit_slice, source="d.parquet", positive_label=1)
+    loaded = load_dataset(load_spec(spec_path))
+    assert set(loaded["Status"]) == {"0", "1"}
+
+
+@pytest.mark.parametrize("mutate, overrides, error, fragments", BAD_INPUTS)
+def test_bad_input_fails_fast_with_named_field(tmp_path, credit_slice, mutate, overrides, error, fragments):
+    table = mutate(credit_slice) if mutate else credit_slice
+    spec_path = write_spec(tmp_path, table, **overrides)
+    with pytest.raises(error) as info:
+        load_dataset(load_spec(spec_path))
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_unreadable_yaml_names_the_file(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(DatasetSpecError, match="spec.yaml"):
+        load_spec(path)
+
+
+def test_split_is_stratified_disjoint_and_seeded(slice_spec):
+    table = load_dataset(slice_spec)
+    a, b = split_dataset(table, slice_spec), split_dataset(table, slice_spec)
+    assert a.train_hash == b.train_hash and a.holdout_hash == b.holdout_hash
+    np.testing.assert_array_equal(a.fold_of_row, b.fold_of_row)
+    assert len(a.holdout) == pytest.approx(0.25 * len(table), abs=1)
+    # Disjoint and complete: every original row is in exactly one part.
+    joined = pd.concat([a.train, a.holdout]).sort_values(list(table.columns)).reset_index(drop=True)
+    assert content_hash(joined) == content_hash(table.sort_values(list(table.columns)).reset_index(drop=True))
+    assert abs(a.y_train.mean() - a.y_holdout.mean()) < 0.02
+    assert sorted(set(a.fold_of_row)) == [0, 1, 2]
+    for k in range(3):
+        assert abs(a.y_train[a.fold_of_row == k].mean() - a.y_train.mean()) < 0.03
+
+
+def test_great_expectations_suite_passes_clean_data_and_names_failures(slice_spec):
+    table = load_dataset(slice_spec)
+    schema = infer_schema(table, slice_spec)
+    assert validate_table(table, slice_spec, schema).success
+    broken = table.copy()
+    broken["Home"] = "castle"
+    broken.loc[: int(len(broken) * 0.8), "Income"] = np.nan
+    result = validate_table(broken, slice_spec, schema)
+    assert not result.success
+    failed = {(o.expectation, o.column) for o in result.failures}
+    assert ("expect_column_values_to_be_in_set", "Home") in failed
+    assert ("expect_column_proportion_of_non_null_values_to_be_between", "Income") in failed
