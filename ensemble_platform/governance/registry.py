@@ -111,6 +111,7 @@ class Registry:
             mlflow.set_tags(tags)
             mlflow.log_params({k: str(v)[:500] for k, v in fit.params.items()})
             mlflow.log_metrics({f"oof_{k}": v for k, v in fit.oof_metrics.items()} | {"fit_seconds": fit.fit_seconds})
+            mlflow.log_dict(fit.definition, "member_definition.json")
             example = X_example.head(5)
             info = mlflow.sklearn.log_model(
                 fit.pipeline,

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.impute import SimpleImputer
+from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, SplineTransformer, StandardScaler
 from xgboost import XGBClassifier
 
 from ensemble_platform.data.schema import FeatureSchema
@@ -30,6 +30,30 @@ def one_hot_scaled(schema: FeatureSchema) -> ColumnTransformer:
     )
     return ColumnTransformer(
         [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
+        verbose_feature_names_out=False,
+    )
+
+
+def spline_one_hot(schema: FeatureSchema) -> ColumnTransformer:
+    """A linear model with smooth non-linear effects: cubic B-splines (quantile knots, constant
+    beyond the training range) on median-imputed numerics, missing flags, one-hot categoricals.
+    On credit_data this lowers the linear member's out-of-fold log loss from 0.439 to 0.427,
+    better than any tree member: the signal is close to additive."""
+    numeric = make_pipeline(
+        SimpleImputer(strategy="median"),
+        SplineTransformer(n_knots=3, degree=3, knots="quantile", extrapolation="constant"),
+        StandardScaler(),
+    )
+    categorical = make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="__missing__"),
+        OneHotEncoder(handle_unknown="ignore", min_frequency=5, sparse_output=False),
+    )
+    return ColumnTransformer(
+        [
+            ("num", numeric, list(schema.numeric)),
+            ("missing", MissingIndicator(features="missing-only", error_on_new=False), list(schema.numeric)),
+            ("cat", categorical, list(schema.categorical)),
+        ],
         verbose_feature_names_out=False,
     )
 
@@ -52,8 +76,8 @@ def _ordinal(schema: FeatureSchema, impute_numeric: bool) -> ColumnTransformer:
 
 def _logistic_regression(schema: FeatureSchema, seed: int) -> Pipeline:
     return Pipeline([
-        ("prep", one_hot_scaled(schema)),
-        ("model", LogisticRegression(C=0.5, max_iter=2000, random_state=seed)),
+        ("prep", spline_one_hot(schema)),
+        ("model", LogisticRegression(C=0.5, max_iter=5000, random_state=seed)),
     ])
 
 
@@ -61,7 +85,7 @@ def _random_forest(schema: FeatureSchema, seed: int) -> Pipeline:
     return Pipeline([
         ("prep", _ordinal(schema, impute_numeric=True)),
         ("model", RandomForestClassifier(
-            n_estimators=300, min_samples_leaf=3, max_features="sqrt", n_jobs=N_JOBS, random_state=seed
+            n_estimators=150, min_samples_leaf=3, max_features="sqrt", n_jobs=N_JOBS, random_state=seed
         )),
     ])
 
@@ -70,7 +94,7 @@ def _extra_trees(schema: FeatureSchema, seed: int) -> Pipeline:
     return Pipeline([
         ("prep", _ordinal(schema, impute_numeric=True)),
         ("model", ExtraTreesClassifier(
-            n_estimators=300, min_samples_leaf=3, max_features=0.5, n_jobs=N_JOBS, random_state=seed
+            n_estimators=150, min_samples_leaf=3, max_features=0.5, n_jobs=N_JOBS, random_state=seed
         )),
     ])
 
@@ -81,8 +105,10 @@ def _hist_gradient_boosting(schema: FeatureSchema, seed: int) -> Pipeline:
     return Pipeline([
         ("prep", _ordinal(schema, impute_numeric=False)),
         ("model", HistGradientBoostingClassifier(
-            learning_rate=0.05, max_iter=250, max_leaf_nodes=15, min_samples_leaf=30,
-            l2_regularization=1.0, categorical_features=categorical_mask or None,
+            # Small, strongly regularised trees: with 15 leaves and l2=1 the out-of-fold loss was
+            # best near 100 iterations and rose after (0.440 -> 0.453 at 250); this is flat.
+            learning_rate=0.03, max_iter=300, max_leaf_nodes=8, min_samples_leaf=40,
+            l2_regularization=5.0, categorical_features=categorical_mask or None,
             early_stopping=False, random_state=seed,
         )),
     ])
@@ -93,7 +119,7 @@ def _xgboost(schema: FeatureSchema, seed: int) -> Pipeline:
         ("prep", _ordinal(schema, impute_numeric=False)),
         ("model", XGBClassifier(
             n_estimators=300, learning_rate=0.03, max_depth=4, subsample=0.8, colsample_bytree=0.8,
-            min_child_weight=3, reg_lambda=1.0, tree_method="hist", n_jobs=N_JOBS, random_state=seed,
+            min_child_weight=10, reg_lambda=5.0, tree_method="hist", n_jobs=N_JOBS, random_state=seed,
             eval_metric="logloss",
         )),
     ])
@@ -134,6 +160,34 @@ def get_member_spec(name: str) -> MemberSpec:
         return CATALOGUE[name]
     except KeyError:
         raise KeyError(f"unknown member {name!r}; the catalogue has {list(CATALOGUE)}") from None
+
+
+# Settings that change how fast a model is computed, not what it computes; and the nested lists
+# whose every leaf is listed on its own.
+_NOT_DEFINITION = frozenset({"n_jobs", "verbose", "steps", "transformers"})
+
+
+def pipeline_definition(pipeline: Pipeline) -> dict[str, str]:
+    """Every setting of every step (estimators by class), flattened: what the member *is*.
+
+    The fingerprint hashes this, so a change anywhere in the pipeline, preprocessing included,
+    is a new member version.
+    """
+    return {
+        key: f"{type(value).__module__}.{type(value).__qualname__}" if hasattr(value, "get_params") else repr(value)
+        for key, value in sorted(pipeline.get_params(deep=True).items())
+        if key.rsplit("__", 1)[-1] not in _NOT_DEFINITION
+    }
+
+
+def predict_single_threaded(pipeline: Pipeline) -> Pipeline:
+    """Fit with threads, predict on one: multi-threaded forests sum tree probabilities in thread
+    order, so their predictions differed in the last bit from run to run (seen on credit_data),
+    and everything versioned or hashed downstream would follow."""
+    model = pipeline.named_steps["model"]
+    if "n_jobs" in model.get_params():
+        model.set_params(n_jobs=1)
+    return pipeline
 
 
 def model_params(pipeline: Pipeline) -> dict[str, object]:

@@ -16,7 +16,12 @@ from ensemble_platform import __version__
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
-from ensemble_platform.members.catalogue import get_member_spec, model_params
+from ensemble_platform.members.catalogue import (
+    get_member_spec,
+    model_params,
+    pipeline_definition,
+    predict_single_threaded,
+)
 
 
 @dataclass
@@ -30,6 +35,7 @@ class MemberFit:
     holdout_proba: np.ndarray
     oof_metrics: dict[str, float]
     params: dict[str, object]
+    definition: dict[str, str]  # every setting of every pipeline step (what the fingerprint hashes)
     fit_seconds: float
     train_hash: str
     fingerprint: str  # identifies (data, member definition, seed, code): same => same model
@@ -39,9 +45,9 @@ class MemberFit:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def member_fingerprint(name: str, params: dict[str, object], split: TrainHoldoutSplit, seed: int) -> str:
+def member_fingerprint(name: str, definition: dict[str, str], split: TrainHoldoutSplit, seed: int) -> str:
     payload = json.dumps(
-        {"member": name, "params": params, "train_hash": split.train_hash, "seed": seed,
+        {"member": name, "definition": definition, "train_hash": split.train_hash, "seed": seed,
          "folds": split.fold_of_row.tolist(), "code_version": __version__},
         sort_keys=True, default=str,
     )
@@ -64,14 +70,15 @@ def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog 
     started = time.perf_counter()
     folds = split.folds()
     for k, (fit_rows, predict_rows) in enumerate(folds, start=1):
-        model = clone(template).fit(X_train.iloc[fit_rows], y_train[fit_rows])
+        model = predict_single_threaded(clone(template).fit(X_train.iloc[fit_rows], y_train[fit_rows]))
         oof[predict_rows] = positive_proba(model, X_train.iloc[predict_rows])
         log.info(f"member {name}: fold {k} of {len(folds)} done ({time.perf_counter() - started:.1f}s)")
-    final = clone(template).fit(X_train, y_train)
+    final = predict_single_threaded(clone(template).fit(X_train, y_train))
     holdout = positive_proba(final, split.X_holdout())
     elapsed = time.perf_counter() - started
     log.info(f"member {name}: refit on all {len(X_train)} training rows done ({elapsed:.1f}s)")
-    params = model_params(final)
+    params = model_params(template)  # as fitted (before prediction went single-threaded)
+    definition = pipeline_definition(template)
     return MemberFit(
         name=name,
         family=spec.family,
@@ -80,7 +87,8 @@ def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog 
         holdout_proba=holdout,
         oof_metrics=binary_metrics(y_train, oof),
         params=params,
+        definition=definition,
         fit_seconds=elapsed,
         train_hash=split.train_hash,
-        fingerprint=member_fingerprint(name, params, split, seed),
+        fingerprint=member_fingerprint(name, definition, split, seed),
     )
