@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ensemble_platform.data.loading import read_source
+from ensemble_platform.data.loading import load_dataset, read_source
 from ensemble_platform.data.spec import DatasetSpec, load_spec
+from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.errors import DataError, DatasetSpecError
 
 SLICE_ROWS = 600
@@ -69,6 +70,14 @@ BAD_INPUTS = [
     pytest.param(None, {"colour": "blue"}, DatasetSpecError, ["colour"], id="unknown-field"),
     pytest.param(None, {"folds": 1}, DatasetSpecError, ["folds"], id="bad-folds"),
 ]
+
+
+@pytest.fixture(scope="session")
+def split(tmp_path_factory, credit_slice):
+    """The slice's train/holdout split and shared folds (frozen: tests derive variants with
+    dataclasses.replace, never mutate it)."""
+    spec = load_spec(write_spec(tmp_path_factory.mktemp("split"), credit_slice))
+    return split_dataset(load_dataset(spec), spec)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from ensemble_platform.data.schema import infer_schema
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.data.validation import validate_table
-from ensemble_platform.errors import DataError, DatasetSpecError
+from ensemble_platform.errors import DatasetSpecError
 from ensemble_platform_tests.conftest import BAD_INPUTS, write_spec
 
 

@@ -6,22 +6,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ensemble_platform.data.loading import load_dataset
-from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.ensemble.selection import select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
 from ensemble_platform.members.training import fit_member
 
 MEMBERS = ["logistic_regression", "hist_gradient_boosting"]
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory, credit_slice):
-    from ensemble_platform.data.spec import load_spec
-    from ensemble_platform_tests.conftest import write_spec
-
-    spec = load_spec(write_spec(tmp_path_factory.mktemp("leak"), credit_slice))
-    return split_dataset(load_dataset(spec), spec)
 
 
 def _scrambled_holdout(split):

@@ -3,20 +3,9 @@
 import numpy as np
 import pytest
 
-from ensemble_platform.data.loading import load_dataset
-from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.members import catalogue
 from ensemble_platform.members.catalogue import MEMBER_NAMES, MemberSpec, pipeline_definition
 from ensemble_platform.members.training import fit_member
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory, credit_slice):
-    from ensemble_platform.data.spec import load_spec
-    from ensemble_platform_tests.conftest import write_spec
-
-    spec = load_spec(write_spec(tmp_path_factory.mktemp("members"), credit_slice))
-    return split_dataset(load_dataset(spec), spec)
 
 
 @pytest.mark.parametrize("name", ["random_forest", "extra_trees"])
@@ -28,7 +17,7 @@ def test_threaded_members_are_bit_reproducible(split, name):
     assert len({r.fingerprint for r in runs}) == 1
 
 
-def test_fingerprint_commits_to_preprocessing_not_to_thread_counts(split, monkeypatch):
+def test_fingerprint_commits_to_preprocessing(split, monkeypatch):
     base = fit_member("logistic_regression", split, seed=0)
     original = catalogue.CATALOGUE["logistic_regression"]
 

@@ -5,17 +5,10 @@ import pytest
 from mlflow.entities import RunStatus
 from sklearn.exceptions import NotFittedError
 
-from ensemble_platform.data.loading import load_dataset
-from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.governance.registry import Registry, member_model_name, runtime_requirements
 from ensemble_platform.members.catalogue import get_member_spec
 from ensemble_platform.members.training import fit_member
 from ensemble_platform.settings import PlatformPaths
-
-
-@pytest.fixture
-def split(slice_spec):
-    return split_dataset(load_dataset(slice_spec), slice_spec)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 
 import dagster as dg
 from pydantic import PrivateAttr
