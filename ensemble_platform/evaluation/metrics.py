@@ -5,28 +5,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
 
+# The ECE lives with the other calibration measures; re-exported here, where callers expect it.
+from ensemble_platform.evaluation.calibration import expected_calibration_error
+
 METRIC_NAMES = ("roc_auc", "log_loss", "brier", "accuracy", "ece")
 # Lower is better for these; the others are higher-is-better.
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
 _EPS = 1e-15
-
-
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
-    """ECE with equal-width bins on [0, 1]: sum over bins of |mean(y) - mean(p)| * share of rows.
-
-    The last bin is closed on the right so that p == 1.0 is counted.
-    """
-    y = np.asarray(y, dtype=float)
-    proba = np.asarray(proba, dtype=float)
-    if len(y) == 0:
-        raise ValueError("expected_calibration_error needs at least one prediction")
-    bins = np.minimum((proba * n_bins).astype(int), n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            total += in_bin.mean() * abs(y[in_bin].mean() - proba[in_bin].mean())
-    return float(total)
 
 
 def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -38,7 +23,7 @@ def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> 
         "log_loss": float(log_loss(y, clipped, labels=[0, 1])),
         "brier": float(brier_score_loss(y, clipped)),
         "accuracy": float(accuracy_score(y, (clipped >= threshold).astype(int))),
-        "ece": expected_calibration_error(y, clipped),
+        "ece": expected_calibration_error(y, clipped, n_bins=10, binning="uniform"),
     }
 
 
