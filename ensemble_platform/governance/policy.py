@@ -1,0 +1,86 @@
+"""Governance thresholds: the settings a reviewer's verdicts are judged against.
+
+They live in the dataset spec's optional `governance:` block (defaults below) and are copied
+into every ensemble config, so changing a threshold changes the config hash and yields a new
+ensemble version that needs its own review.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Status = Literal["pass", "warn", "fail", "thin"]
+STATUS_ORDER: tuple[str, ...] = ("pass", "thin", "warn", "fail")  # worst last
+
+
+class GapThreshold(BaseModel):
+    """Warn and fail limits for one fairness gap.
+
+    `higher_is_worse` gaps (differences) warn when value > warn and fail when value > fail;
+    ratios (lower is worse) warn when value < warn and fail when value < fail.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warn: float = Field(ge=0.0)
+    fail: float = Field(ge=0.0)
+    higher_is_worse: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GapThreshold":
+        if self.higher_is_worse and self.fail < self.warn:
+            raise ValueError(f"fail ({self.fail}) must be >= warn ({self.warn}) for a difference")
+        if not self.higher_is_worse and self.fail > self.warn:
+            raise ValueError(f"fail ({self.fail}) must be <= warn ({self.warn}) for a ratio")
+        return self
+
+    def status(self, value: float) -> Status:
+        if self.higher_is_worse:
+            return "fail" if value > self.fail else "warn" if value > self.warn else "pass"
+        return "fail" if value < self.fail else "warn" if value < self.warn else "pass"
+
+
+class FairnessPolicy(BaseModel):
+    """Gap thresholds and the sample sizes below which a group is too thin to judge.
+
+    Defaults follow common practice: the four-fifths rule for the parity ratio and 0.1 / 0.2
+    for absolute rate differences.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    demographic_parity_difference: GapThreshold = GapThreshold(warn=0.1, fail=0.2)
+    demographic_parity_ratio: GapThreshold = GapThreshold(warn=0.8, fail=0.6, higher_is_worse=False)
+    equalized_odds_difference: GapThreshold = GapThreshold(warn=0.1, fail=0.2)
+    equal_opportunity_difference: GapThreshold = GapThreshold(warn=0.1, fail=0.2)
+    # A group with fewer rows, or fewer rows of either class, is reported but not judged.
+    min_group_size: int = Field(default=30, ge=1)
+    min_group_class_count: int = Field(default=5, ge=1)
+
+    def gap_thresholds(self) -> dict[str, GapThreshold]:
+        return {
+            "demographic_parity_difference": self.demographic_parity_difference,
+            "demographic_parity_ratio": self.demographic_parity_ratio,
+            "equalized_odds_difference": self.equalized_odds_difference,
+            "equal_opportunity_difference": self.equal_opportunity_difference,
+        }
+
+
+class GovernancePolicy(BaseModel):
+    """Everything in a dataset spec's `governance:` block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Rows whose member vote share for the ensemble's decision falls below this go to review.
+    agreement_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
+    min_members: int = Field(default=2, ge=1)
+    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    calibration_bins: int = Field(default=10, ge=2, le=100)
+    fairness: FairnessPolicy = FairnessPolicy()
+
+
+def worst_status(statuses: list[str]) -> str:
+    """The most severe of several statuses ('pass' when there are none)."""
+    return max(statuses, key=STATUS_ORDER.index, default="pass")
