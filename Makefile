@@ -8,7 +8,7 @@ export DAGSTER_HOME := $(ENSEMBLE_PLATFORM_HOME)/dagster
 # Keep BLAS from oversubscribing the two cores alongside the models' own n_jobs.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test ui mlflow-ui bench clean
+.PHONY: install browser demo test ui mlflow-ui bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/ensemble-platform demo
 
-test: install
+# Headless Chromium for the model-card browser test (Debian package; skipped where it cannot install).
+browser:
+	@scripts/install_browser.sh
+
+test: install browser
 	$(BIN)/pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml

@@ -63,11 +63,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"lift over best member ({validation['best_member']}): "
           f"AUC {validation['lift_over_best_member']['roc_auc']:+.4f}, "
           f"log loss {validation['lift_over_best_member']['log_loss']:+.4f}")
-    print(f"whole graph       : {total:.1f}s")
+    print(f"whole graph       : {total:.1f}s (governance reports {run.seconds.get('governance', 0.0):.1f}s)")
     print()
+    reports = paths.version_reports_dir(dataset, validation["ensemble_version"])
     print("written:")
     print(f"  platform home   : {paths.home}")
-    print(f"  validation      : {paths.reports_dir(dataset) / 'validation.json'}")
+    print(f"  model card      : {reports / 'model_card.html'}")
+    print(f"  reports         : {reports} (validation, calibration, fairness, agreement)")
     print(f"  configs         : {paths.configs_dir(dataset)}")
     print(f"  predictions     : {paths.predictions_dir(dataset)}")
     print(f"  MLflow store    : {paths.mlflow_tracking_uri}")

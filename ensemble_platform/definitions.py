@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ensemble_platform.defs.assets import data, ensemble, members
+from ensemble_platform.defs.assets import data, ensemble, members, reports
 from ensemble_platform.defs.jobs import JOBS
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.settings import PlatformPaths
@@ -13,7 +13,7 @@ from ensemble_platform.settings import PlatformPaths
 def build_definitions(home: str | None = None, dataset_spec: str | None = None) -> dg.Definitions:
     paths = PlatformPaths.from_env(home)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([data, members, ensemble]),
+        assets=dg.load_assets_from_modules([data, members, ensemble, reports]),
         asset_checks=dg.load_asset_checks_from_modules([data]),
         jobs=JOBS,
         resources={

@@ -41,6 +41,14 @@ class PlatformPaths:
     def reports_dir(self, dataset: str) -> Path:
         return self.home / "reports" / dataset
 
+    def version_reports_dir(self, dataset: str, version: str) -> Path:
+        """Reports and the model card of one ensemble version."""
+        return self.reports_dir(dataset) / version
+
+    def data_validation_path(self, dataset: str, data_hash: str) -> Path:
+        """The Great Expectations result for one version of the data, keyed by its content hash."""
+        return self.reports_dir(dataset) / "data_validation" / f"{data_hash}.json"
+
     def predictions_dir(self, dataset: str) -> Path:
         return self.home / "predictions" / dataset
 

@@ -88,3 +88,17 @@ def slice_spec_path(tmp_path, credit_slice) -> Path:
 @pytest.fixture
 def slice_spec(slice_spec_path) -> DatasetSpec:
     return load_spec(slice_spec_path)
+
+
+@pytest.fixture(scope="session")
+def lifecycle(tmp_path_factory, credit_slice):
+    """One full run through the CLI (`demo`) into a temp home with a temp DAGSTER_HOME, shared by
+    the lifecycle and governance tests (it is the slowest fixture)."""
+    from ensemble_platform import cli
+    from ensemble_platform.settings import PlatformPaths
+
+    root = tmp_path_factory.mktemp("e2e")
+    spec_path = write_spec(root / "dataset", credit_slice)
+    home = root / "home"
+    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
+    return PlatformPaths.from_env(home), spec_path

@@ -8,6 +8,7 @@ import pytest
 
 from ensemble_platform.ensemble.selection import select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
+from ensemble_platform.evaluation.calibration import select_calibrator
 from ensemble_platform.members.training import fit_member
 
 MEMBERS = ["logistic_regression", "hist_gradient_boosting"]
@@ -36,6 +37,11 @@ def test_holdout_changes_nothing_before_validation(split):
                                scrambled.fold_of_row, scrambled.X_train())
     assert chosen_a.chosen == chosen_b.chosen
     assert chosen_a.chosen_evidence.combiner.describe() == chosen_b.chosen_evidence.combiner.describe()
+    # The post-hoc calibrator is fitted on the chosen strategy's out-of-fold probabilities only.
+    calibrated_a = select_calibrator(chosen_a.chosen_evidence.cv_proba, split.y_train, split.fold_of_row)
+    calibrated_b = select_calibrator(chosen_b.chosen_evidence.cv_proba, scrambled.y_train, scrambled.fold_of_row)
+    assert calibrated_a.describe() == calibrated_b.describe()
+    assert calibrated_a.calibrator.n_fit_rows_ == len(split.y_train)
 
 
 @pytest.mark.parametrize("name", MEMBERS)

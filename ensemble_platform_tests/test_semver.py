@@ -3,15 +3,20 @@
 import pytest
 
 from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig, MemberRef, bump_kind, next_version
+from ensemble_platform.governance.policy import FairnessPolicy, GapThreshold, GovernancePolicy
 
 
-def _config(strategy="stacking", versions=("1", "1"), combiner=None, threshold=0.6, version="0.0.0"):
+def _config(strategy="stacking", versions=("1", "1"), combiner=None, threshold=0.6, version="0.0.0",
+            calibration=None, fairness=None):
     members = tuple(
         MemberRef(name=f"m{i}", family="f", registered_model=f"d.m{i}", version=v, run_id=f"r{i}{v}")
         for i, v in enumerate(versions)
     )
     return EnsembleConfig(dataset="d", version=version, strategy=strategy, members=members,
-                          combiner=combiner or {"weights": [0.5, 0.5]}, agreement_threshold=threshold)
+                          combiner=combiner or {"weights": [0.5, 0.5]},
+                          calibration=calibration or {"method": "none"},
+                          governance=GovernancePolicy(agreement_threshold=threshold,
+                                                      fairness=fairness or FairnessPolicy()))
 
 
 def test_first_version_is_1_0_0():
@@ -26,9 +31,12 @@ def test_first_version_is_1_0_0():
         ({"versions": ("1", "2")}, "2.4.0"),
         ({"combiner": {"weights": [0.6, 0.4]}}, "2.3.5"),
         ({"threshold": 0.7}, "2.3.5"),
+        ({"calibration": {"method": "sigmoid", "params": {"slope": 1.1, "intercept": 0.0}}}, "2.3.5"),
+        ({"fairness": FairnessPolicy(demographic_parity_difference=GapThreshold(warn=0.05, fail=0.1))}, "2.3.5"),
         ({"strategy": "soft_average", "versions": ("2", "2")}, "3.0.0"),  # the bigger change wins
     ],
-    ids=["unchanged", "major", "minor", "patch-weights", "patch-threshold", "major-beats-minor"],
+    ids=["unchanged", "major", "minor", "patch-weights", "patch-threshold", "patch-calibrator",
+         "patch-fairness-threshold", "major-beats-minor"],
 )
 def test_bump_rules(change, expected):
     previous = _config(version="2.3.4")

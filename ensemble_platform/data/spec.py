@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ensemble_platform.errors import DatasetSpecError
+from ensemble_platform.governance.policy import GovernancePolicy
 from ensemble_platform.settings import DATASET_ENV
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
@@ -36,6 +37,7 @@ class DatasetSpec(BaseModel):
     seed: int = 0
     intended_use: str | None = None
     limitations: str | None = None
+    governance: GovernancePolicy = GovernancePolicy()
     # The directory of the spec file: relative `source` paths resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

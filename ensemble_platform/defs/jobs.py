@@ -1,4 +1,5 @@
-"""Jobs by stage. Members are partitioned, so a full refresh runs data, each member, then ensemble."""
+"""Jobs by stage. Members are partitioned, so a full refresh runs data, each member, ensemble,
+then governance."""
 
 import dagster as dg
 
@@ -13,4 +14,8 @@ ensemble_job = dg.define_asset_job(
     "ensemble_job", selection=dg.AssetSelection.groups("ensemble"),
     description="Combine members, choose a strategy on out-of-fold evidence, version and validate it.",
 )
-JOBS = [data_job, members_job, ensemble_job]
+governance_job = dg.define_asset_job(
+    "governance_job", selection=dg.AssetSelection.groups("governance"),
+    description="Calibration, fairness and agreement reports and the model card of the current version.",
+)
+JOBS = [data_job, members_job, ensemble_job, governance_job]

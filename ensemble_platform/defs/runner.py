@@ -1,4 +1,5 @@
-"""Materialize the whole asset graph in-process: data, every member partition, ensemble.
+"""Materialize the whole asset graph in-process: data, every member partition, ensemble,
+governance reports.
 
 Members are statically partitioned, so one Dagster run cannot materialize them together with
 the unpartitioned stages; this runs the stage jobs in order against one instance, exactly as a
@@ -20,6 +21,7 @@ class LifecycleRun:
     run_ids: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     validation: dict | None = None
+    model_card: str | None = None
 
 
 def materialize_lifecycle(
@@ -31,7 +33,7 @@ def materialize_lifecycle(
     run = LifecycleRun()
     steps: list[tuple[str, str, str | None]] = [("data", "data_job", None)]
     steps += [(f"member:{m}", "members_job", m) for m in (members or list(MEMBER_NAMES))]
-    steps.append(("ensemble", "ensemble_job", None))
+    steps += [("ensemble", "ensemble_job", None), ("governance", "governance_job", None)]
     for i, (label, job_name, partition) in enumerate(steps, start=1):
         echo(f"[{i}/{len(steps)}] {label} ...")
         started = time.perf_counter()
@@ -43,4 +45,6 @@ def materialize_lifecycle(
         echo(f"[{i}/{len(steps)}] {label} done in {run.seconds[label]:.1f}s (run {result.run_id[:8]})")
         if label == "ensemble":
             run.validation = result.output_for_node("ensemble_validation")
+        if label == "governance":
+            run.model_card = result.output_for_node("model_card")
     return run

@@ -25,10 +25,10 @@ def probability_dispersion(P: np.ndarray) -> np.ndarray:
 
 
 def agreement_summary(
-    P: np.ndarray, ensemble_proba: np.ndarray, review_threshold: float, n_bins: int = 5
+    P: np.ndarray, ensemble_proba: np.ndarray, review_threshold: float, decision_threshold: float = 0.5
 ) -> dict[str, object]:
     """Distribution of vote agreement and the share of rows routed to review."""
-    agreement = vote_agreement(P, ensemble_proba)
+    agreement = vote_agreement(P, ensemble_proba, decision_threshold)
     m = P.shape[1]
     # Possible agreement values are k/m for k >= ceil(m/2) (ties aside): count each exactly.
     levels, counts = np.unique(np.round(agreement, 6), return_counts=True)

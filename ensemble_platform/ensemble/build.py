@@ -1,4 +1,8 @@
-"""Turn the chosen candidate into a versioned ensemble config and its runtime."""
+"""Turn the chosen candidate into a versioned ensemble config and its runtime.
+
+The post-hoc calibrator is chosen and fitted here, on the chosen strategy's cross-validated
+out-of-fold probabilities: the holdout is not an input, so it cannot shape the calibrator.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ from dataclasses import dataclass
 import cloudpickle
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
-from ensemble_platform.ensemble.config import DEFAULT_AGREEMENT_THRESHOLD, EnsembleConfig, next_version
+from ensemble_platform.ensemble.config import EnsembleConfig, next_version
 from ensemble_platform.ensemble.predictions import MemberPredictions
 from ensemble_platform.ensemble.selection import CandidateSet
+from ensemble_platform.evaluation.calibration import CalibrationChoice, select_calibrator
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.policy import GovernancePolicy
 from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.runtime import EnsembleRuntime
 
@@ -19,6 +26,7 @@ from ensemble_platform.serving.runtime import EnsembleRuntime
 class EnsembleBuild:
     config: EnsembleConfig
     runtime: EnsembleRuntime
+    calibration: CalibrationChoice
 
 
 def build_ensemble(
@@ -27,10 +35,15 @@ def build_ensemble(
     fits: dict[str, MemberFit],
     split: TrainHoldoutSplit,
     previous: EnsembleConfig | None,
-    agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD,
-    min_members: int = 2,
+    governance: GovernancePolicy = GovernancePolicy(),
 ) -> EnsembleBuild:
+    if len(predictions.members) < governance.min_members:
+        raise PlatformError(
+            f"ensemble of {split.dataset} has {len(predictions.members)} member(s); the spec's "
+            f"governance.min_members requires at least {governance.min_members}"
+        )
     chosen = candidates.chosen_evidence
+    calibration = select_calibrator(chosen.cv_proba, split.y_train, split.fold_of_row)
     draft = EnsembleConfig(
         dataset=split.dataset,
         strategy=chosen.name,
@@ -38,8 +51,8 @@ def build_ensemble(
         combiner=chosen.combiner.describe(),
         combiner_sha256=hashlib.sha256(cloudpickle.dumps(chosen.combiner)).hexdigest(),
         selection_criterion=candidates.criterion,
-        agreement_threshold=agreement_threshold,
-        min_members=min_members,
+        calibration=calibration.describe(),
+        governance=governance,
         data_hash=split.data_hash,
     )
     config = draft.model_copy(update={"version": next_version(previous, draft)})
@@ -53,6 +66,8 @@ def build_ensemble(
         schema=split.schema,
         members={name: fits[name].pipeline for name in predictions.names},
         combiner=chosen.combiner,
-        agreement_threshold=agreement_threshold,
+        calibrator=calibration.calibrator,
+        agreement_threshold=governance.agreement_threshold,
+        decision_threshold=governance.decision_threshold,
     )
-    return EnsembleBuild(config, runtime)
+    return EnsembleBuild(config, runtime, calibration)

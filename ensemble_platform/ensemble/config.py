@@ -1,7 +1,8 @@
 """The ensemble config: the versioned artefact that makes decisions, and its semantic version.
 
 MAJOR: the strategy changed. MINOR: a member (or its version) changed. PATCH: only the learned
-combiner parameters (weights, meta-model, calibrator) or governance thresholds changed.
+combiner parameters (weights, meta-model), the post-hoc calibrator or the governance thresholds
+changed.
 Identical content keeps the previous version, so re-running on unchanged inputs is a no-op.
 """
 
@@ -14,8 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.errors import PlatformError
-
-DEFAULT_AGREEMENT_THRESHOLD = 0.6
+from ensemble_platform.governance.policy import GovernancePolicy
 
 
 class MemberRef(BaseModel):
@@ -40,8 +40,10 @@ class EnsembleConfig(BaseModel):
     combiner: dict[str, object] = Field(default_factory=dict)
     combiner_sha256: str = ""
     selection_criterion: str = "log_loss"
-    agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD
-    min_members: int = 2
+    # Post-hoc calibrator of the combined probability, fitted on out-of-fold rows only.
+    calibration: dict[str, object] = Field(default_factory=lambda: {"method": "none"})
+    # Review, decision and fairness thresholds: part of the content, so changing one is a new version.
+    governance: GovernancePolicy = GovernancePolicy()
     data_hash: str = ""
     registered_model: str | None = None
     registered_version: str | None = None
@@ -55,6 +57,18 @@ class EnsembleConfig(BaseModel):
     @property
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def agreement_threshold(self) -> float:
+        return self.governance.agreement_threshold
+
+    @property
+    def min_members(self) -> int:
+        return self.governance.min_members
+
+    @property
+    def decision_threshold(self) -> float:
+        return self.governance.decision_threshold
 
     def member_versions(self) -> dict[str, str]:
         return {m.name: m.version for m in self.members}

@@ -3,9 +3,6 @@ and no choice has seen, the agreement distribution and the lift over the best me
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -22,6 +19,7 @@ def validation_report(
     candidates: CandidateSet,
     member_holdout: dict[str, np.ndarray],
     ensemble_holdout: np.ndarray,
+    ensemble_uncalibrated: np.ndarray,
     y_holdout: np.ndarray,
     X_holdout: pd.DataFrame,
     lineage: dict[str, object],
@@ -49,11 +47,14 @@ def validation_report(
         "config_hash": config.config_hash,
         "chosen": config.strategy,
         "ensemble": ensemble,
+        # The chosen strategy's output before the post-hoc calibrator (equals strategies[chosen]).
+        "ensemble_before_calibration": binary_metrics(y_holdout, ensemble_uncalibrated),
+        "calibration": config.calibration.get("method", "none"),
         "members": members,
         "strategies": strategies,
         "best_member": best_member,
         "lift_over_best_member": lift,
-        "agreement": agreement_summary(H, ensemble_holdout, config.agreement_threshold),
+        "agreement": agreement_summary(H, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
         "selection": {
             "criterion": candidates.criterion,
             "evidence": "out_of_fold_cross_validation",
@@ -62,21 +63,3 @@ def validation_report(
         },
         "lineage": lineage,
     }
-
-
-def write_json(document: dict[str, object], path: Path) -> Path:
-    """Atomic write (temp file + rename): readers never see a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
-
-
-def markdown_table(rows: dict[str, dict[str, float]], highlight: str | None = None) -> str:
-    header = "| name | " + " | ".join(METRIC_NAMES) + " |"
-    lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 1)]
-    for name, metrics in rows.items():
-        label = f"**{name}**" if name == highlight else name
-        lines.append(f"| {label} | " + " | ".join(f"{metrics[m]:.4f}" for m in METRIC_NAMES) + " |")
-    return "\n".join(lines)

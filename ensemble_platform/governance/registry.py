@@ -153,7 +153,9 @@ class Registry:
             config_path.write_text(config.model_dump_json(indent=2))
             mlflow.set_tags(tags)
             mlflow.log_params({"strategy": config.strategy, "semver": config.version,
-                               "agreement_threshold": config.agreement_threshold})
+                               "calibration": config.calibration.get("method", "none"),
+                               "agreement_threshold": config.agreement_threshold,
+                               "decision_threshold": config.decision_threshold})
             mlflow.log_artifact(str(config_path))
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
@@ -175,9 +177,11 @@ class Registry:
             raise ValueError(f"ensemble config {config.version} of {config.dataset} is not registered")
         return self.client.get_model_version(config.registered_model, config.registered_version).run_id
 
-    def log_to_run(self, run_id: str, metrics: dict[str, float], files: list[Path]) -> None:
+    def log_to_run(
+        self, run_id: str, metrics: dict[str, float], files: list[Path], artifact_path: str | None = None
+    ) -> None:
         for key, value in metrics.items():
-            if np.isfinite(value):
+            if value is not None and np.isfinite(value):
                 self.client.log_metric(run_id, key, float(value))
         for path in files:
-            self.client.log_artifact(run_id, str(path))
+            self.client.log_artifact(run_id, str(path), artifact_path)

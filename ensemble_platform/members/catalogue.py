@@ -194,3 +194,16 @@ def model_params(pipeline: Pipeline) -> dict[str, object]:
     """The final estimator's hyper-parameters as loggable scalars."""
     params = pipeline.named_steps["model"].get_params()
     return {k: v for k, v in sorted(params.items()) if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def key_params(pipeline: Pipeline) -> dict[str, object]:
+    """The final estimator's hyper-parameters that the catalogue set away from the library's
+    defaults: what a reviewer needs to know about this member, without the noise."""
+    model = pipeline.named_steps["model"]
+    defaults = type(model)().get_params()
+    return {k: v for k, v in model_params(pipeline).items()
+            if k not in _OPERATIONAL_PARAMS and (k not in defaults or defaults[k] != v)}
+
+
+# Settings of how a model runs, not of what it learns.
+_OPERATIONAL_PARAMS = frozenset({"n_jobs", "verbose", "verbosity", "nthread"})

@@ -1,4 +1,5 @@
-"""EnsembleRuntime: members + combiner + schema, the one object that turns rows into scores.
+"""EnsembleRuntime: members + combiner + calibrator + schema, the one object that turns rows
+into scores.
 
 Validation scores the holdout through this object and the registered pyfunc wraps the same
 object, so what was validated is what is served.
@@ -16,6 +17,7 @@ from ensemble_platform.data.schema import FeatureSchema, as_model_input
 from ensemble_platform.ensemble.agreement import vote_agreement
 from ensemble_platform.ensemble.strategies import Combiner
 from ensemble_platform.errors import DataError
+from ensemble_platform.evaluation.calibration import ProbabilityCalibrator
 from ensemble_platform.members.training import positive_proba
 
 
@@ -26,24 +28,40 @@ class EnsembleRuntime:
     schema: FeatureSchema
     members: dict[str, Pipeline]  # ordered as the combiner's columns
     combiner: Combiner
+    calibrator: ProbabilityCalibrator
     agreement_threshold: float
+    decision_threshold: float = 0.5
 
     def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
         return np.column_stack([positive_proba(model, X) for model in self.members.values()])
 
-    def score(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Probability, decision, agreement and review flag per input row."""
+    def model_input(self, table: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.schema.features if c not in table.columns]
         if missing:
             raise DataError(f"input is missing feature column(s) {missing}; expected {self.schema.features}")
-        X = as_model_input(table, self.schema)
+        return as_model_input(table, self.schema)
+
+    def combined_proba(self, P: np.ndarray, X: pd.DataFrame) -> np.ndarray:
+        """The combiner's probability before post-hoc calibration."""
+        return self.combiner.positive_proba(P, X if self.combiner.needs_features else None)
+
+    def proba_from_members(self, P: np.ndarray, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(before, after calibration) for member probabilities already computed (reports reuse
+        the members' validated holdout predictions instead of predicting again)."""
+        combined = self.combined_proba(P, X)
+        return combined, self.calibrator.transform(combined)
+
+    def score(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Probability (calibrated), decision, agreement and review flag per input row."""
+        X = self.model_input(table)
         P = self.member_matrix(X)
-        proba = self.combiner.positive_proba(P, X if self.combiner.needs_features else None)
-        agreement = vote_agreement(P, proba)
+        _, proba = self.proba_from_members(P, X)
+        # Agreement compares each member's own vote with the ensemble's decision at one threshold.
+        agreement = vote_agreement(P, proba, self.decision_threshold)
         return pd.DataFrame(
             {
                 "probability": proba,
-                "decision": (proba >= 0.5).astype(int),
+                "decision": (proba >= self.decision_threshold).astype(int),
                 "agreement": agreement,
                 "needs_review": agreement < self.agreement_threshold,
             },

@@ -4,11 +4,12 @@
 import dagster as dg
 import pandas as pd
 
-from ensemble_platform.data.loading import load_dataset
+from ensemble_platform.data.loading import content_hash, load_dataset
 from ensemble_platform.data.schema import infer_schema
 from ensemble_platform.data.splitting import TrainHoldoutSplit, split_dataset
 from ensemble_platform.data.validation import validate_table
 from ensemble_platform.defs.resources import PlatformResource
+from ensemble_platform.governance.rendering import write_json
 
 GROUP = "data"
 
@@ -35,6 +36,8 @@ def raw_dataset(context: dg.AssetExecutionContext, platform: PlatformResource) -
 def raw_dataset_expectations(raw_dataset: pd.DataFrame, platform: PlatformResource) -> dg.AssetCheckResult:
     spec = platform.spec()
     result = validate_table(raw_dataset, spec, infer_schema(raw_dataset, spec))
+    # Kept by data hash: the model card of every version built on this data cites it.
+    record = write_json(result.to_dict(), platform.paths.data_validation_path(spec.name, content_hash(raw_dataset)))
     failures = "\n".join(
         f"| {o.expectation} | {o.column or 'table'} | {o.observed} |" for o in result.failures
     )
@@ -48,6 +51,7 @@ def raw_dataset_expectations(raw_dataset: pd.DataFrame, platform: PlatformResour
                 "| expectation | column | observed |\n|---|---|---|\n" + failures if failures else "none"
             ),
             "result": dg.MetadataValue.json(result.to_dict()),
+            "result_path": dg.MetadataValue.path(str(record)),
         },
     )
 

@@ -12,7 +12,8 @@ from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
-from ensemble_platform.evaluation.validation import markdown_table, validation_report, write_json
+from ensemble_platform.evaluation.validation import validation_report
+from ensemble_platform.governance.rendering import metrics_table, write_json
 from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.members.training import MemberFit
 
@@ -64,7 +65,7 @@ def ensemble_candidates(
             "chosen": candidates.chosen,
             "criterion": candidates.criterion,
             "out_of_fold_evidence": dg.MetadataValue.md(
-                markdown_table(candidates.evidence_table(), highlight=candidates.chosen)
+                metrics_table(candidates.evidence_table(), highlight=candidates.chosen)
             ),
         },
     )
@@ -83,7 +84,8 @@ def ensemble_config(
     split = train_holdout_split
     store = ConfigStore(platform.paths.configs_dir(split.dataset))
     previous = store.latest()
-    build = build_ensemble(ensemble_candidates, oof_predictions, member_model, split, previous)
+    build = build_ensemble(ensemble_candidates, oof_predictions, member_model, split, previous,
+                           governance=platform.spec().governance)
     config = platform.registry().register_ensemble(build.config, build.runtime, split.X_train(), context.run_id)
     path = store.save(config)
     build.config = config
@@ -117,17 +119,21 @@ def ensemble_validation(
     split, build = train_holdout_split, ensemble_config
     scored = build.runtime.score(split.holdout)
     member_holdout = {n: oof_predictions.holdout[n].to_numpy() for n in oof_predictions.names}
+    uncalibrated, _ = build.runtime.proba_from_members(
+        matrix(oof_predictions.holdout, oof_predictions.names), split.X_holdout()
+    )
     report = validation_report(
-        build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(),
+        build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(), uncalibrated,
         split.y_holdout, split.X_holdout(), split.lineage(),
     )
-    path = write_json(report, platform.paths.reports_dir(split.dataset) / "validation.json")
+    path = write_json(report, platform.paths.version_reports_dir(split.dataset, build.config.version) / "validation.json")
     registry = platform.registry()
     registry.log_to_run(
         registry.ensemble_run_id(build.config),
         {f"holdout_{k}": v for k, v in report["ensemble"].items()}
         | {f"lift_{k}": v for k, v in report["lift_over_best_member"].items()},
         [path],
+        artifact_path="reports",
     )
     rows = {"ensemble": report["ensemble"], **{f"member: {k}": v for k, v in report["members"].items()},
             **{f"strategy: {k}": v for k, v in report["strategies"].items()}}
@@ -141,7 +147,7 @@ def ensemble_validation(
             "holdout_log_loss": report["ensemble"]["log_loss"],
             "auc_lift_over_best_member": float(np.round(lift["roc_auc"], 5)),
             "review_share": report["agreement"]["review_share"],
-            "holdout_metrics": dg.MetadataValue.md(markdown_table(rows, highlight="ensemble")),
+            "holdout_metrics": dg.MetadataValue.md(metrics_table(rows, highlight="ensemble")),
             "report_path": dg.MetadataValue.path(str(path)),
         },
     )

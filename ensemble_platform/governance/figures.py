@@ -1,0 +1,113 @@
+"""Report figures, drawn from the reports' JSON numbers only (so picture and numbers agree).
+
+Figures are built with matplotlib's object API (no pyplot global state, safe in a Dagster
+worker) and saved as PNG without a Software stamp, so the same numbers give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure as MplFigure
+
+from ensemble_platform.governance.rendering import Figure
+
+_DPI = 96
+_ENSEMBLE_COLOUR = "#1f2328"
+_STATUS_COLOURS = {"pass": "#2da44e", "warn": "#d4a72c", "fail": "#cf222e", "thin": "#8c959f"}
+
+
+def _png(fig: MplFigure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None}, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def reliability_figure(tables: Mapping[str, Sequence[Mapping[str, object]]], highlight: str) -> Figure:
+    """Reliability curves of the ensemble (bold) and members on one axis; bin counts below."""
+    fig = MplFigure(figsize=(7.5, 7))
+    curve_ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    curve_ax.plot([0, 1], [0, 1], color="#8c959f", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, rows in tables.items():
+        filled = [r for r in rows if r["count"]]
+        x = [r["mean_predicted"] for r in filled]
+        y = [r["observed_rate"] for r in filled]
+        bold = name == highlight
+        curve_ax.plot(x, y, marker="o", markersize=4 if bold else 3, linewidth=2.5 if bold else 1,
+                      alpha=1 if bold else 0.6, color=_ENSEMBLE_COLOUR if bold else None, label=name)
+    curve_ax.set_ylabel("observed positive rate")
+    curve_ax.set_xlim(0, 1)
+    curve_ax.set_ylim(0, 1)
+    curve_ax.legend(fontsize=7, loc="upper left")
+    curve_ax.set_title("Reliability diagram (holdout)")
+    rows = tables[highlight]
+    centres = [(r["lower"] + r["upper"]) / 2 for r in rows]
+    widths = [(r["upper"] - r["lower"]) * 0.9 for r in rows]
+    bars = count_ax.bar(centres, [r["count"] for r in rows], width=widths, color="#57606a")
+    count_ax.bar_label(bars, fontsize=6)
+    count_ax.set_ylabel(f"rows ({highlight})", fontsize=8)
+    count_ax.set_xlabel("predicted probability")
+    return Figure("reliability", f"Reliability diagram of {highlight} and members, with bin counts", _png(fig))
+
+
+def vote_share_figure(levels: Sequence[Mapping[str, object]], review_threshold: float) -> Figure:
+    """Rows per vote share, coloured by whether they go to review, with accuracy per level."""
+    fig = MplFigure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    shares = [float(level["vote_share"]) for level in levels]
+    colours = ["#cf222e" if s < review_threshold else "#2da44e" for s in shares]
+    labels = [f"{s:.2f}" for s in shares]
+    bars = ax.bar(labels, [level["rows"] for level in levels], color=colours)
+    ax.bar_label(bars, labels=[f"acc {float(level['accuracy']):.2f}" for level in levels], fontsize=7)
+    ax.set_xlabel(f"share of members agreeing with the ensemble (red: below review threshold {review_threshold:g})")
+    ax.set_ylabel("holdout rows")
+    ax.set_title("Member agreement with the ensemble's decision")
+    return Figure("vote_share", "Vote-share distribution and ensemble accuracy per level", _png(fig))
+
+
+def matrix_figure(name: str, title: str, matrix: Sequence[Sequence[float | None]], labels: Sequence[str],
+                  vmin: float, vmax: float) -> Figure:
+    """A labelled heat map with the value in each cell (pairwise member matrices)."""
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    fig = MplFigure(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(labels)), labels=labels, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels=labels, fontsize=8)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < (vmin + vmax) / 2 else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title)
+    return Figure(name, title, _png(fig))
+
+
+def fairness_gap_figure(attribute: str, gaps: Mapping[str, Mapping[str, Mapping[str, object]]]) -> Figure:
+    """Each difference-type gap per model (ensemble first), coloured by status, for one attribute."""
+    models = list(gaps)
+    gap_names = [g for g in next(iter(gaps.values())) if g.endswith("difference")]
+    fig = MplFigure(figsize=(8, 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        xs = np.arange(len(gap_names)) + i * width
+        values = [gaps[model][g]["value"] for g in gap_names]
+        colours = [_STATUS_COLOURS[gaps[model][g]["status"]] for g in gap_names]
+        ax.bar(xs, [0.0 if v is None else v for v in values], width=width * 0.95, color=colours,
+               edgecolor=_ENSEMBLE_COLOUR if i == 0 else "none", linewidth=1.5)
+        for x, v in zip(xs, values):
+            ax.text(x, (v or 0.0) + 0.003, "E" if i == 0 else str(i), ha="center", fontsize=6)
+    ax.set_xticks(np.arange(len(gap_names)) + 0.4 - width / 2,
+                  labels=[g.replace("_", " ") for g in gap_names], fontsize=8)
+    ax.set_ylabel("gap (absolute difference)")
+    legend = ", ".join(f"{i}={m}" for i, m in enumerate(models) if i) or "ensemble only"
+    ax.set_title(f"Fairness gaps by {attribute}: E=ensemble, {legend}", fontsize=8)
+    return Figure(f"fairness_gaps_{_slug(attribute)}",
+                  f"Fairness gaps by {attribute} (green pass, amber warn, red fail, grey thin)", _png(fig))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).lower()

@@ -1,0 +1,154 @@
+"""Reports as documents a reviewer opens without running code.
+
+A `ReportDocument` is titled sections of Markdown and figures. It renders to Markdown (figures
+as files beside it, or left out for the Dagster UI) and to one self-contained HTML file: inline
+CSS, figures embedded as base64 PNG, no network URL, so it opens offline and can be archived or
+mailed as is. Markdown is rendered with markdown-it (raw HTML disabled, so values taken from
+the data cannot inject markup).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
+from ensemble_platform.evaluation.metrics import METRIC_NAMES
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto;
+       max-width: 72rem; padding: 0 1.5rem; color: #1f2328; line-height: 1.45; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: left; }
+th { background: #f6f8fa; }
+code { background: #f6f8fa; padding: 0 .2rem; font-size: .85rem; word-break: break-all; }
+figure { margin: 1rem 0; } figcaption { color: #57606a; font-size: .85rem; }
+img { max-width: 100%; }
+.subtitle { color: #57606a; }
+"""
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem, unique within a document
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    heading: str
+    body: str = ""  # Markdown
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
+class ReportDocument:
+    title: str
+    subtitle: str
+    sections: list[Section]
+
+    def figures(self) -> list[Figure]:
+        return [f for s in self.sections for f in s.figures]
+
+    def markdown(self, figure_dir: str | None = "figures") -> str:
+        """Markdown; figures link to `figure_dir/<name>.png`, or are left out when None."""
+        parts = [f"# {self.title}", f"_{self.subtitle}_"]
+        for section in self.sections:
+            parts.append(f"## {section.heading}")
+            if section.body:
+                parts.append(section.body.strip())
+            if figure_dir is not None:
+                parts += [f"![{f.caption}]({figure_dir}/{f.name}.png)" for f in section.figures]
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>", f'<p class="subtitle">{html.escape(self.subtitle)}</p>']
+        for section in self.sections:
+            anchor = section.heading.lower().replace(" ", "-")
+            body.append(f'<section id="{html.escape(anchor)}"><h2>{html.escape(section.heading)}</h2>')
+            body.append(_MARKDOWN.render(section.body))
+            for figure in section.figures:
+                data = base64.b64encode(figure.png).decode("ascii")
+                body.append(
+                    f'<figure><img alt="{html.escape(figure.caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
+                )
+            body.append("</section>")
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(body)
+            + "\n</body></html>\n"
+        )
+
+
+def _write_atomic(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+    return path
+
+
+def write_json(document: dict[str, object], path: Path) -> Path:
+    """Atomic write (temp file + rename): readers never see a half-written report."""
+    text = json.dumps(document, indent=2, sort_keys=True, allow_nan=False)
+    return _write_atomic(path, text.encode())
+
+
+def write_report(
+    document: ReportDocument, directory: Path, stem: str, data: dict[str, object] | None = None
+) -> dict[str, Path]:
+    """Write `<stem>.md`, `<stem>.html`, its figures and (when given) `<stem>.json`.
+
+    Every file is written to a temporary name and renamed, figures first, so a reader never
+    finds a document pointing at a figure that is not there yet.
+    """
+    paths: dict[str, Path] = {}
+    for figure in document.figures():
+        paths[f"figure:{figure.name}"] = _write_atomic(directory / "figures" / f"{figure.name}.png", figure.png)
+    if data is not None:
+        paths["json"] = write_json(data, directory / f"{stem}.json")
+    paths["markdown"] = _write_atomic(directory / f"{stem}.md", document.markdown().encode())
+    paths["html"] = _write_atomic(directory / f"{stem}.html", document.html().encode())
+    return paths
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    """A table cell: floats rounded, missing values as an en dash, pipes escaped."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], digits: int = 4) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(cell, digits) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def metrics_table(rows: dict[str, dict[str, float]], highlight: str | None = None) -> str:
+    """Rows of the platform's standard metrics (METRIC_NAMES), one model or strategy per row."""
+    return md_table(
+        ["name", *METRIC_NAMES],
+        [[f"**{name}**" if name == highlight else name, *(m[k] for k in METRIC_NAMES)] for name, m in rows.items()],
+    )

@@ -1,0 +1,215 @@
+"""The calibration, fairness and agreement reports of one ensemble version: their JSON numbers
+(assembled from the evaluation modules) and the documents a reviewer reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.evaluation.calibration import CalibrationChoice, calibration_metrics, reliability_table
+from ensemble_platform.governance.figures import fairness_gap_figure, matrix_figure, reliability_figure, vote_share_figure
+from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, percent
+
+ENSEMBLE = "ensemble"
+UNCALIBRATED = "ensemble (before calibration)"
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What every report names: which ensemble version, of which dataset, on which rows."""
+
+    dataset: str
+    version: str
+    config_hash: str
+    holdout_rows: int
+
+    @classmethod
+    def of(cls, config: EnsembleConfig, holdout_rows: int) -> "ReportContext":
+        return cls(config.dataset, config.version, config.config_hash, holdout_rows)
+
+    def header(self) -> dict[str, object]:
+        return {"dataset": self.dataset, "ensemble_version": self.version, "config_hash": self.config_hash,
+                "holdout_rows": self.holdout_rows}
+
+    def subtitle(self) -> str:
+        return (f"{self.dataset} · ensemble {self.version} · config {self.config_hash[:12]} · "
+                f"{self.holdout_rows} holdout rows no model or choice has seen")
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def calibration_data(
+    context: ReportContext,
+    y: np.ndarray,
+    uncalibrated: np.ndarray,
+    calibrated: np.ndarray,
+    members: dict[str, np.ndarray],
+    choice: CalibrationChoice,
+    n_bins: int,
+) -> dict[str, object]:
+    """Calibration of the ensemble (before and after its post-hoc calibrator) and of each member."""
+    probas = {ENSEMBLE: calibrated, UNCALIBRATED: uncalibrated, **members}
+    metrics = {name: calibration_metrics(y, p, n_bins) for name, p in probas.items()}
+    return {
+        **context.header(),
+        "n_bins": n_bins,
+        "calibrator": {**choice.describe(), "out_of_fold_evidence": choice.evidence},
+        "metrics": metrics,
+        "reliability": {name: _records(reliability_table(y, p, n_bins, "uniform")) for name, p in probas.items()},
+        "headline": {
+            "calibrator": choice.chosen,
+            "ece_before": metrics[UNCALIBRATED]["ece_uniform"],
+            "ece_after": metrics[ENSEMBLE]["ece_uniform"],
+            "brier_before": metrics[UNCALIBRATED]["brier"],
+            "brier_after": metrics[ENSEMBLE]["brier"],
+        },
+    }
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, object]]:
+    """Table rows for JSON: empty bins have no observed rate, written as null (not NaN)."""
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in table.to_dict(orient="records")]
+
+
+_CALIBRATION_COLUMNS = ("ece_uniform", "ece_quantile", "mce_uniform", "mce_quantile", "brier",
+                        "brier_reliability", "brier_resolution", "brier_uncertainty")
+
+
+def calibration_metrics_table(data: dict[str, object]) -> str:
+    return md_table(["model", *_CALIBRATION_COLUMNS],
+                    [[name, *(m[c] for c in _CALIBRATION_COLUMNS)] for name, m in data["metrics"].items()])
+
+
+def calibration_document(data: dict[str, object], context: ReportContext) -> ReportDocument:
+    head, calibrator = data["headline"], data["calibrator"]
+    evidence = md_table(
+        ["method", "log_loss", "brier", "ece_uniform", "ece_quantile"],
+        [[("**" + m + "**") if m == calibrator["method"] else m, *(e[k] for k in
+          ("log_loss", "brier", "ece_uniform", "ece_quantile"))] for m, e in calibrator["out_of_fold_evidence"].items()],
+    )
+    return ReportDocument(
+        title=f"Calibration report: {context.dataset} ensemble {context.version}",
+        subtitle=context.subtitle(),
+        sections=[
+            Section("Summary", (
+                f"Post-hoc calibrator: **{head['calibrator']}**. Holdout ECE (equal-width, {data['n_bins']} bins) "
+                f"{fmt(head['ece_before'])} before calibration, **{fmt(head['ece_after'])}** after; "
+                f"Brier score {fmt(head['brier_before'])} before, {fmt(head['brier_after'])} after."
+            )),
+            Section("Calibration metrics on the holdout", (
+                calibration_metrics_table(data)
+                + "\n\nECE: expected calibration error (row-weighted mean |observed − predicted| per bin), "
+                "with equal-width and equal-frequency bins. MCE: the largest bin gap. The Brier score "
+                "decomposes (Murphy) into reliability − resolution + uncertainty; lower reliability and "
+                "higher resolution are better."
+            ), [reliability_figure(data["reliability"], highlight=ENSEMBLE)]),
+            Section("How the calibrator was chosen", (
+                "Candidates were cross-validated over the members' shared folds on the ensemble's "
+                "out-of-fold probabilities (training rows only); the holdout took no part. The lowest "
+                f"out-of-fold {calibrator['criterion']} wins, ties keep no calibration.\n\n" + evidence
+            )),
+        ],
+    )
+
+
+# --- fairness --------------------------------------------------------------------------------
+
+def fairness_document(data: dict[str, object], context: ReportContext) -> ReportDocument:
+    summary = data["summary"]
+    sections = [Section("Summary", (
+        f"Worst status over the ensemble's gaps: **{summary['ensemble_worst_status']}**; over all models: "
+        f"{summary['worst_status']}. Decisions at probability ≥ {data['decision_threshold']:g}. Status counts "
+        "over every model, attribute and gap: "
+        + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()) + "."
+    )), Section("Thresholds", _policy_table(data["policy"]))]
+    for attribute, block in data["attributes"].items():
+        groups = block["groups"][ENSEMBLE]
+        group_table = md_table(
+            ["group", "rows", "positives", "base rate", "selection rate", "TPR", "FPR", "AUC", "ECE", "judged"],
+            [[g["group"], g["count"], g["positives"], g["base_rate"], g["selection_rate"], g["true_positive_rate"],
+              g["false_positive_rate"], g["roc_auc"], g["ece"], g["thin_reason"] or "yes"] for g in groups],
+            digits=3,
+        )
+        gap_names = list(next(iter(block["gaps"].values())))
+        gap_table = md_table(
+            ["model", *gap_names],
+            [[model, *(f"{fmt(g[n]['value'], 3)} ({g[n]['status']})" for n in gap_names)]
+             for model, g in block["gaps"].items()],
+        )
+        dominant = summary.get("dominant_member", {}).get(attribute, {})
+        dominant_text = (
+            "\n\nMember with the largest gap: " + "; ".join(f"{gap}: {member}" for gap, member in dominant.items())
+            if dominant else ""
+        )
+        sections.append(Section(
+            f"By {attribute}",
+            "Ensemble per group (thin groups are shown but not judged):\n\n" + group_table
+            + "\n\nGaps over the judged groups, for the ensemble and each member:\n\n" + gap_table + dominant_text,
+            [fairness_gap_figure(attribute, block["gaps"])],
+        ))
+    return ReportDocument(f"Fairness report: {context.dataset} ensemble {context.version}", context.subtitle(),
+                          sections)
+
+
+def _policy_table(policy: dict[str, object]) -> str:
+    rows = [[name, "ratio (lower is worse)" if not t["higher_is_worse"] else "difference", t["warn"], t["fail"]]
+            for name, t in policy.items() if isinstance(t, dict)]
+    return (md_table(["gap", "kind", "warn", "fail"], rows, digits=3)
+            + f"\n\nGroups with fewer than {policy['min_group_size']} rows, or fewer than "
+            f"{policy['min_group_class_count']} rows of either class, are flagged as statistically thin.")
+
+
+# --- agreement -------------------------------------------------------------------------------
+
+def agreement_document(data: dict[str, object], context: ReportContext) -> ReportDocument:
+    members = data["members"]
+    acc = data["accuracy_by_agreement"]
+    cv = data["probability_cv"]
+    levels = md_table(["vote share", "members agreeing", "rows", "share", "ensemble accuracy"],
+                      [[r["vote_share"], r["members_agreeing"], r["rows"], percent(r["share"]), r["accuracy"]]
+                       for r in data["vote_share"]["levels"]], digits=3)
+    top = md_table(["column", "segment", "rows", "review share", "mean vote share", "accuracy"],
+                   [[r["column"], r["segment"], r["rows"], percent(r["review_share"]), r["mean_vote_share"],
+                     r["accuracy"]] for r in data["top_review_segments"]], digits=3)
+    sections = [
+        Section("Summary", (
+            f"{percent(data['review']['share'])} of holdout decisions ({data['review']['rows']} rows) fall below "
+            f"the review threshold {data['review_threshold']:g} and would go to human review. Ensemble accuracy "
+            f"is {fmt(acc['high']['accuracy'], 3)} at high agreement ({acc['high']['rows']} rows) versus "
+            f"{fmt(acc['low']['accuracy'], 3)} at low agreement ({acc['low']['rows']} rows). "
+            f"{percent(data['vote_share']['unanimous_share'])} of decisions are unanimous."
+        )),
+        Section("Vote share", levels, [vote_share_figure(data["vote_share"]["levels"], data["review_threshold"])]),
+        Section("Spread of member probabilities", (
+            "Coefficient of variation (std / mean) of the members' probabilities per row: "
+            + md_table(["mean", *cv["quantiles"]], [[cv["mean"], *cv["quantiles"].values()]], digits=3)
+        )),
+        Section("Where members disagree", (
+            f"Segments of at least {data['min_segment_rows']} rows that go to review most often. A segment far "
+            "above the overall review share is one the training data covers poorly.\n\n" + top
+        )),
+    ]
+    for column, rows in data["segments"].items():
+        sections.append(Section(f"Agreement by {column}", md_table(
+            ["segment", "rows", "review share", "mean vote share", "mean probability CV", "accuracy", "thin"],
+            [[r["segment"], r["rows"], percent(r["review_share"]), r["mean_vote_share"], r["mean_probability_cv"],
+              r["accuracy"], r["thin"]] for r in rows], digits=3)))
+    sections.append(Section(
+        "Diversity: pairwise member error correlation",
+        "Correlation of the members' residuals (probability − outcome) on the holdout; values near 1 mean "
+        "two members make the same mistakes, so one adds little to the other.",
+        [matrix_figure("error_correlation", "Member error correlation", data["error_correlation"], members, -1, 1),
+         matrix_figure("pairwise_disagreement", "Share of rows where two members' decisions differ",
+                       data["pairwise_disagreement"], members, 0, 0.5)],
+    ))
+    return ReportDocument(f"Agreement report: {context.dataset} ensemble {context.version}", context.subtitle(),
+                          sections)
+
+
+def segment_labels(table: pd.DataFrame, binnings: list) -> dict[str, pd.Series]:
+    """Group label per row for each fitted binning (sensitive attributes and categorical features)."""
+    return {b.column: b.assign(table[b.column]).reset_index(drop=True) for b in binnings}
