@@ -69,6 +69,10 @@ BAD_INPUTS = [
                  ["Status", "missing"], id="missing-target"),
     pytest.param(None, {"colour": "blue"}, DatasetSpecError, ["colour"], id="unknown-field"),
     pytest.param(None, {"folds": 1}, DatasetSpecError, ["folds"], id="bad-folds"),
+    pytest.param(None, {"governance": {"fairness": {"min_group_size": 0}}}, DatasetSpecError,
+                 ["governance", "min_group_size"], id="bad-governance-threshold"),
+    pytest.param(None, {"governance": {"fairness": {"demographic_parity_difference": {"warn": 0.3, "fail": 0.1}}}},
+                 DatasetSpecError, ["governance", "fail"], id="governance-fail-below-warn"),
 ]
 
 

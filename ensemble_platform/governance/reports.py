@@ -110,7 +110,10 @@ def calibration_document(data: dict[str, object], context: ReportContext) -> Rep
             Section("How the calibrator was chosen", (
                 "Candidates were cross-validated over the members' shared folds on the ensemble's "
                 "out-of-fold probabilities (training rows only); the holdout took no part. The lowest "
-                f"out-of-fold {calibrator['criterion']} wins, ties keep no calibration.\n\n" + evidence
+                f"out-of-fold {calibrator['criterion']} wins, ties keep no calibration. The chosen calibrator "
+                "is then refit on all training rows' out-of-fold probabilities. Caveat: those probabilities "
+                "come from combiners fitted on the other folds, so the scoring is not fully nested; with a "
+                "handful of combiner parameters the effect is negligible.\n\n" + evidence
             )),
         ],
     )
