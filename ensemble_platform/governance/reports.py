@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ensemble_platform.data.spec import DatasetSpec
+from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.ensemble.build import EnsembleBuild
 from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.ensemble.predictions import MemberPredictions, matrix
+from ensemble_platform.evaluation.agreement_report import agreement_report
 from ensemble_platform.evaluation.calibration import CalibrationChoice, calibration_metrics, reliability_table
+from ensemble_platform.evaluation.fairness import fairness_report, fit_sensitive_binning
 from ensemble_platform.governance.figures import fairness_gap_figure, matrix_figure, reliability_figure, vote_share_figure
 from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, percent
 
@@ -37,6 +43,99 @@ class ReportContext:
     def subtitle(self) -> str:
         return (f"{self.dataset} · ensemble {self.version} · config {self.config_hash[:12]} · "
                 f"{self.holdout_rows} holdout rows no model or choice has seen")
+
+
+@dataclass(frozen=True)
+class HoldoutView:
+    """One ensemble version's holdout probabilities: each member's (the validated predictions,
+    not a second pass), the combiner's before calibration and the served (calibrated) ones."""
+
+    build: EnsembleBuild
+    split: TrainHoldoutSplit
+    member_names: tuple[str, ...]
+    P: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+    @classmethod
+    def of(cls, build: EnsembleBuild, predictions: MemberPredictions, split: TrainHoldoutSplit) -> "HoldoutView":
+        P = matrix(predictions.holdout, predictions.names)
+        before, after = build.runtime.proba_from_members(P, split.X_holdout())
+        return cls(build, split, tuple(predictions.names), P, before, after)
+
+    @property
+    def config(self) -> EnsembleConfig:
+        return self.build.config
+
+    @property
+    def context(self) -> "ReportContext":
+        return ReportContext.of(self.config, len(self.split.y_holdout))
+
+    def members(self) -> dict[str, np.ndarray]:
+        return {name: self.P[:, j] for j, name in enumerate(self.member_names)}
+
+    def segments(self, columns: list[str], n_bins: int) -> tuple[list, dict[str, pd.Series]]:
+        """Binnings fitted on the training rows, and the holdout's group label per column."""
+        binnings = [fit_sensitive_binning(self.split.train, column, n_bins) for column in columns]
+        return binnings, segment_labels(self.split.holdout, binnings)
+
+
+@dataclass
+class Report:
+    """A finished report: its numbers, its document, and the headline shown in the Dagster UI
+    (numeric entries are also logged as MLflow metrics `<stem>_<key>`)."""
+
+    stem: str
+    data: dict[str, object]
+    document: ReportDocument
+    headline: dict[str, float | str | None]
+    tables: dict[str, str] = field(default_factory=dict)  # extra Markdown for the UI
+
+
+def build_calibration_report(view: HoldoutView, spec: DatasetSpec) -> Report:
+    data = calibration_data(view.context, view.split.y_holdout, view.before, view.after, view.members(),
+                            view.build.calibration, view.config.governance.calibration_bins)
+    return Report("calibration", data, calibration_document(data, view.context), dict(data["headline"]))
+
+
+def build_fairness_report(view: HoldoutView, spec: DatasetSpec) -> Report:
+    binnings, groups = view.segments(list(spec.sensitive), spec.sensitive_bins)
+    governance = view.config.governance
+    data = {
+        **view.context.header(),
+        "binning": {b.column: b.describe() for b in binnings},
+        **fairness_report(view.split.y_holdout, {ENSEMBLE: view.after, **view.members()}, groups,
+                          governance.fairness, governance.decision_threshold,
+                          calibration_bins=governance.calibration_bins),
+    }
+    summary = data["summary"]
+    gaps = [[f"{attribute}: {gap}", g["value"], g["status"]] for attribute, block in data["attributes"].items()
+            for gap, g in block["gaps"][ENSEMBLE].items()]
+    return Report(
+        "fairness", data, fairness_document(data, view.context),
+        {"ensemble_worst_status": summary["ensemble_worst_status"], "worst_status_all_models": summary["worst_status"]},
+        {"ensemble_gaps": md_table(["attribute: gap", "value", "status"], gaps, digits=3)},
+    )
+
+
+def build_agreement_report(view: HoldoutView, spec: DatasetSpec) -> Report:
+    columns = list(dict.fromkeys([*spec.sensitive, *view.split.schema.categorical]))
+    _, segments = view.segments(columns, spec.sensitive_bins)
+    config = view.config
+    data = {
+        **view.context.header(),
+        **agreement_report(view.P, list(view.member_names), view.split.y_holdout, view.after,
+                           config.agreement_threshold, config.decision_threshold, segments,
+                           min_segment_rows=config.governance.fairness.min_group_size),
+    }
+    acc = data["accuracy_by_agreement"]
+    return Report("agreement", data, agreement_document(data, view.context), {
+        "review_share": data["review"]["share"],
+        "mean_vote_share": data["vote_share"]["mean"],
+        "unanimous_share": data["vote_share"]["unanimous_share"],
+        "accuracy_high_agreement": acc["high"]["accuracy"],
+        "accuracy_low_agreement": acc["low"]["accuracy"],
+    })
 
 
 # --- calibration -----------------------------------------------------------------------------
