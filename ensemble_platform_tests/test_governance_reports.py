@@ -125,3 +125,21 @@ def test_key_params_are_the_catalogues_choices(split):
     defaults = type(pipeline.named_steps["model"])().get_params()
     assert all(defaults.get(k) != v for k, v in params.items())
     assert "n_jobs" not in key_params(CATALOGUE["random_forest"].build(split.schema, 0))
+
+
+def test_runtime_serves_the_calibrated_probability(split):
+    """The calibrator in the config is applied by the runtime that validation and serving share."""
+    from ensemble_platform.ensemble.strategies import SoftAverage
+    from ensemble_platform.evaluation.calibration import ProbabilityCalibrator
+    from ensemble_platform.serving.runtime import EnsembleRuntime
+
+    rng = np.random.default_rng(0)
+    P = rng.uniform(0.05, 0.95, size=(400, 3))
+    y = (rng.uniform(size=400) < P.mean(axis=1) ** 2).astype(int)  # miscalibrated on purpose
+    combiner = SoftAverage().fit(P, y)
+    calibrator = ProbabilityCalibrator("sigmoid").fit(combiner.positive_proba(P), y)
+    runtime = EnsembleRuntime("d", "1.0.0", split.schema, {}, combiner, calibrator, agreement_threshold=0.6)
+    before, after = runtime.proba_from_members(P, split.X_holdout())  # soft average reads P only
+    np.testing.assert_array_equal(before, P.mean(axis=1))
+    np.testing.assert_array_equal(after, calibrator.transform(before))
+    assert np.abs(after - before).max() > 0.05
