@@ -58,3 +58,10 @@ def test_store_round_trip_and_latest_by_semver(tmp_path):
     assert store.latest().version == "1.10.0"
     assert store.load("1.2.0") == _config(version="1.2.0")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_config_hash_ignores_member_run_ids_but_not_member_versions():
+    a = _config()
+    moved = a.model_copy(update={"members": tuple(m.model_copy(update={"run_id": "elsewhere"}) for m in a.members)})
+    assert moved.config_hash == a.config_hash
+    assert _config(versions=("1", "2")).config_hash != a.config_hash

@@ -50,8 +50,12 @@ class EnsembleConfig(BaseModel):
 
     def content(self) -> dict[str, object]:
         """Everything that defines behaviour: not the version, nor where it was registered."""
+        # Member run ids are lineage, not behaviour: leaving them out makes the hash the same for
+        # the same inputs in any platform home (a member is identified by model name + version).
         return self.model_dump(
-            mode="json", exclude={"version", "registered_model", "registered_version", "combiner_sha256"}
+            mode="json",
+            exclude={"version": True, "registered_model": True, "registered_version": True,
+                     "combiner_sha256": True, "members": {"__all__": {"run_id"}}},
         )
 
     @property
