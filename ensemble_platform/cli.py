@@ -1,4 +1,6 @@
-"""`ensemble-platform` command line: run the lifecycle (`demo`), show where things stand."""
+"""`ensemble-platform` command line: run the lifecycle (`demo`); record a reviewer's decision
+(`approve`), move a version through the stages (`promote`), show where things stand (`status`,
+`audit`), and export, check or serve a serving bundle (`export`, `verify-bundle`, `serve`)."""
 
 from __future__ import annotations
 
@@ -79,6 +81,132 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_name(value: str | None) -> str:
+    """`--dataset` takes the dataset's name, or the path of its spec YAML (default: the current spec)."""
+    from ensemble_platform.data.spec import load_spec
+
+    if value is None or value.endswith((".yaml", ".yml")):
+        return load_spec(value).name
+    return value
+
+
+def _release(args: argparse.Namespace):
+    from ensemble_platform.governance.release import Release
+
+    return Release(PlatformPaths.from_env(args.home))
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    dataset = _dataset_name(args.dataset)
+    record = _release(args).approve(dataset, args.version, args.reviewer, args.decision, args.note,
+                                    args.waive or [], args.config_hash)
+    print(f"{dataset} {args.version}: {record.summary()}")
+    print(f"  config {record.config_hash}")
+    if record.waived:
+        print(f"  waived: {', '.join(record.waived)}")
+    print(f"  recorded as #{record.seq} in the approvals log (sha256 {record.sha256[:16]}...) and on "
+          f"{record.registered_model} v{record.registered_version}; model card regenerated")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    dataset = _dataset_name(args.dataset)
+    result = _release(args).promote(dataset, args.version, args.to, args.by)
+    if not result.changed:
+        print(f"{dataset} {args.version} is already in {args.to}; nothing changed")
+        return 0
+    record = result.record
+    replaced = f", replacing {record['replaced']}" if record["replaced"] and record["replaced"] != args.version else ""
+    print(f"{dataset} {args.version}: {record['kind']} {record['from']} -> {args.to}{replaced}")
+    if result.bundle:
+        print(f"  serving bundle : {result.bundle['path']}")
+        print(f"  archive        : {result.bundle['archive']} (sha256 {result.bundle['archive_sha256']})")
+        print(f"  serve it       : mlflow models serve -m {result.bundle['path']} --env-manager local")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    bundle = _release(args).export(_dataset_name(args.dataset), args.version)
+    print(f"serving bundle : {bundle['path']} (manifest sha256 {bundle['manifest_sha256']})")
+    print(f"archive        : {bundle['archive']} (sha256 {bundle['archive_sha256']})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    status = _release(args).status(_dataset_name(args.dataset))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"dataset {status['dataset']}")
+    print(_table(["version", "registered", "stage", "strategy", "config", "gates", "decision in force"],
+                 [[r["version"], r["registered_version"], r["stage"], r["strategy"], r["config_hash"][:12],
+                   r["gates"] or "not evaluated", r["decision"]] for r in status["versions"]]))
+    print("aliases: " + (", ".join(f"@{a} -> {v}" for a, v in status["aliases"].items()) or "none"))
+    print(f"audit logs verified: {len(status['approvals'])} decision(s), {len(status['promotions'])} promotion(s)")
+    for p in status["promotions"][-5:]:
+        print(f"  #{p['seq']} {p['promoted_at']} {p['kind']}: {p['version']} {p['from']} -> {p['to']}"
+              f" by {p['requested_by']}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    status = _release(args).status(_dataset_name(args.dataset))
+    events = sorted([(a["decided_at"], "decision ", f"{a['version']} {a['decision']} by {a['reviewer']}"
+                      + (f", waived {a['waived']}" if a["waived"] else "") + f": {a['note']}")
+                     for a in status["approvals"]]
+                    + [(p["promoted_at"], "promotion", f"{p['version']} {p['kind']} {p['from']} -> {p['to']} "
+                        f"by {p['requested_by']}") for p in status["promotions"]])
+    for when, kind, text in events:
+        print(f"{when}  {kind}  {text}")
+    print(f"both logs verified: every entry chains to the one before ({len(events)} entries)")
+    return 0
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from ensemble_platform.serving.bundle import verify_bundle
+
+    manifest = verify_bundle(args.path, args.manifest_sha256)
+    approval = manifest["approval"]
+    print(f"{args.path}: verified {len(manifest['files'])} files against manifest.json")
+    print(f"  {manifest['dataset']} {manifest['ensemble_version']} ({manifest['strategy']}), config "
+          f"{manifest['config_hash'][:12]}, {len(manifest['members'])} members")
+    print(f"  approved by {approval['reviewer']} at {approval['decided_at']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the production bundle with MLflow, after verifying it against the registry's record."""
+    import shutil
+
+    from ensemble_platform.governance.registry import ensemble_model_name
+    from ensemble_platform.governance.release import BUNDLE_TAGS, Release
+    from ensemble_platform.serving.bundle import verify_bundle
+
+    dataset = _dataset_name(args.dataset)
+    release = Release(PlatformPaths.from_env(args.home))
+    production = release.registry.aliases(ensemble_model_name(dataset)).get("production")
+    if production is None:
+        print(f"error: {dataset} has no production version", file=sys.stderr)
+        return 2
+    version = release.registry.client.get_model_version(ensemble_model_name(dataset), production)
+    directory, _ = release.bundle_paths(dataset, version.tags["ensemble_platform.semver"])
+    verify_bundle(directory, version.tags.get(BUNDLE_TAGS[1]))
+    mlflow = shutil.which("mlflow", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    command = [mlflow or "mlflow", "models", "serve", "-m", str(directory), "--env-manager", "local",
+               "--host", args.host, "--port", str(args.port)]
+    print("verified; " + " ".join(command), flush=True)
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    os.execvpe(command[0], command, env)
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ensemble-platform", description=__doc__)
     parser.add_argument("--home", help=f"platform home (default ${HOME_ENV} or ./.ensemble_platform)")
@@ -86,6 +214,50 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="materialize the whole asset graph and print a summary")
     demo.add_argument("--dataset", help="dataset spec YAML (default $ENSEMBLE_PLATFORM_DATASET or credit_data)")
     demo.set_defaults(func=cmd_demo)
+
+    dataset_help = "dataset name, or its spec YAML (default: the current spec, $ENSEMBLE_PLATFORM_DATASET or credit_data)"
+    approve = sub.add_parser("approve", help="record a reviewer's decision on an ensemble version")
+    approve.add_argument("--dataset", help=dataset_help)
+    approve.add_argument("--version", required=True, help="ensemble version (semver), e.g. 1.0.0")
+    approve.add_argument("--reviewer", required=True)
+    approve.add_argument("--decision", required=True, choices=["approve", "reject"])
+    approve.add_argument("--note", required=True, help="the reviewer's justification (recorded)")
+    approve.add_argument("--waive", nargs="+", metavar="GATE", help="failing gates this approval waives")
+    approve.add_argument("--config-hash", help="the config hash the reviewer reviewed (refused if it is not current)")
+    approve.set_defaults(func=cmd_approve)
+
+    promote = sub.add_parser("promote", help="promote an ensemble version to staging or production")
+    promote.add_argument("--dataset", help=dataset_help)
+    promote.add_argument("--version", required=True)
+    promote.add_argument("--to", required=True, choices=["staging", "production"])
+    promote.add_argument("--by", help="who asks for the promotion (default: the current user)")
+    promote.set_defaults(func=cmd_promote)
+
+    export = sub.add_parser("export", help="(re)export the serving bundle of an approved version")
+    export.add_argument("--dataset", help=dataset_help)
+    export.add_argument("--version", required=True)
+    export.set_defaults(func=cmd_export)
+
+    status = sub.add_parser("status", help="versions, stages, gates, decisions and promotions of a dataset")
+    status.add_argument("--dataset", help=dataset_help)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    audit = sub.add_parser("audit", help="every recorded decision and promotion, after verifying the logs")
+    audit.add_argument("--dataset", help=dataset_help)
+    audit.set_defaults(func=cmd_audit)
+
+    verify = sub.add_parser("verify-bundle", help="check every file of a serving bundle against its manifest")
+    verify.add_argument("path")
+    verify.add_argument("--manifest-sha256", help="also require the manifest itself to have this SHA-256")
+    verify.set_defaults(func=cmd_verify_bundle)
+
+    serve = sub.add_parser("serve", help="verify and serve the production bundle (mlflow models serve)")
+    serve.add_argument("--dataset", help=dataset_help)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001)
+    serve.set_defaults(func=cmd_serve)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -6,6 +6,7 @@ import dagster as dg
 
 from ensemble_platform.defs.assets import data, ensemble, members, reports
 from ensemble_platform.defs.jobs import JOBS
+from ensemble_platform.defs.release import RELEASE_JOBS
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.settings import PlatformPaths
 
@@ -15,7 +16,7 @@ def build_definitions(home: str | None = None, dataset_spec: str | None = None) 
     return dg.Definitions(
         assets=dg.load_assets_from_modules([data, members, ensemble, reports]),
         asset_checks=dg.load_asset_checks_from_modules([data]),
-        jobs=JOBS,
+        jobs=[*JOBS, *RELEASE_JOBS],
         resources={
             "platform": PlatformResource(home=str(paths.home), dataset_spec=dataset_spec),
             # Asset values live under the platform home, next to everything else it writes.

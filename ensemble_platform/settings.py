@@ -52,6 +52,15 @@ class PlatformPaths:
     def predictions_dir(self, dataset: str) -> Path:
         return self.home / "predictions" / dataset
 
+    def parity_dir(self, dataset: str, version: str) -> Path:
+        """The holdout rows as an operator would send them and the scores validation gave them:
+        what an exported bundle must reproduce exactly."""
+        return self.predictions_dir(dataset) / "versions" / version
+
+    def audit_dir(self, dataset: str) -> Path:
+        """Append-only approval and promotion logs of one dataset."""
+        return self.home / "audit" / dataset
+
     def configs_dir(self, dataset: str) -> Path:
         return self.home / "configs" / dataset
 

@@ -69,5 +69,6 @@ def build_ensemble(
         calibrator=calibration.calibrator,
         agreement_threshold=governance.agreement_threshold,
         decision_threshold=governance.decision_threshold,
+        unseen_category=governance.unseen_category,
     )
     return EnsembleBuild(config, runtime, calibration)

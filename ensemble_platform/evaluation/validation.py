@@ -23,8 +23,14 @@ def validation_report(
     y_holdout: np.ndarray,
     X_holdout: pd.DataFrame,
     lineage: dict[str, object],
+    members_oof: dict[str, dict[str, float]],
+    ensemble_oof: dict[str, float],
 ) -> dict[str, object]:
-    """The validation.json document (schema documented in README)."""
+    """The validation.json document (schema documented in README).
+
+    `members_oof` and `ensemble_oof` are out-of-fold metrics of the training rows (the served
+    ensemble's: chosen strategy and calibrator, cross-validated): the evidence the release gates
+    compare, beside the holdout."""
     H = np.column_stack(list(member_holdout.values()))
     members = {name: binary_metrics(y_holdout, p) for name, p in member_holdout.items()}
     strategies = {
@@ -60,6 +66,8 @@ def validation_report(
             "evidence": "out_of_fold_cross_validation",
             "folds": int(lineage.get("folds", 0)),
             "out_of_fold": candidates.evidence_table(),
+            "members_out_of_fold": members_oof,
+            "ensemble_out_of_fold": ensemble_oof,
         },
         "lineage": lineage,
     }

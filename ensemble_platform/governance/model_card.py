@@ -1,21 +1,33 @@
 """The model card of one ensemble version, generated from the assets' outputs (never edited by
 hand): what it is, what it is made of, what data made it, how well and how fairly it decides,
-what it is for, and whether a human has approved it."""
+what it is for, which release gates it passed, and whether a human has approved it.
+
+The card is regenerated whenever a decision about the version is recorded, from documents kept
+under the version's report folder (`model_card_inputs.json` holds the parts no other document
+has), so the CLI can regenerate it without the Dagster run that first wrote it.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.governance.figures import reliability_figure, vote_share_figure
-from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, metrics_table, percent
+from ensemble_platform.governance.rendering import (
+    ReportDocument, Section, fmt, md_table, metrics_table, percent, write_json,
+)
 from ensemble_platform.governance.reports import ENSEMBLE, ReportContext, calibration_metrics_table
+from ensemble_platform.settings import PlatformPaths
 
 NOT_PROVIDED = "_Not provided in the dataset spec._"
 SECTIONS = ("Identity", "Constituents", "Combination", "Data lineage", "Evaluation", "Calibration", "Fairness",
-            "Agreement", "Intended use and limitations", "Approval status")
+            "Agreement", "Intended use and limitations", "Release gates", "Approval status")
+CARD_INPUTS = "model_card_inputs.json"
+REPORT_FILES = {name: f"{name}.html" for name in ("calibration", "fairness", "agreement")}
 
 
 @dataclass(frozen=True)
@@ -39,14 +51,52 @@ class ModelCardInputs:
     agreement: dict
     data_validation: dict | None  # the Great Expectations result of the data this version was built on
     report_files: dict[str, str]  # report name -> file name beside the card
-    approval: dict | None = None  # filled by the release path; None means pending
+    gates: dict | None = None  # the release gates (GateReport as JSON)
+    approvals: list[dict] = field(default_factory=list)  # decisions recorded for this config, oldest first
+
+
+def write_card_inputs(directory: Path, members: list[MemberEntry], spec: DatasetSpec) -> Path:
+    """What only the Dagster run knows (member hyper-parameters, the spec), kept beside the card."""
+    def plain(value: object) -> object:  # JSON has no NaN (XGBoost's `missing=nan`): keep it as text
+        return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+    entries = [asdict(m) | {"key_params": {k: plain(v) for k, v in m.key_params.items()}} for m in members]
+    return write_json({"members": entries, "spec": spec.model_dump(mode="json")}, directory / CARD_INPUTS)
+
+
+def load_card_inputs(paths: PlatformPaths, config: EnsembleConfig, approvals: list[dict]) -> ModelCardInputs:
+    """Every input of the card of `config`'s version, read from the files the assets wrote."""
+    directory = paths.version_reports_dir(config.dataset, config.version)
+
+    def read(name: str) -> dict | None:
+        path = directory / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    stored = read(CARD_INPUTS)
+    if stored is None:
+        raise FileNotFoundError(f"{directory / CARD_INPUTS} is missing; run the governance job for "
+                                f"{config.dataset} {config.version} first")
+    gx_path = paths.data_validation_path(config.dataset, config.data_hash)
+    return ModelCardInputs(
+        config=config,
+        spec=DatasetSpec(**stored["spec"]),
+        members=[MemberEntry(**m) for m in stored["members"]],
+        validation=read("validation.json"),
+        calibration=read("calibration.json"),
+        fairness=read("fairness.json"),
+        agreement=read("agreement.json"),
+        data_validation=json.loads(gx_path.read_text()) if gx_path.is_file() else None,
+        report_files=REPORT_FILES,
+        gates=read("gates.json"),
+        approvals=approvals,
+    )
 
 
 def model_card(inputs: ModelCardInputs) -> ReportDocument:
     context = ReportContext.of(inputs.config, int(inputs.validation["lineage"]["holdout_rows"]))
     sections = [_identity(inputs), _constituents(inputs), _combination(inputs), _lineage(inputs),
                 _evaluation(inputs), _calibration(inputs), _fairness(inputs), _agreement(inputs),
-                _intended_use(inputs), _approval(inputs)]
+                _intended_use(inputs), _gates(inputs), _approval(inputs)]
     return ReportDocument(f"Model card: {context.dataset} ensemble {context.version}", context.subtitle(), sections)
 
 
@@ -169,13 +219,38 @@ def _intended_use(inputs: ModelCardInputs) -> Section:
     ))
 
 
+def _gates(inputs: ModelCardInputs) -> Section:
+    if inputs.gates is None:
+        return Section("Release gates", "_The release gates have not been evaluated for this version._")
+    gates = inputs.gates["gates"]
+    failing = [g["name"] for g in gates if not g["passed"]]
+    latest = inputs.approvals[-1] if inputs.approvals else None
+    waived = set(latest["waived"]) if latest and latest["decision"] == "approve" else set()
+    verdict = ("**All gates pass.**" if not failing else
+               f"**{len(failing)} gate(s) fail:** {', '.join(failing)}. A version is approved only when each "
+               "failing gate is waived by the reviewer, on the record.")
+    rows = [[g["name"], g["threshold"], g["value"],
+             "pass" if g["passed"] else ("WAIVED" if g["name"] in waived else "FAIL"),
+             "yes" if g["waivable"] else "no", g["detail"]] for g in gates]
+    return Section("Release gates", verdict + "\n\n" + md_table(
+        ["gate", "threshold", "value", "status", "waivable", "detail"], rows))
+
+
 def _approval(inputs: ModelCardInputs) -> Section:
-    if inputs.approval is None:
+    records = inputs.approvals
+    if not records:
         return Section("Approval status", (
             "**Pending.** No approval is recorded for this version; it is a candidate and may not be "
             "promoted to production."))
-    a = inputs.approval
-    return Section("Approval status", md_table(["property", "value"], [[k, v] for k, v in a.items()]))
+    latest = records[-1]
+    verdict = ("**Approved**" if latest["decision"] == "approve" else "**Rejected**") + (
+        f" by {latest['reviewer']} on {latest['decided_at']} for config `{latest['config_hash'][:12]}`.")
+    history = md_table(["#", "decision", "reviewer", "decided at", "waived gates", "note"],
+                       [[r["seq"], r["decision"], r["reviewer"], r["decided_at"], ", ".join(r["waived"]) or "none",
+                         r["note"]] for r in records])
+    return Section("Approval status", verdict + " The latest decision is in force.\n\n" + history + (
+        "\n\nDecisions are kept in the platform's append-only, hash-chained approvals log and on the "
+        "MLflow model version's tags."))
 
 
 def _see(inputs: ModelCardInputs, report: str) -> str:

@@ -68,6 +68,28 @@ class FairnessPolicy(BaseModel):
         }
 
 
+class GatePolicy(BaseModel):
+    """Thresholds of the automated release gates (see `governance.gates`).
+
+    Log-loss tolerances are in nats per row: how much worse than the best single member the
+    ensemble may be before the gate fails (an ensemble that loses to one of its own members is
+    complexity without benefit).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    oof_log_loss_tolerance: float = Field(default=0.005, ge=0.0)
+    holdout_log_loss_tolerance: float = Field(default=0.01, ge=0.0)
+    max_ece: float = Field(default=0.05, gt=0.0, le=1.0)
+    # Below 0.5 almost no decision is routed to review: the review safeguard would be off.
+    min_agreement_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+# What the runtime does with a categorical value no member saw in training: score it and route the
+# row to human review (default), refuse the row with an error, or score it silently.
+UnseenCategoryPolicy = Literal["review", "error", "ignore"]
+
+
 class GovernancePolicy(BaseModel):
     """Everything in a dataset spec's `governance:` block."""
 
@@ -78,7 +100,9 @@ class GovernancePolicy(BaseModel):
     min_members: int = Field(default=2, ge=1)
     decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     calibration_bins: int = Field(default=10, ge=2, le=100)
+    unseen_category: UnseenCategoryPolicy = "review"
     fairness: FairnessPolicy = FairnessPolicy()
+    gates: GatePolicy = GatePolicy()
 
 
 def worst_status(statuses: list[str]) -> str:

@@ -18,6 +18,7 @@ from ensemble_platform.ensemble.agreement import vote_agreement
 from ensemble_platform.ensemble.strategies import Combiner
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.calibration import ProbabilityCalibrator
+from ensemble_platform.governance.policy import UnseenCategoryPolicy
 from ensemble_platform.members.training import positive_proba
 
 
@@ -31,6 +32,7 @@ class EnsembleRuntime:
     calibrator: ProbabilityCalibrator
     agreement_threshold: float
     decision_threshold: float = 0.5
+    unseen_category: UnseenCategoryPolicy = "review"
 
     def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
         return np.column_stack([positive_proba(model, X) for model in self.members.values()])
@@ -40,6 +42,23 @@ class EnsembleRuntime:
         if missing:
             raise DataError(f"input is missing feature column(s) {missing}; expected {self.schema.features}")
         return as_model_input(table, self.schema)
+
+    def unseen_categories(self, X: pd.DataFrame) -> np.ndarray:
+        """Rows holding a categorical value no member saw in training, judged by the policy:
+        'error' refuses them naming column and values, 'review' flags them, 'ignore' scores them."""
+        unseen = np.zeros(len(X), dtype=bool)
+        for column in self.schema.categorical:
+            known = set(self.schema.categories.get(column, ()))
+            values = X[column]
+            new = (values.notna() & ~values.isin(known)).to_numpy()
+            if new.any() and self.unseen_category == "error":
+                raise DataError(
+                    f"column {column!r} has value(s) never seen in training "
+                    f"{sorted(set(values[new]))[:5]} in {int(new.sum())} row(s); allowed: {sorted(known)} "
+                    "(unseen_category policy 'error')"
+                )
+            unseen |= new
+        return unseen if self.unseen_category == "review" else np.zeros(len(X), dtype=bool)
 
     def combined_proba(self, P: np.ndarray, X: pd.DataFrame) -> np.ndarray:
         """The combiner's probability before post-hoc calibration."""
@@ -54,6 +73,7 @@ class EnsembleRuntime:
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         """Probability (calibrated), decision, agreement and review flag per input row."""
         X = self.model_input(table)
+        unseen = self.unseen_categories(X)
         P = self.member_matrix(X)
         _, proba = self.proba_from_members(P, X)
         # Agreement compares each member's own vote with the ensemble's decision at one threshold.
@@ -63,7 +83,7 @@ class EnsembleRuntime:
                 "probability": proba,
                 "decision": (proba >= self.decision_threshold).astype(int),
                 "agreement": agreement,
-                "needs_review": agreement < self.agreement_threshold,
+                "needs_review": (agreement < self.agreement_threshold) | unseen,
             },
             index=table.index,
         )

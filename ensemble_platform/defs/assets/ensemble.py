@@ -12,10 +12,12 @@ from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
+from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.evaluation.validation import validation_report
 from ensemble_platform.governance.rendering import metrics_table, write_json
 from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.members.training import MemberFit
+from ensemble_platform.serving.parity import ParitySet
 
 GROUP = "ensemble"
 
@@ -125,8 +127,12 @@ def ensemble_validation(
     report = validation_report(
         build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(), uncalibrated,
         split.y_holdout, split.X_holdout(), split.lineage(),
+        members_oof={n: binary_metrics(split.y_train, oof_predictions.oof[n].to_numpy()) for n in oof_predictions.names},
+        ensemble_oof=binary_metrics(split.y_train, build.calibration.cv_proba[build.calibration.chosen]),
     )
     path = write_json(report, platform.paths.version_reports_dir(split.dataset, build.config.version) / "validation.json")
+    ParitySet(split.holdout[split.schema.features], scored).write(
+        platform.paths.parity_dir(split.dataset, build.config.version))
     registry = platform.registry()
     registry.log_to_run(
         registry.ensemble_run_id(build.config),

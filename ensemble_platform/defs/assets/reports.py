@@ -1,19 +1,24 @@
-"""Governance stage: calibration, fairness and agreement reports and the model card of the
-current ensemble version, under `reports/<dataset>/<version>/` and on the version's MLflow run."""
+"""Governance stage: calibration, fairness and agreement reports, the release gates and the model
+card of the current ensemble version, under `reports/<dataset>/<version>/` and on the version's
+MLflow run."""
 
 import json
 from collections.abc import Callable
 
 import dagster as dg
 
+from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.defs.assets.members import member_model
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild
-from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.ensemble.predictions import MemberPredictions
-from ensemble_platform.governance.model_card import MemberEntry, ModelCardInputs, model_card as model_card_document
-from ensemble_platform.governance.rendering import write_report
+from ensemble_platform.governance.gates import evaluate_gates, gate_names
+from ensemble_platform.governance.model_card import MemberEntry, write_card_inputs
+from ensemble_platform.governance.policy import GovernancePolicy
+from ensemble_platform.governance.publishing import publish_model_card, publish_report
+from ensemble_platform.governance.release import Release
+from ensemble_platform.governance.rendering import md_table
 from ensemble_platform.governance.reports import (
     HoldoutView, Report, build_agreement_report, build_calibration_report, build_fairness_report,
 )
@@ -26,25 +31,21 @@ GROUP = "governance"
 def _publish(
     context: dg.AssetExecutionContext, platform: PlatformResource, build: EnsembleBuild, report: Report
 ) -> dict[str, dg.MetadataValue]:
-    """Write the report beside the version's others and log it to the version's MLflow run."""
-    config = build.config
-    directory = platform.paths.version_reports_dir(config.dataset, config.version)
-    paths = write_report(report.document, directory, report.stem, report.data or None)
-    registry = platform.registry()
-    run_id = registry.ensemble_run_id(config)
-    numeric = {f"{report.stem}_{k}": v for k, v in report.headline.items() if isinstance(v, (int, float))}
-    registry.log_to_run(run_id, numeric, [p for k, p in paths.items() if not k.startswith("figure:")],
-                        artifact_path="reports")
-    registry.log_to_run(run_id, {}, [p for k, p in paths.items() if k.startswith("figure:")],
-                        artifact_path="reports/figures")
-    context.log.info(f"{report.stem} of {config.dataset} {config.version}: {paths['html']}")
+    """Write the report beside the version's others, log it to the version's MLflow run, and
+    describe it for the UI."""
+    paths = publish_report(platform.registry(), build.config, report)
+    context.log.info(f"{report.stem} of {build.config.dataset} {build.config.version}: {paths['html']}")
+    return _report_metadata(build, paths, report.headline, report.tables)
+
+
+def _report_metadata(build: EnsembleBuild, paths: dict, headline: dict, tables: dict) -> dict[str, dg.MetadataValue]:
     return {
-        "ensemble_version": dg.MetadataValue.text(config.version),
+        "ensemble_version": dg.MetadataValue.text(build.config.version),
         "html_path": dg.MetadataValue.path(str(paths["html"])),
         "markdown_path": dg.MetadataValue.path(str(paths["markdown"])),
         **({"json_path": dg.MetadataValue.path(str(paths["json"]))} if "json" in paths else {}),
-        **{k: v for k, v in report.headline.items() if v is not None},
-        **{k: dg.MetadataValue.md(v) for k, v in report.tables.items()},
+        **{k: v for k, v in headline.items() if v is not None},
+        **{k: dg.MetadataValue.md(v) for k, v in tables.items()},
     }
 
 
@@ -83,6 +84,46 @@ agreement_report = _report_asset(
 )
 
 
+def gate_check_name(gate: str) -> str:
+    """Dagster check names are identifiers: `fairness.x` becomes `gate_fairness_x`."""
+    return "gate_" + gate.replace(".", "_")
+
+
+@dg.asset(
+    group_name=GROUP, pool="mlflow", kinds={"mlflow"},
+    check_specs=[dg.AssetCheckSpec(gate_check_name(name), asset="release_gates", description=f"release gate {name}")
+                 for name in gate_names(GovernancePolicy())],
+)
+def release_gates(
+    context: dg.AssetExecutionContext,
+    ensemble_config: EnsembleBuild,
+    ensemble_validation: dict,
+    calibration_report: dict,
+    fairness_report: dict,
+    platform: PlatformResource,
+):
+    """The automated release gates of the version (one asset check each); the version becomes a
+    `candidate` in the registry. Failing gates block approval unless a reviewer waives them."""
+    config = ensemble_config.config
+    gx_path = platform.paths.data_validation_path(config.dataset, config.data_hash)
+    gates = evaluate_gates(config, ensemble_validation, calibration_report, fairness_report,
+                           json.loads(gx_path.read_text()) if gx_path.is_file() else None)
+    path = Release(platform.paths, platform.registry()).record_gates(config, gates)
+    table = md_table(["gate", "threshold", "value", "passed", "detail"],
+                     [[g.name, g.threshold, g.value, g.passed, g.detail] for g in gates.gates])
+    yield dg.Output(gates.model_dump(mode="json"), metadata={
+        "ensemble_version": config.version, "passed": gates.passed, "failing": ", ".join(gates.failing) or "none",
+        "gates": dg.MetadataValue.md(table), "gates_path": dg.MetadataValue.path(str(path)),
+    })
+    for gate in gates.gates:
+        yield dg.AssetCheckResult(
+            check_name=gate_check_name(gate.name), passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR,
+            description=gate.detail or None,
+            metadata={"threshold": gate.threshold, "value": gate.value if gate.value is not None else "none",
+                      "waivable": gate.waivable},
+        )
+
+
 @dg.asset(group_name=GROUP, pool="mlflow", kinds={"html"},
           ins={"member_model": dg.AssetIn(key=member_model.key)})
 def model_card(
@@ -92,27 +133,23 @@ def model_card(
     calibration_report: dict,
     fairness_report: dict,
     agreement_report: dict,
+    release_gates: dict,
     member_model: dict[str, MemberFit],
     platform: PlatformResource,
 ) -> dg.Output[str]:
-    """The version's model card (Markdown and self-contained HTML), generated from the reports."""
-    config, spec = ensemble_config.config, platform.spec()
-    gx_path = platform.paths.data_validation_path(config.dataset, config.data_hash)
-    inputs = ModelCardInputs(
-        config=config,
-        spec=spec,
-        members=[MemberEntry(m.name, m.family, m.registered_model, m.version, m.run_id,
-                             key_params(member_model[m.name].pipeline)) for m in config.members],
-        validation=ensemble_validation,
-        calibration=calibration_report,
-        fairness=fairness_report,
-        agreement=agreement_report,
-        data_validation=json.loads(gx_path.read_text()) if gx_path.is_file() else None,
-        report_files={name: f"{name}.html" for name in ("calibration", "fairness", "agreement")},
+    """The version's model card (Markdown and self-contained HTML), generated from the reports,
+    the release gates and the decisions recorded so far."""
+    config = ensemble_config.config
+    write_card_inputs(
+        platform.paths.version_reports_dir(config.dataset, config.version),
+        [MemberEntry(m.name, m.family, m.registered_model, m.version, m.run_id,
+                     key_params(member_model[m.name].pipeline)) for m in config.members],
+        platform.spec(),
     )
-    document = model_card_document(inputs)
-    report = Report("model_card", {}, document, {"approval_status": "pending"})
-    return dg.Output(document.markdown(figure_dir=None), metadata={
-        **_publish(context, platform, ensemble_config, report),
-        "model_card": dg.MetadataValue.md(document.markdown(figure_dir=None)),
+    document, paths = publish_model_card(platform.registry(), config)
+    context.log.info(f"model card of {config.dataset} {config.version}: {paths['html']}")
+    markdown = document.markdown(figure_dir=None)
+    return dg.Output(markdown, metadata={
+        **_report_metadata(ensemble_config, paths, {}, {}),
+        "model_card": dg.MetadataValue.md(markdown),
     })

@@ -1,0 +1,332 @@
+"""The release path of ensemble versions: gates recorded, human decisions recorded, promotion
+through the stages, and the serving bundle exported on promotion to production.
+
+Every operation takes the dataset's release lock, checks everything it needs before it writes
+anything, and writes registry changes inside a registry transaction whose last step is the
+append to the audit log: on any failure the registry is restored and nothing is appended.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cloudpickle
+from pydantic import ValidationError
+from mlflow.entities.model_registry import ModelVersion
+
+from ensemble_platform import __version__
+from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.approvals import (
+    ApprovalRecord, Approvals, Decision, ReleaseRefused, check_approvable, utc_now,
+)
+from ensemble_platform.governance.audit_log import AuditLog, release_lock
+from ensemble_platform.governance.gates import GateReport
+from ensemble_platform.governance.publishing import publish_model_card
+from ensemble_platform.governance.registry import (
+    CONFIG_HASH_TAG, SEMVER_TAG, Registry, ensemble_model_name, runtime_requirements,
+)
+from ensemble_platform.governance.rendering import write_json
+from ensemble_platform.governance.stages import mark_candidate, plan_promotion
+from ensemble_platform.serving.bundle import (
+    BundleContents, BundleError, sha256_file, verify_bundle, write_archive, write_bundle,
+)
+from ensemble_platform.serving.parity import ParitySet
+from ensemble_platform.settings import PlatformPaths
+
+GATES_FILE = "gates.json"
+GATES_TAG = "ensemble_platform.gates"
+APPROVAL_TAG = "ensemble_platform.approval"
+BUNDLE_TAGS = ("ensemble_platform.bundle_sha256", "ensemble_platform.manifest_sha256")
+MIN_HASH_PREFIX = 12
+
+
+@dataclass
+class VersionState:
+    """One ensemble version as the release path sees it."""
+
+    config: EnsembleConfig  # the config file as it is now
+    registered: ModelVersion
+    gates: GateReport | None
+    validated_hash: str | None  # config hash validation.json was written for
+
+    @property
+    def dataset(self) -> str:
+        return self.config.dataset
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+
+@dataclass
+class PromotionResult:
+    record: dict | None  # None when nothing changed
+    stage: str
+    bundle: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.record is not None
+
+
+class Release:
+    def __init__(self, paths: PlatformPaths, registry: Registry | None = None):
+        self.paths = paths
+        self.registry = registry or Registry(paths)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def promotions_log(self, dataset: str) -> AuditLog:
+        return AuditLog(self.paths.audit_dir(dataset) / "promotions.jsonl")
+
+    def state(self, dataset: str, version: str) -> VersionState:
+        store = ConfigStore(self.paths.configs_dir(dataset))
+        if version not in store.versions():
+            raise PlatformError(f"{dataset} has no ensemble version {version}; versions: {store.versions() or 'none'}")
+        config = store.load(version)
+        registered = self.registry.ensemble_version(dataset, version)
+        reports = self.paths.version_reports_dir(dataset, version)
+        gates_path, validation_path = reports / GATES_FILE, reports / "validation.json"
+        gates = GateReport.model_validate_json(gates_path.read_text()) if gates_path.is_file() else None
+        validated = json.loads(validation_path.read_text())["config_hash"] if validation_path.is_file() else None
+        return VersionState(config, registered, gates, validated)
+
+    def check_current(self, state: VersionState, claimed_hash: str | None = None) -> None:
+        """Refuse a version whose config is not the one that was validated and gated, or not the
+        one the reviewer says they reviewed."""
+        label, current = f"{state.dataset} {state.version}", state.config.config_hash
+        if state.validated_hash is None or state.gates is None:
+            raise ReleaseRefused(f"{label} has not been validated and gated; run ensemble_job and governance_job")
+        recorded = {"validation report": state.validated_hash, "release gates": state.gates.config_hash,
+                    "registry tag": state.registered.tags.get(CONFIG_HASH_TAG)}
+        stale = {where: h for where, h in recorded.items() if h != current}
+        if stale:
+            raise ReleaseRefused(
+                f"the config of {label} changed since validation: the config file now hashes to {current[:12]}, "
+                + ", ".join(f"the {where} has {str(h)[:12]}" for where, h in stale.items())
+                + "; re-run ensemble_job and governance_job to validate the change as a new version"
+            )
+        if claimed_hash is not None:
+            if len(claimed_hash) < MIN_HASH_PREFIX or not current.startswith(claimed_hash):
+                raise ReleaseRefused(
+                    f"--config-hash {claimed_hash} is not the config of {label} ({current}); the reviewed config "
+                    f"is stale or belongs to another version (give at least {MIN_HASH_PREFIX} hex digits)"
+                )
+
+    # --- gates and candidates --------------------------------------------------------------
+
+    def record_gates(self, config: EnsembleConfig, gates: GateReport) -> Path:
+        """Write the gates of a freshly validated version and make it a candidate (a version
+        already in a stage keeps it)."""
+        path = write_json(gates.model_dump(mode="json"),
+                          self.paths.version_reports_dir(config.dataset, config.version) / GATES_FILE)
+        name = ensemble_model_name(config.dataset)
+        summary = gates.summary()
+        with release_lock(self.paths.audit_dir(config.dataset)), self.registry.transaction(config.dataset):
+            self.registry.apply_stage_state(
+                config.dataset, mark_candidate(self.registry.stage_state(config.dataset), config.registered_version))
+            self.registry.set_version_tags(name, config.registered_version, {GATES_TAG: summary[:4000]})
+        return path
+
+    # --- approval ---------------------------------------------------------------------------
+
+    def approve(
+        self, dataset: str, version: str, reviewer: str, decision: Decision, note: str,
+        waive: list[str] | tuple[str, ...] = (), config_hash: str | None = None,
+    ) -> ApprovalRecord:
+        approvals = Approvals(self.paths, dataset)
+        with release_lock(self.paths.audit_dir(dataset)):
+            state = self.state(dataset, version)
+            self.check_current(state, config_hash)
+            assert state.gates is not None
+            check_approvable(state.gates, decision, list(waive))
+            try:
+                draft = ApprovalRecord(
+                    dataset=dataset, version=version, config_hash=state.config.config_hash,
+                    registered_model=state.registered.name, registered_version=str(state.registered.version),
+                    decision=decision, reviewer=reviewer, note=note, waived=tuple(dict.fromkeys(waive)),
+                    failing_gates=tuple(state.gates.failing), decided_at=utc_now(),
+                )
+            except ValidationError as exc:
+                raise ReleaseRefused("decision not recorded: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            entry = approvals.log.draft(draft.model_dump(mode="json", exclude={"seq", "prev_sha256", "sha256"}))
+            record = ApprovalRecord(**entry)
+            with self.registry.transaction(dataset):
+                self.registry.set_version_tags(state.registered.name, str(state.registered.version), {
+                    f"{APPROVAL_TAG}.{record.seq:04d}": _tag_json(record),
+                    APPROVAL_TAG: record.summary()[:4000],
+                })
+                approvals.log.append(entry)
+            publish_model_card(self.registry, state.config)
+        return record
+
+    # --- promotion --------------------------------------------------------------------------
+
+    def promote(self, dataset: str, version: str, to: str, requested_by: str | None = None) -> PromotionResult:
+        with release_lock(self.paths.audit_dir(dataset)):
+            state = self.state(dataset, version)
+            self.check_current(state)
+            approval = self._admissible_approval(state, to)
+            stages = self.registry.stage_state(dataset)
+            members = {m.registered_model: m.version for m in state.config.members}
+            planned, kind = plan_promotion(stages, str(state.registered.version), to, members, version)
+            if kind == "unchanged":
+                return PromotionResult(None, to)
+            bundle, created = ({}, False) if to != "production" else self._export(state, approval)
+            record = {
+                "kind": kind, "dataset": dataset, "version": version, "to": to,
+                "from": stages.stage_of(str(state.registered.version)),
+                "replaced": _semver_of(self.registry, dataset, stages.aliases.get(to)),
+                "config_hash": state.config.config_hash,
+                "registered_model": state.registered.name, "registered_version": str(state.registered.version),
+                "approval_sha256": approval.sha256 if approval else None,
+                "bundle": bundle, "requested_by": requested_by or getpass.getuser(), "promoted_at": utc_now(),
+            }
+            log = self.promotions_log(dataset)
+            entry = log.draft(record)
+            try:
+                with self.registry.transaction(dataset):
+                    self.registry.apply_stage_state(dataset, planned)
+                    if bundle:
+                        self.registry.set_version_tags(state.registered.name, str(state.registered.version), {
+                            BUNDLE_TAGS[0]: bundle["archive_sha256"], BUNDLE_TAGS[1]: bundle["manifest_sha256"]})
+                    log.append(entry)
+            except BaseException:
+                if created:
+                    self._remove_bundle(dataset, version)
+                raise
+        return PromotionResult(entry, to, bundle)
+
+    def _admissible_approval(self, state: VersionState, to: str) -> ApprovalRecord | None:
+        """The decision in force must allow the move: no rejection; production needs an
+        approval of this very config; every failing gate waived by the approval in force."""
+        assert state.gates is not None
+        label = f"{state.dataset} {state.version}"
+        approval = Approvals(self.paths, state.dataset).latest(state.version, state.config.config_hash)
+        if approval is not None and approval.decision == "reject":
+            raise ReleaseRefused(f"{label} was rejected by {approval.reviewer} at {approval.decided_at}: "
+                                 f"{approval.note!r}; it cannot be promoted unless a later decision approves it")
+        if to == "production" and approval is None:
+            raise ReleaseRefused(
+                f"{label} has no approval for config {state.config.config_hash[:12]}; production requires one "
+                f"(ensemble-platform approve --dataset {state.dataset} --version {state.version} ...)")
+        unwaived = state.gates.unwaived_failures(approval.waived if approval else ())
+        if unwaived:
+            raise ReleaseRefused(f"{label} fails gate(s) {unwaived} without a recorded waiver; it cannot be "
+                                 f"promoted to {to}")
+        return approval
+
+    # --- the serving bundle ---------------------------------------------------------------
+
+    def export(self, dataset: str, version: str) -> dict:
+        """The serving bundle of an approved version (reused when intact, rebuilt otherwise):
+        for operators who need it again, e.g. after losing the bundles folder."""
+        with release_lock(self.paths.audit_dir(dataset)):
+            state = self.state(dataset, version)
+            self.check_current(state)
+            bundle, _ = self._export(state, self._admissible_approval(state, "production"))
+        return bundle
+
+    def bundle_paths(self, dataset: str, version: str) -> tuple[Path, Path]:
+        root = self.paths.bundles_dir(dataset)
+        return root / version, root / f"{version}.tar.gz"
+
+    def _export(self, state: VersionState, approval: ApprovalRecord | None) -> tuple[dict, bool]:
+        """The version's bundle and archive: reused when an intact one exists for the approval in
+        force, otherwise built (and parity-checked) anew. Returns (bundle facts, newly built)."""
+        assert approval is not None
+        directory, archive = self.bundle_paths(state.dataset, state.version)
+        try:
+            manifest = verify_bundle(directory)
+            reusable = (manifest["approval"].get("sha256") == approval.sha256 and archive.is_file()
+                        and archive.with_name(archive.name + ".sha256").read_text().split()[0] == sha256_file(archive))
+        except (BundleError, FileNotFoundError):
+            reusable = False
+        created = not reusable
+        if created:
+            self._build_bundle(state, approval, directory, archive)
+        return {"path": str(directory), "archive": str(archive), "archive_sha256": sha256_file(archive),
+                "manifest_sha256": sha256_file(directory / "manifest.json")}, created
+
+    def _build_bundle(self, state: VersionState, approval: ApprovalRecord, directory: Path, archive: Path) -> None:
+        config = state.config
+        reports = self.paths.version_reports_dir(config.dataset, config.version)
+        with tempfile.TemporaryDirectory() as scratch:
+            ensemble = self.registry.download_model(state.registered.name, str(state.registered.version),
+                                                    Path(scratch) / "ensemble")
+            runtime = cloudpickle.loads((ensemble / "artifacts" / "runtime.pkl").read_bytes())
+            member_files = {}
+            for member in config.members:
+                local = self.registry.download_model(member.registered_model, member.version,
+                                                     Path(scratch) / member.name)
+                member_files[member.name] = local / "model.pkl"
+            contents = BundleContents(
+                config=config, runtime=runtime, member_files=member_files,
+                approval=approval.model_dump(mode="json"),
+                model_card={"html": reports / "model_card.html", "md": reports / "model_card.md"},
+                created_at=approval.decided_at,
+                requirements=[*runtime_requirements(), f"ensemble_platform=={__version__}"],
+            )
+            write_bundle(contents, directory, ParitySet.read(self.paths.parity_dir(config.dataset, config.version)))
+        try:
+            write_archive(directory, archive, approval.decided_at)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def _remove_bundle(self, dataset: str, version: str) -> None:
+        directory, archive = self.bundle_paths(dataset, version)
+        shutil.rmtree(directory, ignore_errors=True)
+        for path in (archive, archive.with_name(archive.name + ".sha256")):
+            path.unlink(missing_ok=True)
+
+    # --- status -----------------------------------------------------------------------------
+
+    def status(self, dataset: str) -> dict:
+        """Every version with its stage, gates and decision in force; aliases; recent promotions."""
+        store = ConfigStore(self.paths.configs_dir(dataset))
+        stages = self.registry.stage_state(dataset)
+        approvals = Approvals(self.paths, dataset)
+        rows = []
+        for version in store.versions():
+            config = store.load(version)
+            reports = self.paths.version_reports_dir(dataset, version)
+            gates_path = reports / GATES_FILE
+            gates = GateReport.model_validate_json(gates_path.read_text()) if gates_path.is_file() else None
+            decision = approvals.latest(version, config.config_hash)
+            rows.append({
+                "version": version, "registered_version": config.registered_version, "strategy": config.strategy,
+                "config_hash": config.config_hash, "stage": stages.stage_of(str(config.registered_version)) or "-",
+                "gates": None if gates is None else gates.summary(),
+                "decision": decision.summary() if decision else "pending",
+            })
+        by_version = {row["registered_version"]: row["version"] for row in rows}
+        return {
+            "dataset": dataset,
+            "versions": rows,
+            "aliases": {alias: by_version.get(v, f"registered {v}") for alias, v in sorted(stages.aliases.items())},
+            "promotions": self.promotions_log(dataset).verify(),
+            "approvals": [r.model_dump(mode="json") for r in approvals.records()],
+        }
+
+
+def _tag_json(record: ApprovalRecord) -> str:
+    body = record.model_dump(mode="json", include={"decision", "reviewer", "decided_at", "config_hash", "waived",
+                                                   "note", "seq", "sha256"})
+    body["note"] = body["note"][:500]
+    return json.dumps(body, sort_keys=True)
+
+
+def _semver_of(registry: Registry, dataset: str, registered_version: str | None) -> str | None:
+    if registered_version is None:
+        return None
+    version = registry.client.get_model_version(ensemble_model_name(dataset), registered_version)
+    return version.tags.get(SEMVER_TAG)
+

@@ -1,0 +1,278 @@
+"""The serving bundle: everything needed to serve one approved ensemble version, hash-verified.
+
+Layout of `bundles/<dataset>/<version>/` (and the same tree in `<version>.tar.gz`):
+
+    manifest.json                 dataset, semver, config hash, members, input schema, approval,
+                                  created_at, and the SHA-256 of every other file
+    MLmodel, requirements.txt, python_env.yaml, conda.yaml     (an MLflow pyfunc model)
+    data/ensemble/runtime.json    thresholds, member order, input schema
+    data/ensemble/members/<m>.pkl each member, byte-identical to its registered MLflow artefact
+    data/ensemble/combiner.pkl, calibrator.pkl
+    model_card.html, model_card.md
+
+The bundle holds no code: its MLmodel names this module as the pyfunc loader, so the code that
+checks the hashes is the installed platform, never something the bundle could have altered.
+Loading reads the manifest (JSON), checks that no file is changed, missing or extra, and only
+then unpickles anything.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+import uuid
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import cloudpickle
+import pandas as pd
+
+from ensemble_platform import __version__
+from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.serving.parity import ParitySet
+from ensemble_platform.serving.runtime import EnsembleRuntime
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+PAYLOAD = Path("data") / "ensemble"  # where MLflow places the loader's data_path
+LOADER_MODULE = "ensemble_platform.serving.bundle"
+_CHUNK = 1 << 20
+
+
+class BundleError(PlatformError):
+    """A bundle that cannot be trusted or used: the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """What goes into a bundle (gathered by the release path from the registry and the home)."""
+
+    config: EnsembleConfig
+    runtime: EnsembleRuntime  # supplies combiner, calibrator, thresholds and schema
+    member_files: dict[str, Path]  # member name -> its registered model.pkl
+    approval: dict
+    model_card: dict[str, Path]  # "html" / "md" -> file
+    created_at: str  # ISO-8601; the approval's time, so a re-export is byte-identical
+    requirements: list[str]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_schema(schema: FeatureSchema, unseen_category: str) -> dict[str, object]:
+    return {
+        "columns": [{"name": c, "type": "numeric"} for c in schema.numeric]
+        + [{"name": c, "type": "categorical", "categories": list(schema.categories.get(c, ()))}
+           for c in schema.categorical],
+        "unseen_category": unseen_category,
+        "missing_values": "allowed: each member imputes them",
+        "extra_columns": "ignored",
+    }
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def write_bundle(contents: BundleContents, directory: Path, parity: ParitySet) -> dict:
+    """Build the bundle in a temporary directory, verify it, check it reproduces the validated
+    holdout scores exactly, then move it into place. Returns the manifest. Nothing is left behind
+    when any step fails."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tree = staging / "bundle"
+        manifest = _build(contents, tree)
+        problems = parity.mismatches(load_bundle(tree).score)
+        if problems:
+            raise BundleError(f"bundle of {contents.config.dataset} {contents.config.version} does not reproduce "
+                              f"the validated holdout scores: {'; '.join(problems)}; nothing was exported")
+        if directory.exists():
+            shutil.rmtree(directory)
+        tree.replace(directory)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(contents: BundleContents, tree: Path) -> dict:
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    from ensemble_platform.serving.signature import ensemble_signature
+
+    config, runtime = contents.config, contents.runtime
+    with tempfile.TemporaryDirectory() as scratch:
+        payload = Path(scratch) / PAYLOAD.name
+        (payload / "members").mkdir(parents=True)
+        members = []
+        for ref in config.members:
+            target = payload / "members" / f"{ref.name}.pkl"
+            shutil.copyfile(contents.member_files[ref.name], target)
+            members.append({"name": ref.name, "family": ref.family, "registered_model": ref.registered_model,
+                            "version": ref.version, "run_id": ref.run_id,
+                            "file": (PAYLOAD / "members" / target.name).as_posix(), "sha256": sha256_file(target)})
+        (payload / "combiner.pkl").write_bytes(cloudpickle.dumps(runtime.combiner))
+        (payload / "calibrator.pkl").write_bytes(cloudpickle.dumps(runtime.calibrator))
+        (payload / "runtime.json").write_text(json.dumps(_runtime_settings(config, runtime), indent=2, sort_keys=True))
+        created = datetime.fromisoformat(contents.created_at)
+        with warnings.catch_warnings():
+            # MLflow hints that integer columns cannot hold missing values: true of inputs, but the
+            # only integer column here is the `decision` output, which is never missing.
+            warnings.simplefilter("ignore", UserWarning)
+            model = Model(
+                # Fixed time and id: the same approved version always exports the same bytes.
+                utc_time_created=str(created.replace(tzinfo=None)),
+                model_uuid=uuid.uuid5(uuid.NAMESPACE_URL, f"{config.config_hash}/{contents.created_at}").hex,
+                signature=ensemble_signature(runtime.schema, _output_example()),
+                metadata={"ensemble_platform": {"dataset": config.dataset, "ensemble_version": config.version,
+                                                "config_hash": config.config_hash}},
+            )
+            mlflow.pyfunc.save_model(str(tree), loader_module=LOADER_MODULE, data_path=str(payload),
+                                     mlflow_model=model, pip_requirements=contents.requirements)
+    for key, path in contents.model_card.items():
+        shutil.copyfile(path, tree / f"model_card.{key}")
+    manifest = {
+        "bundle_format": BUNDLE_FORMAT,
+        "dataset": config.dataset,
+        "ensemble_version": config.version,
+        "config_hash": config.config_hash,
+        "strategy": config.strategy,
+        "registered_model": config.registered_model,
+        "registered_version": config.registered_version,
+        "code_version": __version__,
+        "created_at": contents.created_at,
+        "members": members,
+        "input_schema": input_schema(runtime.schema, runtime.unseen_category),
+        "output": ["probability", "decision", "agreement", "needs_review"],
+        "approval": contents.approval,
+        "files": {rel: sha256_file(tree / rel) for rel in _relative_files(tree)},
+    }
+    (tree / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _runtime_settings(config: EnsembleConfig, runtime: EnsembleRuntime) -> dict:
+    return {
+        "dataset": config.dataset,
+        "version": config.version,
+        "member_order": list(runtime.members),
+        "agreement_threshold": runtime.agreement_threshold,
+        "decision_threshold": runtime.decision_threshold,
+        "unseen_category": runtime.unseen_category,
+        "schema": runtime.schema.to_dict(),
+    }
+
+
+def _output_example() -> pd.DataFrame:
+    return pd.DataFrame({"probability": [0.5], "decision": [1], "agreement": [1.0], "needs_review": [False]})
+
+
+def _relative_files(tree: Path) -> list[str]:
+    return sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_archive(directory: Path, archive: Path, created_at: str) -> str:
+    """A reproducible .tar.gz of the bundle (sorted entries, fixed times and owners); returns its
+    SHA-256, also written beside it as `<archive>.sha256`."""
+    mtime = int(datetime.fromisoformat(created_at).timestamp())
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for rel in [MANIFEST, *_relative_files(directory)]:
+            info = tarfile.TarInfo(f"{directory.name}/{rel}")
+            data = (directory / rel).read_bytes()
+            info.size, info.mtime, info.mode = len(data), mtime, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tmp = archive.with_name(archive.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(buffer.getvalue())
+    tmp.replace(archive)
+    digest = sha256_file(archive)
+    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
+    return digest
+
+
+# --- verifying and loading --------------------------------------------------------------------
+
+def read_manifest(directory: Path, expected_sha256: str | None = None) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{directory} is not a serving bundle: {MANIFEST} is missing")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise BundleError(f"{path} has SHA-256 {sha256_file(path)}, not the expected {expected_sha256}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    if manifest.get("bundle_format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{path}: unsupported bundle format {manifest.get('bundle_format')!r} "
+                          f"(this platform reads format {BUNDLE_FORMAT})")
+    return manifest
+
+
+def verify_bundle(directory: Path, expected_manifest_sha256: str | None = None) -> dict:
+    """Check every file against the manifest; raise naming each changed, missing or extra file."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, expected_manifest_sha256)
+    listed = manifest["files"]
+    present = set(_relative_files(directory))
+    problems = [f"missing file {rel}" for rel in sorted(set(listed) - present)]
+    problems += [f"extra file {rel} (not in the manifest)" for rel in sorted(present - set(listed))]
+    problems += [f"changed file {rel} (SHA-256 differs from the manifest)"
+                 for rel in sorted(set(listed) & present) if sha256_file(directory / rel) != listed[rel]]
+    if problems:
+        raise BundleError(f"bundle {directory} failed verification, nothing was loaded: " + "; ".join(problems))
+    return manifest
+
+
+def load_bundle(directory: Path, expected_manifest_sha256: str | None = None) -> EnsembleRuntime:
+    """The bundle's runtime, after verification (nothing is unpickled before every hash matches)."""
+    directory = Path(directory)
+    verify_bundle(directory, expected_manifest_sha256)
+    payload = directory / PAYLOAD
+    settings = json.loads((payload / "runtime.json").read_text())
+    schema = settings["schema"]
+    return EnsembleRuntime(
+        dataset=settings["dataset"],
+        version=settings["version"],
+        schema=FeatureSchema(tuple(schema["numeric"]), tuple(schema["categorical"]),
+                             {k: tuple(v) for k, v in schema["categories"].items()}, tuple(schema["sensitive"])),
+        members={name: _unpickle(payload / "members" / f"{name}.pkl") for name in settings["member_order"]},
+        combiner=_unpickle(payload / "combiner.pkl"),
+        calibrator=_unpickle(payload / "calibrator.pkl"),
+        agreement_threshold=settings["agreement_threshold"],
+        decision_threshold=settings["decision_threshold"],
+        unseen_category=settings["unseen_category"],
+    )
+
+
+def _unpickle(path: Path):
+    with open(path, "rb") as handle:
+        return cloudpickle.load(handle)
+
+
+class BundlePyfunc:
+    """What `mlflow.pyfunc.load_model(bundle)` wraps: rows in, scores out."""
+
+    def __init__(self, runtime: EnsembleRuntime):
+        self.runtime = runtime
+
+    def predict(self, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.runtime.score(model_input)
+
+
+def _load_pyfunc(data_path: str) -> BundlePyfunc:
+    """MLflow's loader hook: `data_path` is `<bundle>/data/ensemble`."""
+    return BundlePyfunc(load_bundle(Path(data_path).resolve().parents[1]))

@@ -1,0 +1,223 @@
+"""The serving bundle of a version promoted to production (real MLflow, real Dagster run):
+contents, verification before unpickling, input checks, MLflow loading and serving, determinism."""
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import mlflow.pyfunc
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+
+from ensemble_platform import cli
+from ensemble_platform.errors import DataError
+from ensemble_platform.governance.gates import gate_names
+from ensemble_platform.governance.policy import GovernancePolicy
+from ensemble_platform.governance.release import BUNDLE_TAGS, Release
+from ensemble_platform.serving.bundle import BundleError, load_bundle, sha256_file, verify_bundle
+from ensemble_platform.serving.parity import ParitySet
+from ensemble_platform.settings import PlatformPaths
+from ensemble_platform_tests.conftest import write_spec
+
+DATASET = "credit_slice"
+VERSION = "1.0.0"
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory, credit_slice):
+    """A home whose 1.0.0 was approved (failing gates waived), staged and promoted to production."""
+    root = tmp_path_factory.mktemp("bundle")
+    spec_path = write_spec(root / "dataset", credit_slice)
+    home = root / "home"
+    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
+    release = Release(PlatformPaths.from_env(home))
+    waive = release.state(DATASET, VERSION).gates.failing
+    release.approve(DATASET, VERSION, "bob", "approve", "reviewed; gaps documented", waive)
+    release.promote(DATASET, VERSION, "staging")
+    result = release.promote(DATASET, VERSION, "production")
+    return release, Path(result.bundle["path"]), result
+
+
+@pytest.fixture
+def parity(production):
+    release, _, _ = production
+    return ParitySet.read(release.paths.parity_dir(DATASET, VERSION))
+
+
+@pytest.fixture
+def copy_of_bundle(production, tmp_path):
+    _, bundle, _ = production
+    return Path(shutil.copytree(bundle, tmp_path / VERSION))
+
+
+def test_manifest_describes_members_schema_approval_and_every_file(production, tmp_path):
+    release, bundle, result = production
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    config = release.state(DATASET, VERSION).config
+    assert (manifest["dataset"], manifest["ensemble_version"], manifest["config_hash"]) == (
+        DATASET, VERSION, config.config_hash)
+    assert [m["name"] for m in manifest["members"]] == [m.name for m in config.members]
+    for member in manifest["members"]:
+        assert member["sha256"] == sha256_file(bundle / member["file"]) == manifest["files"][member["file"]]
+        assert member["run_id"] and member["registered_model"] == f"{DATASET}.{member['name']}"
+    # The member files are the registered artefacts, byte for byte.
+    registered = release.registry.download_model(f"{DATASET}.xgboost", "1", tmp_path / "xgboost")
+    xgboost = next(m for m in manifest["members"] if m["name"] == "xgboost")
+    assert sha256_file(registered / "model.pkl") == xgboost["sha256"]
+    columns = {c["name"]: c for c in manifest["input_schema"]["columns"]}
+    assert columns["Income"]["type"] == "numeric" and "owner" in columns["Home"]["categories"]
+    assert manifest["input_schema"]["unseen_category"] == "review"
+    assert manifest["approval"]["reviewer"] == "bob" and manifest["approval"]["config_hash"] == config.config_hash
+    assert manifest["created_at"] == manifest["approval"]["decided_at"]
+    assert {"MLmodel", "requirements.txt", "model_card.html", "data/ensemble/combiner.pkl",
+            "data/ensemble/calibrator.pkl"} <= set(manifest["files"])
+    assert "Approved" in (bundle / "model_card.md").read_text()
+    tags = release.registry.client.get_model_version(f"{DATASET}.ensemble", "1").tags
+    assert tags[BUNDLE_TAGS[1]] == sha256_file(bundle / "manifest.json") == result.bundle["manifest_sha256"]
+
+
+def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, parity):
+    _, bundle, _ = production
+    for model in (load_bundle(bundle), mlflow.pyfunc.load_model(str(bundle))):
+        served = model.score(parity.rows) if hasattr(model, "score") else model.predict(parity.rows)
+        for column in parity.scores.columns:
+            np.testing.assert_array_equal(served[column].to_numpy(), parity.scores[column].to_numpy(), column)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda b: (b / "data/ensemble/combiner.pkl").write_bytes((b / "data/ensemble/combiner.pkl").read_bytes() + b"x"),
+     "changed file data/ensemble/combiner.pkl"),
+    (lambda b: (b / "data/ensemble/members/xgboost.pkl").unlink(), "missing file data/ensemble/members/xgboost.pkl"),
+    (lambda b: (b / "data/ensemble/notes.pkl").write_bytes(b"\x80\x04N."), "extra file data/ensemble/notes.pkl"),
+], ids=["changed", "missing", "extra"])
+def test_a_tampered_bundle_is_refused_naming_the_file(copy_of_bundle, tamper, message, capsys):
+    tamper(copy_of_bundle)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy_of_bundle)
+    with pytest.raises(BundleError, match=message):
+        mlflow.pyfunc.load_model(str(copy_of_bundle))
+    assert cli.main(["verify-bundle", str(copy_of_bundle)]) == 2
+    assert message in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this touches a marker file: proof that code in a pickle would have run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_nothing_is_unpickled_before_the_hashes_match(copy_of_bundle, production, tmp_path):
+    _, bundle, _ = production
+    marker = tmp_path / "pwned"
+    (copy_of_bundle / "data/ensemble/calibrator.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(BundleError, match="changed file data/ensemble/calibrator.pkl"):
+        load_bundle(copy_of_bundle)
+    assert not marker.exists()
+    # An attacker who also rewrites the manifest is caught by the manifest hash the registry recorded.
+    manifest_path = copy_of_bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["data/ensemble/calibrator.pkl"] = sha256_file(copy_of_bundle / "data/ensemble/calibrator.pkl")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not the expected"):
+        load_bundle(copy_of_bundle, expected_manifest_sha256=sha256_file(bundle / "manifest.json"))
+    assert not marker.exists()
+
+
+def test_input_rows_are_checked_against_the_schema(production, credit_slice):
+    _, bundle, _ = production
+    runtime = load_bundle(bundle)
+    rows = credit_slice.head(4).copy()
+    with pytest.raises(DataError, match=r"missing feature column\(s\) \['Income'\]"):
+        runtime.score(rows.drop(columns=["Income"]))
+    with pytest.raises(MlflowException, match="Income"):
+        mlflow.pyfunc.load_model(str(bundle)).predict(rows.drop(columns=["Income"]))
+    with pytest.raises(DataError, match="'Amount'.*lots"):
+        runtime.score(rows.assign(Amount=rows["Amount"].astype(object).where(rows.index != rows.index[1], "lots")))
+    unseen = rows.assign(Home=rows["Home"].where(rows.index != rows.index[2], "houseboat"))
+    scored = runtime.score(unseen)  # default policy: score the row, and send it to a human
+    low_agreement = (scored["agreement"] < runtime.agreement_threshold).to_numpy()
+    assert scored["needs_review"].tolist() == (low_agreement | np.array([False, False, True, False])).tolist()
+    lenient = dataclasses.replace(runtime, unseen_category="ignore").score(unseen)
+    assert lenient["needs_review"].tolist() == low_agreement.tolist()
+    np.testing.assert_array_equal(lenient["probability"], scored["probability"])
+    strict = dataclasses.replace(runtime, unseen_category="error")
+    with pytest.raises(DataError, match=r"column 'Home' has value\(s\) never seen in training \['houseboat'\]"):
+        strict.score(unseen)
+
+
+def test_reexport_is_byte_identical(production):
+    release, bundle, result = production
+    _, archive = release.bundle_paths(DATASET, VERSION)
+    shutil.rmtree(bundle)
+    archive.unlink()
+    again = release.export(DATASET, VERSION)
+    assert again["archive_sha256"] == result.bundle["archive_sha256"]
+    assert again["manifest_sha256"] == result.bundle["manifest_sha256"]
+    verify_bundle(bundle)
+
+
+def test_release_gates_are_dagster_asset_checks(production):
+    release, _, _ = production
+    instance = dg.DagsterInstance.from_config(str(release.paths.dagster_home))
+    gates = {g.name: g.passed for g in release.state(DATASET, VERSION).gates.gates}
+    keys = [dg.AssetCheckKey(dg.AssetKey("release_gates"), "gate_" + name.replace(".", "_"))
+            for name in gate_names(GovernancePolicy())]
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    assert len(records) == len(gates) == len(keys)
+    for key, name in zip(keys, gate_names(GovernancePolicy())):
+        evaluation = records[key].event.dagster_event.event_specific_data
+        assert evaluation.passed == gates[name], name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_serves_the_bundle(production, parity):
+    _, bundle, _ = production
+    port = _free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    server = subprocess.Popen(
+        [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", str(bundle), "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mlflow models serve did not start:\n" + server.stdout.read().decode()[-3000:])
+                time.sleep(0.5)
+        rows = parity.rows.head(25)
+        body = {"dataframe_split": {"columns": list(rows.columns),
+                                    "data": [[None if v != v else v for v in row] for row in rows.itertuples(index=False)]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        served = np.array([p["probability"] for p in predictions])
+        np.testing.assert_allclose(served, parity.scores["probability"].head(25).to_numpy(), rtol=0, atol=1e-12)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
