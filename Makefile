@@ -42,6 +42,7 @@ mlflow-ui: install
 
 bench: install
 	$(BIN)/python bench/bench_lifecycle.py
+	$(BIN)/python bench/bench_release.py
 
 clean:
 	rm -rf $(ENSEMBLE_PLATFORM_HOME)

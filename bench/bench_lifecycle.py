@@ -438,11 +438,13 @@ class TreeRssSampler:
 
 
 def spawn(variant: str, workdir: Path, env: dict[str, str], extra: list[str] | None = None,
-          label: str | None = None) -> dict:
+          label: str | None = None, script: Path | None = None) -> dict:
+    """Run `script --variant VARIANT` (default: this script) in a fresh process; its result JSON
+    plus the child's own peak RSS and the process tree's sampled RSS."""
     label = label or variant
     result_path = workdir / f"{label}.json"
     log_path = workdir / f"{label}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--result", str(result_path)]
+    cmd = [sys.executable, str(script or Path(__file__).resolve()), "--variant", variant, "--result", str(result_path)]
     cmd += extra or []
     print(f"  running {label} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.settings import HOME_ENV, PlatformPaths
@@ -76,9 +77,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  predictions     : {paths.predictions_dir(dataset)}")
     print(f"  MLflow store    : {paths.mlflow_tracking_uri}")
     print(f"  Dagster home    : {paths.dagster_home}")
+    print(f"  release gates   : {reports / 'gates.json'}")
+    print()
+    _print_release_next_steps(run.gates, validation["ensemble_version"], args)
     print()
     print(f"UIs: `make ui` (Dagster), `.venv/bin/mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)")
     return 0
+
+
+def _print_release_next_steps(gates: dict | None, version: str, args: argparse.Namespace) -> None:
+    from ensemble_platform.governance.gates import GateReport
+
+    if gates is None:
+        return
+    report = GateReport.model_validate(gates)
+    print(f"release gates     : {report.summary()}; the version is a candidate until a reviewer decides")
+    for name in report.failing:
+        print(f"  {name}: {report.gate(name).measured()} ({report.gate(name).detail})")
+    where = f"{_program()} " + (f"--home {args.home} " if args.home else "")
+    dataset = f" --dataset {args.dataset}" if args.dataset else ""
+    waive = f" --waive {' '.join(report.failing)}" if report.failing else ""
+    print("next (a human decision, recorded):")
+    print(f"  {where}approve{dataset} --version {version} --reviewer NAME "
+          f"--decision approve|reject --note TEXT{waive}")
+    print(f"  {where}promote{dataset} --version {version} --to staging   (then --to production)")
+    print(f"  {where}status{dataset}")
+
+
+def _program() -> str:
+    """How the user can run this command again: `.venv/bin/ensemble-platform` after `make demo`."""
+    path = Path(sys.argv[0])
+    if path.name != "ensemble-platform":
+        return "ensemble-platform"
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _dataset_name(value: str | None) -> str:

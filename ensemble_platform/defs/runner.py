@@ -22,6 +22,7 @@ class LifecycleRun:
     seconds: dict[str, float] = field(default_factory=dict)
     validation: dict | None = None
     model_card: str | None = None
+    gates: dict | None = None
 
 
 def materialize_lifecycle(
@@ -47,4 +48,5 @@ def materialize_lifecycle(
             run.validation = result.output_for_node("ensemble_validation")
         if label == "governance":
             run.model_card = result.output_for_node("model_card")
+            run.gates = result.output_for_node("release_gates")
     return run
