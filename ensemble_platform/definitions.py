@@ -7,7 +7,8 @@ import dagster as dg
 from ensemble_platform.defs.assets import data, ensemble, members, reports
 from ensemble_platform.defs.jobs import JOBS
 from ensemble_platform.defs.release import RELEASE_JOBS
-from ensemble_platform.defs.resources import PlatformResource
+from ensemble_platform.defs.resources import DatasetStorage, PlatformResource
+from ensemble_platform.defs.sensors import SENSORS
 from ensemble_platform.settings import PlatformPaths
 
 
@@ -17,10 +18,11 @@ def build_definitions(home: str | None = None, dataset_spec: str | None = None) 
         assets=dg.load_assets_from_modules([data, members, ensemble, reports]),
         asset_checks=dg.load_asset_checks_from_modules([data]),
         jobs=[*JOBS, *RELEASE_JOBS],
+        sensors=SENSORS,
         resources={
             "platform": PlatformResource(home=str(paths.home), dataset_spec=dataset_spec),
-            # Asset values live under the platform home, next to everything else it writes.
-            "io_manager": dg.FilesystemIOManager(base_dir=str(paths.dagster_home / "storage")),
+            # Asset values live under the platform home, one folder per dataset.
+            "io_manager": DatasetStorage(home=str(paths.home), dataset_spec=dataset_spec),
         },
     )
 

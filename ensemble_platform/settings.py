@@ -9,6 +9,11 @@ from pathlib import Path
 HOME_ENV = "ENSEMBLE_PLATFORM_HOME"
 DATASET_ENV = "ENSEMBLE_PLATFORM_DATASET"
 DEFAULT_HOME = ".ensemble_platform"
+# Run tag naming the dataset spec a run works on: one code location serves every dataset the
+# platform knows (sensors and schedules set it; without it a run uses the configured spec).
+DATASET_TAG = "ensemble_platform/dataset_spec"
+# "off" creates sensors and schedules stopped (tests, or a home that must not act on its own).
+AUTOMATION_ENV = "ENSEMBLE_PLATFORM_AUTOMATION"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,15 @@ class PlatformPaths:
 
     def bundles_dir(self, dataset: str) -> Path:
         return self.home / "bundles" / dataset
+
+    @property
+    def datasets_dir(self) -> Path:
+        """The dataset catalogue: one entry per dataset the platform has built."""
+        return self.home / "datasets"
+
+    def asset_storage(self, dataset: str) -> Path:
+        """Dagster asset values of one dataset (each dataset has its own split, members, ...)."""
+        return self.dagster_home / "storage" / dataset
 
     def ensure(self) -> "PlatformPaths":
         for path in (self.home, self.dagster_home, self.mlflow_dir):

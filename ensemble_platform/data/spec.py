@@ -40,6 +40,9 @@ class DatasetSpec(BaseModel):
     governance: GovernancePolicy = GovernancePolicy()
     # The directory of the spec file: relative `source` paths resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    # Where the spec was read from (None for specs built in code): sensors and schedules launch
+    # runs of a dataset by this path.
+    spec_path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("name")
     @classmethod
@@ -82,6 +85,15 @@ def default_spec_path() -> Path:
     return Path(str(resources.files("ensemble_platform") / "datasets" / "credit_data.yaml"))
 
 
+def peek_dataset_name(path: str | os.PathLike[str] | None = None, fallback: str = "_unnamed") -> str:
+    """The spec's `name`, or `fallback` when the spec cannot be read: where a name is all that is
+    needed (asset storage), a broken spec must fail in the asset that reads it, with the message."""
+    try:
+        return load_spec(path).name
+    except DatasetSpecError:
+        return fallback
+
+
 def load_spec(path: str | os.PathLike[str] | None = None) -> DatasetSpec:
     """Read a spec file (default: `$ENSEMBLE_PLATFORM_DATASET`, else the bundled credit_data)."""
     spec_path = Path(path or os.environ.get(DATASET_ENV) or default_spec_path()).expanduser()
@@ -94,7 +106,7 @@ def load_spec(path: str | os.PathLike[str] | None = None) -> DatasetSpec:
     if not isinstance(raw, dict):
         raise DatasetSpecError(f"dataset spec {spec_path} must be a YAML mapping of fields")
     try:
-        return DatasetSpec(**raw, base_dir=spec_path.parent.resolve())
+        return DatasetSpec(**raw, base_dir=spec_path.parent.resolve(), spec_path=spec_path.resolve())
     except ValidationError as exc:
         problems = "; ".join(
             f"field '{'.'.join(str(p) for p in err['loc']) or '<spec>'}': {err['msg']}"

@@ -18,4 +18,10 @@ governance_job = dg.define_asset_job(
     "governance_job", selection=dg.AssetSelection.groups("governance"),
     description="Calibration, fairness and agreement reports and the model card of the current version.",
 )
-JOBS = [data_job, members_job, ensemble_job, governance_job]
+revalidation_job = dg.define_asset_job(
+    "revalidation_job", selection=dg.AssetSelection.groups("ensemble", "governance"),
+    description="Re-combine, re-validate and re-report with the members' stored fits or the registered "
+                "versions named in ops.oof_predictions.config.member_versions (what the member-version "
+                "sensor requests); ends with a new candidate.",
+)
+JOBS = [data_job, members_job, ensemble_job, governance_job, revalidation_job]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ class MemberPredictions:
     oof: pd.DataFrame  # training rows x members
     holdout: pd.DataFrame  # holdout rows x members
     fold_of_row: np.ndarray
+    fits: dict[str, MemberFit] = field(default_factory=dict)  # the member versions these came from
 
     @property
     def names(self) -> list[str]:
@@ -55,7 +56,7 @@ def collect_member_predictions(
     oof.insert(1, "y", split.y_train)
     holdout = pd.DataFrame({f.name: f.holdout_proba for f in ordered})
     holdout.insert(0, "y", split.y_holdout)
-    return MemberPredictions(refs, oof, holdout, split.fold_of_row)
+    return MemberPredictions(refs, oof, holdout, split.fold_of_row, {f.name: f for f in ordered})
 
 
 def matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:

@@ -292,6 +292,16 @@ class Registry:
             self.restore(dataset, before)
             raise
 
+    def load_member(self, model_name: str, version: str) -> tuple[object, ModelVersion]:
+        """A registered member version as a scikit-learn model, with its registry entry."""
+        entry = self.client.get_model_version(model_name, str(version))
+        try:
+            model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+        except Exception as exc:  # noqa: BLE001 - any load failure: the version is unusable as a member
+            raise PlatformError(f"version {version} of {model_name} cannot be loaded as a scikit-learn model: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return model, entry
+
     def download_model(self, model_name: str, version: str, destination: Path) -> Path:
         from mlflow.artifacts import download_artifacts
         from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR

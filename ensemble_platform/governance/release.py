@@ -31,7 +31,7 @@ from ensemble_platform.governance.publishing import publish_model_card
 from ensemble_platform.governance.registry import (
     CONFIG_HASH_TAG, SEMVER_TAG, Registry, ensemble_model_name, runtime_requirements,
 )
-from ensemble_platform.governance.rendering import write_json
+from ensemble_platform.files import write_json
 from ensemble_platform.governance.stages import mark_candidate, plan_promotion
 from ensemble_platform.serving.bundle import (
     BundleContents, BundleError, sha256_file, verify_bundle, write_archive, write_bundle,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from ensemble_platform.evaluation.metrics import METRIC_NAMES
+from ensemble_platform.files import write_atomic, write_json
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 
@@ -93,20 +93,6 @@ class ReportDocument:
         )
 
 
-def _write_atomic(path: Path, content: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
-    return path
-
-
-def write_json(document: dict[str, object], path: Path) -> Path:
-    """Atomic write (temp file + rename): readers never see a half-written report."""
-    text = json.dumps(document, indent=2, sort_keys=True, allow_nan=False)
-    return _write_atomic(path, text.encode())
-
-
 def write_report(
     document: ReportDocument, directory: Path, stem: str, data: dict[str, object] | None = None
 ) -> dict[str, Path]:
@@ -117,11 +103,11 @@ def write_report(
     """
     paths: dict[str, Path] = {}
     for figure in document.figures():
-        paths[f"figure:{figure.name}"] = _write_atomic(directory / "figures" / f"{figure.name}.png", figure.png)
+        paths[f"figure:{figure.name}"] = write_atomic(directory / "figures" / f"{figure.name}.png", figure.png)
     if data is not None:
         paths["json"] = write_json(data, directory / f"{stem}.json")
-    paths["markdown"] = _write_atomic(directory / f"{stem}.md", document.markdown().encode())
-    paths["html"] = _write_atomic(directory / f"{stem}.html", document.html().encode())
+    paths["markdown"] = write_atomic(directory / f"{stem}.md", document.markdown().encode())
+    paths["html"] = write_atomic(directory / f"{stem}.html", document.html().encode())
     return paths
 
 

@@ -180,11 +180,17 @@ def pipeline_definition(pipeline: Pipeline) -> dict[str, str]:
     }
 
 
+def final_estimator(model):
+    """The estimator at the end of a pipeline (or the model itself): members registered from
+    outside the catalogue need not follow its `prep` / `model` step names."""
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
 def predict_single_threaded(pipeline: Pipeline) -> Pipeline:
     """Fit with threads, predict on one: multi-threaded forests sum tree probabilities in thread
     order, so their predictions differed in the last bit from run to run (seen on credit_data),
     and everything versioned or hashed downstream would follow."""
-    model = pipeline.named_steps["model"]
+    model = final_estimator(pipeline)
     if "n_jobs" in model.get_params():
         model.set_params(n_jobs=1)
     return pipeline
@@ -192,14 +198,14 @@ def predict_single_threaded(pipeline: Pipeline) -> Pipeline:
 
 def model_params(pipeline: Pipeline) -> dict[str, object]:
     """The final estimator's hyper-parameters as loggable scalars."""
-    params = pipeline.named_steps["model"].get_params()
+    params = final_estimator(pipeline).get_params()
     return {k: v for k, v in sorted(params.items()) if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def key_params(pipeline: Pipeline) -> dict[str, object]:
     """The final estimator's hyper-parameters that the catalogue set away from the library's
     defaults: what a reviewer needs to know about this member, without the noise."""
-    model = pipeline.named_steps["model"]
+    model = final_estimator(pipeline)
     defaults = type(model)().get_params()
     return {k: v for k, v in model_params(pipeline).items()
             if k not in _OPERATIONAL_PARAMS and (k not in defaults or defaults[k] != v)}

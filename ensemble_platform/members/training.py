@@ -62,9 +62,9 @@ def positive_proba(model, X) -> np.ndarray:
     return np.asarray(model.predict_proba(X))[:, classes.index(1)]
 
 
-def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog = null_log) -> MemberFit:
-    spec = get_member_spec(name)
-    template = spec.build(split.schema, seed)
+def out_of_fold_proba(template, split: TrainHoldoutSplit, name: str, log: ProgressLog = null_log) -> np.ndarray:
+    """One probability per training row, each from a clone of `template` fitted on the other
+    shared folds (so no row's own label reaches its prediction)."""
     X_train, y_train = split.X_train(), split.y_train
     oof = np.full(len(X_train), np.nan)
     started = time.perf_counter()
@@ -73,7 +73,16 @@ def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog 
         model = predict_single_threaded(clone(template).fit(X_train.iloc[fit_rows], y_train[fit_rows]))
         oof[predict_rows] = positive_proba(model, X_train.iloc[predict_rows])
         log.info(f"member {name}: fold {k} of {len(folds)} done ({time.perf_counter() - started:.1f}s)")
-    final = predict_single_threaded(clone(template).fit(X_train, y_train))
+    return oof
+
+
+def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog = null_log) -> MemberFit:
+    spec = get_member_spec(name)
+    template = spec.build(split.schema, seed)
+    started = time.perf_counter()
+    oof = out_of_fold_proba(template, split, name, log)
+    X_train = split.X_train()
+    final = predict_single_threaded(clone(template).fit(X_train, split.y_train))
     holdout = positive_proba(final, split.X_holdout())
     elapsed = time.perf_counter() - started
     log.info(f"member {name}: refit on all {len(X_train)} training rows done ({elapsed:.1f}s)")
@@ -85,7 +94,7 @@ def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog 
         pipeline=final,
         oof_proba=oof,
         holdout_proba=holdout,
-        oof_metrics=binary_metrics(y_train, oof),
+        oof_metrics=binary_metrics(split.y_train, oof),
         params=params,
         definition=definition,
         fit_seconds=elapsed,

@@ -4,12 +4,13 @@
 import dagster as dg
 import pandas as pd
 
+from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.loading import content_hash, load_dataset
 from ensemble_platform.data.schema import infer_schema
 from ensemble_platform.data.splitting import TrainHoldoutSplit, split_dataset
 from ensemble_platform.data.validation import validate_table
 from ensemble_platform.defs.resources import PlatformResource
-from ensemble_platform.governance.rendering import write_json
+from ensemble_platform.files import write_json
 
 GROUP = "data"
 
@@ -19,6 +20,7 @@ def raw_dataset(context: dg.AssetExecutionContext, platform: PlatformResource) -
     """The dataset spec's table, checked against the spec (columns, target, parseable values)."""
     spec = platform.spec()
     table = load_dataset(spec)
+    DatasetCatalog(platform.paths).register(spec)
     context.log.info(f"loaded {spec.source}: {table.shape[0]} rows x {table.shape[1]} columns")
     return dg.Output(
         table,

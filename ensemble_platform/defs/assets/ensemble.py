@@ -14,23 +14,44 @@ from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
 from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.evaluation.validation import validation_report
-from ensemble_platform.governance.rendering import metrics_table, write_json
+from ensemble_platform.files import write_json
+from ensemble_platform.governance.rendering import metrics_table
 from ensemble_platform.members.catalogue import MEMBER_NAMES
+from ensemble_platform.errors import LineageError
+from ensemble_platform.governance.registry import member_model_name
+from ensemble_platform.members.adoption import adopt_member
 from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.parity import ParitySet
 
 GROUP = "ensemble"
 
 
+class MemberVersions(dg.Config):
+    """Registered member versions to use instead of the last trained ones (member name ->
+    registry version); the member-version sensor sets this to re-validate with a new version."""
+
+    member_versions: dict[str, str] = {}
+
+
 @dg.asset(group_name=GROUP, ins={"member_model": dg.AssetIn(key=member_model.key)}, kinds={"parquet"})
 def oof_predictions(
     context: dg.AssetExecutionContext,
+    config: MemberVersions,
     member_model: dict[str, MemberFit],
     train_holdout_split: TrainHoldoutSplit,
     platform: PlatformResource,
 ) -> dg.Output[MemberPredictions]:
     """Out-of-fold (training rows) and holdout probability matrices of all members, as Parquet."""
-    predictions = collect_member_predictions(member_model, train_holdout_split, list(MEMBER_NAMES))
+    fits = dict(member_model)
+    for name, version in sorted(config.member_versions.items()):
+        if name not in MEMBER_NAMES:
+            raise LineageError(f"member_versions names {name!r}, which is not a member; members: {list(MEMBER_NAMES)}")
+        if name in fits and fits[name].version == str(version):
+            continue
+        model, entry = platform.registry().load_member(member_model_name(train_holdout_split.dataset, name), version)
+        fits[name] = adopt_member(name, model, entry.tags, entry.name, str(version), entry.run_id,
+                                  train_holdout_split, log=context.log)
+    predictions = collect_member_predictions(fits, train_holdout_split, list(MEMBER_NAMES))
     paths = write_parquet(predictions, platform.paths.predictions_dir(train_holdout_split.dataset))
     return dg.Output(
         predictions,
@@ -78,7 +99,6 @@ def ensemble_config(
     context: dg.AssetExecutionContext,
     ensemble_candidates: CandidateSet,
     oof_predictions: MemberPredictions,
-    member_model: dict[str, MemberFit],
     train_holdout_split: TrainHoldoutSplit,
     platform: PlatformResource,
 ) -> dg.Output[EnsembleBuild]:
@@ -86,7 +106,7 @@ def ensemble_config(
     split = train_holdout_split
     store = ConfigStore(platform.paths.configs_dir(split.dataset))
     previous = store.latest()
-    build = build_ensemble(ensemble_candidates, oof_predictions, member_model, split, previous,
+    build = build_ensemble(ensemble_candidates, oof_predictions, oof_predictions.fits, split, previous,
                            governance=platform.spec().governance)
     config = platform.registry().register_ensemble(build.config, build.runtime, split.X_train(), context.run_id)
     path = store.save(config)

@@ -9,7 +9,6 @@ import dagster as dg
 
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.splitting import TrainHoldoutSplit
-from ensemble_platform.defs.assets.members import member_model
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild
 from ensemble_platform.ensemble.predictions import MemberPredictions
@@ -23,7 +22,6 @@ from ensemble_platform.governance.reports import (
     HoldoutView, Report, build_agreement_report, build_calibration_report, build_fairness_report,
 )
 from ensemble_platform.members.catalogue import key_params
-from ensemble_platform.members.training import MemberFit
 
 GROUP = "governance"
 
@@ -124,8 +122,7 @@ def release_gates(
         )
 
 
-@dg.asset(group_name=GROUP, pool="mlflow", kinds={"html"},
-          ins={"member_model": dg.AssetIn(key=member_model.key)})
+@dg.asset(group_name=GROUP, pool="mlflow", kinds={"html"})
 def model_card(
     context: dg.AssetExecutionContext,
     ensemble_config: EnsembleBuild,
@@ -134,7 +131,7 @@ def model_card(
     fairness_report: dict,
     agreement_report: dict,
     release_gates: dict,
-    member_model: dict[str, MemberFit],
+    oof_predictions: MemberPredictions,
     platform: PlatformResource,
 ) -> dg.Output[str]:
     """The version's model card (Markdown and self-contained HTML), generated from the reports,
@@ -143,7 +140,7 @@ def model_card(
     write_card_inputs(
         platform.paths.version_reports_dir(config.dataset, config.version),
         [MemberEntry(m.name, m.family, m.registered_model, m.version, m.run_id,
-                     key_params(member_model[m.name].pipeline)) for m in config.members],
+                     key_params(oof_predictions.fits[m.name].pipeline)) for m in config.members],
         platform.spec(),
     )
     document, paths = publish_model_card(platform.registry(), config)

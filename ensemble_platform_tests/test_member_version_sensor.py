@@ -1,0 +1,115 @@
+"""The member-version sensor on a real MLflow registry and a real Dagster instance: a member
+version registered from outside yields exactly one re-validation request, the requested run
+produces a MINOR-bumped candidate and leaves production alone, and versions without the lineage
+the ensemble needs are skipped with a reason that names them."""
+
+import json
+
+import dagster as dg
+import mlflow
+import pytest
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import LinearSVC
+
+from ensemble_platform import cli
+from ensemble_platform.data.loading import load_dataset
+from ensemble_platform.data.spec import load_spec
+from ensemble_platform.data.splitting import split_dataset
+from ensemble_platform.definitions import build_definitions
+from ensemble_platform.ensemble.config import ConfigStore
+from ensemble_platform.governance.release import Release
+from ensemble_platform.members.catalogue import get_member_spec, one_hot_scaled
+from ensemble_platform.settings import DATASET_TAG, PlatformPaths
+from ensemble_platform_tests.conftest import write_spec
+
+DATASET = "credit_slice"
+
+
+def _register_from_notebook(paths, member: str, model, tags: dict[str, str]) -> str:
+    """What a data scientist does outside the platform: log a model and register it by hand."""
+    mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
+    mlflow.set_registry_uri(paths.mlflow_tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
+    return str(mlflow.register_model(info.model_uri, f"{DATASET}.{member}", tags=tags).version)
+
+
+def _tick(defs, instance, cursor=None):
+    sensor = defs.resolve_sensor_def("member_version_sensor")
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources)
+    return sensor.evaluate_tick(context)
+
+
+@pytest.fixture(scope="module")
+def home_in_production(tmp_path_factory, credit_slice):
+    root = tmp_path_factory.mktemp("sensor")
+    spec_path = write_spec(root / "dataset", credit_slice)
+    home = root / "home"
+    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
+    paths = PlatformPaths.from_env(home)
+    release = Release(paths)
+    release.approve(DATASET, "1.0.0", "bob", "approve", "baseline", release.state(DATASET, "1.0.0").gates.failing)
+    release.promote(DATASET, "1.0.0", "staging")
+    release.promote(DATASET, "1.0.0", "production")
+    spec = load_spec(spec_path)
+    return paths, spec_path, split_dataset(load_dataset(spec), spec)
+
+
+def test_a_new_member_version_is_revalidated_once_into_a_minor_candidate(home_in_production):
+    paths, spec_path, split = home_in_production
+    defs = build_definitions(str(paths.home), str(spec_path))
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+    quiet = _tick(defs, instance)
+    assert quiet.run_requests == [] and "no member version newer" in quiet.skip_message
+
+    notebook_model = get_member_spec("logistic_regression").build(split.schema, 0).set_params(model__C=0.05)
+    notebook_model.fit(split.X_train(), split.y_train)
+    version = _register_from_notebook(paths, "logistic_regression", notebook_model,
+                                      {"ensemble_platform.train_hash": split.train_hash})
+    assert version == "2"
+
+    first = _tick(defs, instance, quiet.cursor)
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    members = request.run_config["ops"]["oof_predictions"]["config"]["member_versions"]
+    assert members["logistic_regression"] == "2" and members["xgboost"] == "1"
+    assert request.tags[DATASET_TAG] == str(spec_path.resolve())
+    assert request.run_key == f"member-versions:{DATASET}:" + ",".join(f"{m}={v}" for m, v in sorted(members.items()))
+    assert _tick(defs, instance, first.cursor).run_requests == []  # the next tick: nothing new
+    # A lost cursor asks again, but under the same run key: the daemon launches a run key once.
+    assert [r.run_key for r in _tick(defs, instance, None).run_requests] == [request.run_key]
+
+    result = defs.resolve_job_def("revalidation_job").execute_in_process(
+        instance=instance, run_config=request.run_config, tags=request.tags)
+    assert result.success
+    store = ConfigStore(paths.configs_dir(DATASET))
+    old, new = store.load("1.0.0"), store.latest()
+    expected = "1.1.0" if new.strategy == old.strategy else "2.0.0"
+    assert new.version == expected and new.member_versions()["logistic_regression"] == "2"
+    release = Release(paths)
+    assert release.registry.stage_state(DATASET).stage_of(new.registered_version) == "candidate"
+    assert release.registry.aliases(f"{DATASET}.ensemble")["production"] == old.registered_version
+    assert release.state(DATASET, new.version).gates is not None  # validated, gated, carded
+    assert (paths.version_reports_dir(DATASET, new.version) / "model_card.html").is_file()
+    assert _tick(defs, instance, first.cursor).run_requests == []  # the new config uses version 2
+
+
+def test_versions_without_lineage_are_skipped_with_the_reason(home_in_production):
+    paths, spec_path, split = home_in_production
+    defs = build_definitions(str(paths.home), str(spec_path))
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+    cursor = _tick(defs, instance).cursor
+    untagged = get_member_spec("xgboost").build(split.schema, 1).fit(split.X_train(), split.y_train)
+    no_lineage = _register_from_notebook(paths, "xgboost", untagged, {})
+    no_proba = make_pipeline(one_hot_scaled(split.schema), LinearSVC()).fit(split.X_train(), split.y_train)
+    svc = _register_from_notebook(paths, "k_nearest_neighbours", no_proba,
+                                  {"ensemble_platform.train_hash": split.train_hash})
+    tick = _tick(defs, instance, cursor)
+    assert tick.run_requests == []
+    assert f"version {no_lineage} of {DATASET}.xgboost" in tick.skip_message
+    assert "no ensemble_platform.train_hash tag" in tick.skip_message
+    assert f"version {svc} of {DATASET}.k_nearest_neighbours" in tick.skip_message
+    assert "cannot predict probabilities" in tick.skip_message
+    again = _tick(defs, instance, tick.cursor)  # reported once, then remembered
+    assert again.run_requests == [] and "no member version newer" in again.skip_message
+    assert json.loads(again.cursor)[DATASET]["xgboost"] == int(no_lineage)
