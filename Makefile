@@ -43,6 +43,7 @@ mlflow-ui: install
 bench: install
 	$(BIN)/python bench/bench_lifecycle.py
 	$(BIN)/python bench/bench_release.py
+	$(BIN)/python bench/bench_sensors.py
 
 clean:
 	rm -rf $(ENSEMBLE_PLATFORM_HOME)

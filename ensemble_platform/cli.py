@@ -1,6 +1,7 @@
 """`ensemble-platform` command line: run the lifecycle (`demo`); record a reviewer's decision
 (`approve`), move a version through the stages (`promote`), show where things stand (`status`,
-`audit`), and export, check or serve a serving bundle (`export`, `verify-bundle`, `serve`)."""
+`audit`), export, check or serve a serving bundle (`export`, `verify-bundle`, `serve`), and feed
+it new data (`register-batch`, `retrain`)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,85 @@ def _dataset_name(value: str | None) -> str:
     if value is None or value.endswith((".yaml", ".yml")):
         return load_spec(value).name
     return value
+
+
+def _dataset_spec(args: argparse.Namespace):
+    """The spec of `--dataset` (a name from the home's catalogue, or a spec YAML; default the current spec)."""
+    from ensemble_platform.data.catalog import DatasetCatalog
+    from ensemble_platform.data.spec import load_spec
+
+    value = args.dataset
+    if value is None or value.endswith((".yaml", ".yml")):
+        return load_spec(value)
+    return DatasetCatalog(PlatformPaths.from_env(args.home)).spec(value)
+
+
+def _run_job(args: argparse.Namespace, job: str, spec, trigger: str, **execute):
+    """Run one of the code location's jobs in this process, on the home's instance, for `spec`."""
+    from ensemble_platform.definitions import build_definitions
+    from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG
+
+    paths = PlatformPaths.from_env(args.home)
+    spec_path = str(spec.spec_path) if spec.spec_path else None
+    defs = build_definitions(str(paths.home), spec_path)
+    tags = {TRIGGER_TAG: trigger, **({DATASET_TAG: spec_path} if spec_path else {})}
+    instance = _instance(paths)
+    return defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False,
+                                                        **execute), instance
+
+
+def cmd_register_batch(args: argparse.Namespace) -> int:
+    import json
+
+    from ensemble_platform.data.batches import BatchStore
+    from ensemble_platform.data.catalog import DatasetCatalog
+
+    spec = _dataset_spec(args)
+    paths = PlatformPaths.from_env(args.home)
+    if spec.name not in DatasetCatalog(paths).entries():
+        print(f"error: {spec.name} has not been built in {paths.home}; run its graph first (demo)", file=sys.stderr)
+        return 2
+    store = BatchStore(paths)
+    arrival = store.register(spec.name, Path(args.file))
+    print(f"{args.file} -> {arrival.path} (batch {arrival.batch_id})")
+    if not args.process:
+        print("the batch_inbox_sensor takes it in (make ui runs the daemon); or add --process to do it now")
+        return 0
+    _instance(paths).add_dynamic_partitions("data_batch", [arrival.key])
+    result, _ = _run_job(args, "batch_job", spec, "cli", partition_key=arrival.key)
+    quarantined = store.quarantine_dir(spec.name, arrival.batch_id)
+    if quarantined.is_dir():
+        reason = json.loads((quarantined / "reason.json").read_text())["reason"]
+        print(f"quarantined: {quarantined}\n  {reason}")
+        return 2
+    if not result.success:
+        print("error: the batch job failed; see the run in the Dagster UI", file=sys.stderr)
+        return 2
+    drift = result.output_for_node("batch_drift_report")
+    print(f"accepted; scored by {drift['scored_by']}")
+    print(f"drift: {'RETRAIN' if drift['retrain'] else 'no retraining'}: " + "; ".join(drift["reasons"]))
+    print(f"  report: {paths.monitoring_dir(spec.name) / 'drift' / arrival.batch_id}")
+    performance = result.output_for_node("batch_performance")
+    if performance.get("labelled"):
+        ensemble = performance["performance"]["ensemble"]
+        print(f"labelled rows: {ensemble['rows']}, ensemble accuracy {ensemble['accuracy']:.4f}, "
+              f"log loss {ensemble['log_loss']:.4f} ({paths.monitoring_dir(spec.name) / 'performance.html'})")
+    if drift["retrain"]:
+        print(f"retrain: the drift_retraining_sensor requests it; or run `{_program()} retrain --dataset {spec.name}`")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    spec = _dataset_spec(args)
+    result, _ = _run_job(args, "retraining_job", spec, "cli",
+                         run_config={"ops": {"retrain": {"config": {"reason": args.reason}}}})
+    if not result.success:
+        print("error: retraining failed; see the runs in the Dagster UI", file=sys.stderr)
+        return 2
+    summary = result.output_for_node("retrain")
+    print(f"{spec.name}: new candidate {summary['ensemble_version']} ({summary['strategy']}), "
+          f"{summary['train_rows']} training rows, gates {summary['gates']}; production unchanged")
+    return 0
 
 
 def _release(args: argparse.Namespace):
@@ -271,6 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--dataset", help=dataset_help)
     export.add_argument("--version", required=True)
     export.set_defaults(func=cmd_export)
+
+    batch = sub.add_parser("register-batch", help="put a batch file (CSV/Parquet) into the dataset's inbox")
+    batch.add_argument("file")
+    batch.add_argument("--dataset", help=dataset_help)
+    batch.add_argument("--process", action="store_true",
+                       help="take it in now (validate, drift, performance) instead of waiting for the sensor")
+    batch.set_defaults(func=cmd_register_batch)
+
+    retrain = sub.add_parser("retrain", help="retrain a dataset end to end now (ends with a new candidate)")
+    retrain.add_argument("--dataset", help=dataset_help)
+    retrain.add_argument("--reason", default="requested from the command line")
+    retrain.set_defaults(func=cmd_retrain)
 
     status = sub.add_parser("status", help="versions, stages, gates, decisions and promotions of a dataset")
     status.add_argument("--dataset", help=dataset_help)

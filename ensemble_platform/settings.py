@@ -12,8 +12,14 @@ DEFAULT_HOME = ".ensemble_platform"
 # Run tag naming the dataset spec a run works on: one code location serves every dataset the
 # platform knows (sensors and schedules set it; without it a run uses the configured spec).
 DATASET_TAG = "ensemble_platform/dataset_spec"
+# Run tag saying what started a run (member_version, batch, drift, schedule, retraining).
+TRIGGER_TAG = "ensemble_platform/trigger"
 # "off" creates sensors and schedules stopped (tests, or a home that must not act on its own).
 AUTOMATION_ENV = "ENSEMBLE_PLATFORM_AUTOMATION"
+
+
+def automation_enabled() -> bool:
+    return os.environ.get(AUTOMATION_ENV, "").strip().lower() != "off"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,14 @@ class PlatformPaths:
         """The holdout rows as an operator would send them and the scores validation gave them:
         what an exported bundle must reproduce exactly."""
         return self.predictions_dir(dataset) / "versions" / version
+
+    def reference_dir(self, dataset: str) -> Path:
+        """The latest training split's rows and schema: what new batches are checked against."""
+        return self.home / "reference" / dataset
+
+    def monitoring_dir(self, dataset: str) -> Path:
+        """Drift reports and performance on new batches."""
+        return self.home / "reports" / dataset / "monitoring"
 
     def audit_dir(self, dataset: str) -> Path:
         """Append-only approval and promotion logs of one dataset."""

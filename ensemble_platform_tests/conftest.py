@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Sensors and schedules are defined stopped in tests: nothing may act on its own (tests evaluate
+# them explicitly). Set before the code location is imported, which reads it.
+os.environ["ENSEMBLE_PLATFORM_AUTOMATION"] = "off"
 
 import numpy as np
 import pandas as pd

@@ -135,9 +135,13 @@ def _check_target(table: pd.DataFrame, spec: DatasetSpec) -> None:
         )
 
 
-def load_dataset(spec: DatasetSpec) -> pd.DataFrame:
-    """Read and prepare the spec's table; raises before anything is trained if it cannot work."""
-    return prepare_table(read_source(spec), spec)
+def load_dataset(spec: DatasetSpec, additions: list[pd.DataFrame] | tuple = ()) -> pd.DataFrame:
+    """Read and prepare the spec's table, with `additions` (labelled batches, already validated)
+    appended below it on the source's columns; raises before anything is trained if it cannot work."""
+    raw = read_source(spec)
+    if additions:
+        raw = pd.concat([raw, *(a.reindex(columns=raw.columns) for a in additions)], ignore_index=True)
+    return prepare_table(raw, spec)
 
 
 def binary_target(table: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:

@@ -26,6 +26,11 @@ class FeatureSchema:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSchema":
+        return cls(tuple(data["numeric"]), tuple(data["categorical"]),
+                   {k: tuple(v) for k, v in data["categories"].items()}, tuple(data.get("sensitive", ())))
+
 
 def feature_columns(table: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     excluded = {spec.target, *spec.drop}

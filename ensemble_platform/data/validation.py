@@ -51,17 +51,22 @@ class DataValidationResult:
         )
 
 
-def build_expectations(spec: DatasetSpec, schema: FeatureSchema) -> list:
+def build_expectations(spec: DatasetSpec, schema: FeatureSchema, batch: bool = False) -> list:
+    """The suite for the training table, or (`batch=True`) for a new batch of production data:
+    a batch needs the feature columns, may lack labels (when it has them they must be the
+    training labels) and the sensitive attributes, and may be small."""
     import great_expectations.expectations as gxe
 
-    expectations: list = [gxe.ExpectTableRowCountToBeBetween(min_value=_MIN_ROWS)]
-    for column in [spec.target, *schema.features, *spec.sensitive]:
+    expectations: list = [gxe.ExpectTableRowCountToBeBetween(min_value=1 if batch else _MIN_ROWS)]
+    required = schema.features if batch else [spec.target, *schema.features, *spec.sensitive]
+    for column in required:
         expectations.append(gxe.ExpectColumnToExist(column=column))
-    expectations += [
-        gxe.ExpectColumnValuesToNotBeNull(column=spec.target),
-        gxe.ExpectColumnUniqueValueCountToBeBetween(column=spec.target, min_value=2, max_value=2),
-        gxe.ExpectColumnDistinctValuesToContainSet(column=spec.target, value_set=[spec.positive_label]),
-    ]
+    if not batch:
+        expectations += [
+            gxe.ExpectColumnValuesToNotBeNull(column=spec.target),
+            gxe.ExpectColumnUniqueValueCountToBeBetween(column=spec.target, min_value=2, max_value=2),
+            gxe.ExpectColumnDistinctValuesToContainSet(column=spec.target, value_set=[spec.positive_label]),
+        ]
     for column in schema.numeric:
         expectations.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=_NUMERIC_TYPES))
     for column in schema.features:
@@ -77,9 +82,13 @@ def build_expectations(spec: DatasetSpec, schema: FeatureSchema) -> list:
 
 
 def validate_table(
-    table: pd.DataFrame, spec: DatasetSpec, schema: FeatureSchema, suite_name: str | None = None
+    table: pd.DataFrame, spec: DatasetSpec, schema: FeatureSchema, suite_name: str | None = None,
+    labels: list[str] | None = None,
 ) -> DataValidationResult:
-    """Run the suite on `table` with an ephemeral GX context (nothing is written to disk)."""
+    """Run the suite on `table` with an ephemeral GX context (nothing is written to disk).
+
+    With `labels` (the training table's label values) the batch suite is run: see
+    `build_expectations(batch=True)`; a target column present in the batch must hold only those."""
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -93,14 +102,20 @@ def validate_table(
     asset = source.add_dataframe_asset(name=f"{name}_asset")
     batch = asset.add_batch_definition_whole_dataframe(f"{name}_batch")
     suite = context.suites.add(gx.ExpectationSuite(name=name))
-    for expectation in build_expectations(spec, schema):
+    expectations = build_expectations(spec, schema, batch=labels is not None)
+    if labels is not None and spec.target in table.columns:
+        import great_expectations.expectations as gxe
+
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
+    for expectation in expectations:
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
     )
     # Categoricals are compared as text, as the members see them.
     frame = table.copy()
-    for column in schema.categorical:
+    as_text = [*schema.categorical, *([spec.target] if labels is not None else [])]
+    for column in as_text:
         if column in frame:
             frame[column] = frame[column].map(lambda v: v if pd.isna(v) else str(v))
     result = definition.run(batch_parameters={"dataframe": frame})

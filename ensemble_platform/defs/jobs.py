@@ -24,4 +24,9 @@ revalidation_job = dg.define_asset_job(
                 "versions named in ops.oof_predictions.config.member_versions (what the member-version "
                 "sensor requests); ends with a new candidate.",
 )
-JOBS = [data_job, members_job, ensemble_job, governance_job, revalidation_job]
+batch_job = dg.define_asset_job(
+    "batch_job", selection=dg.AssetSelection.groups("monitoring"),
+    description="Take in one data batch (a partition): validate it (quarantine on failure), report its drift, "
+                "score it when it carries labels.",
+)
+JOBS = [data_job, members_job, ensemble_job, governance_job, revalidation_job, batch_job]

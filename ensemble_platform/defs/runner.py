@@ -27,7 +27,7 @@ class LifecycleRun:
 
 def materialize_lifecycle(
     defs: dg.Definitions, instance: dg.DagsterInstance, members: list[str] | None = None, echo=print,
-    log_level: str = "INFO",
+    log_level: str = "INFO", tags: dict[str, str] | None = None,
 ) -> LifecycleRun:
     # Dagster's console logger defaults to DEBUG (every event); INFO keeps the progress lines.
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -39,7 +39,7 @@ def materialize_lifecycle(
         echo(f"[{i}/{len(steps)}] {label} ...")
         started = time.perf_counter()
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, partition_key=partition, run_config=run_config
+            instance=instance, partition_key=partition, run_config=run_config, tags=tags
         )
         run.seconds[label] = time.perf_counter() - started
         run.run_ids[label] = result.run_id

@@ -1,26 +1,27 @@
 """Sensors: re-validate when a member model gets a new version; take in data batches from the
-inbox; retrain when a batch drifts. Their decisions are made by `ensemble_platform.automation`."""
+inboxes; retrain when a batch drifts past the dataset's thresholds. What they decide is decided
+by the core (`automation.member_watch`, `data.batches`, `evaluation.drift`); they only ask."""
 
 import json
-import os
 
 import dagster as dg
 
 from ensemble_platform.automation.member_watch import MemberWatch
-from ensemble_platform.defs.jobs import revalidation_job
+from ensemble_platform.data.batches import BatchStore, split_partition_key
+from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.defs.assets.monitoring import batch_drift_report, batch_partitions
+from ensemble_platform.defs.jobs import batch_job, revalidation_job
 from ensemble_platform.defs.resources import PlatformResource
-from ensemble_platform.settings import AUTOMATION_ENV, DATASET_TAG
-
-TRIGGER_TAG = "ensemble_platform/trigger"
-
-
-def sensor_status() -> dg.DefaultSensorStatus:
-    """Running (the daemon of `make ui` evaluates them) unless automation is switched off."""
-    off = os.environ.get(AUTOMATION_ENV, "").lower() == "off"
-    return dg.DefaultSensorStatus.STOPPED if off else dg.DefaultSensorStatus.RUNNING
+from ensemble_platform.defs.retraining import retraining_job
+from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG, automation_enabled
 
 
-@dg.sensor(job=revalidation_job, minimum_interval_seconds=60, default_status=sensor_status(),
+def automation_status() -> dg.DefaultSensorStatus:
+    """Running (the daemon of `make ui` evaluates them) unless ENSEMBLE_PLATFORM_AUTOMATION=off."""
+    return dg.DefaultSensorStatus.RUNNING if automation_enabled() else dg.DefaultSensorStatus.STOPPED
+
+
+@dg.sensor(job=revalidation_job, minimum_interval_seconds=60, default_status=automation_status(),
            description="A member model got a version the dataset's current ensemble config does not use: "
                        "re-validate with it (new MINOR candidate). Never touches production.")
 def member_version_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
@@ -40,4 +41,52 @@ def member_version_sensor(context: dg.SensorEvaluationContext, platform: Platfor
     return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=json.dumps(result.cursor, sort_keys=True))
 
 
-SENSORS = [member_version_sensor]
+@dg.sensor(job=batch_job, minimum_interval_seconds=30, default_status=automation_status(),
+           description="A batch file landed in inbox/<dataset>/: add it as a data_batch partition and take it in.")
+def batch_inbox_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
+    requested = set(json.loads(context.cursor or "[]"))
+    store, catalog = BatchStore(platform.paths), DatasetCatalog(platform.paths).entries()
+    arrivals = [a for dataset in catalog for a in store.pending(dataset)]
+    new = [a for a in arrivals if a.key not in requested]
+    known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
+    unknown = sorted({a.key for a in new} - known)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=a.key, run_key=f"batch:{a.key}",
+                                    tags={DATASET_TAG: str(catalog[a.dataset]), TRIGGER_TAG: "batch"}) for a in new],
+        dynamic_partitions_requests=[batch_partitions.build_add_request(unknown)] if unknown else [],
+        # Remember only what still waits in an inbox: the cursor does not grow with history.
+        cursor=json.dumps(sorted({a.key for a in arrivals})),
+        skip_reason=None if new else "no new batch files in the inboxes",
+    )
+
+
+@dg.sensor(job=retraining_job, minimum_interval_seconds=60, default_status=automation_status(),
+           description="A batch's drift crossed its dataset's automation.drift thresholds: retrain that dataset.")
+def drift_retraining_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
+    # Every drift report since the cursor, not only the latest (an asset sensor sees just the
+    # newest event per tick, and a calm batch after a drifted one would hide it).
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=batch_drift_report.key, after_storage_id=after), limit=1000, ascending=True,
+    ).records
+    catalog = DatasetCatalog(platform.paths).entries()
+    requests, calm = [], []
+    for record in records:
+        materialization = record.asset_materialization
+        partition, metadata = materialization.partition, materialization.metadata
+        reasons = metadata["reasons"].value if "reasons" in metadata else ""
+        if not metadata["retrain"].value:
+            calm.append(f"batch {partition}: {reasons}")
+            continue
+        dataset, batch_id = split_partition_key(partition)
+        requests.append(dg.RunRequest(
+            run_key=f"drift:{partition}",
+            run_config={"ops": {"retrain": {"config": {"reason": f"drift in batch {batch_id}: {reasons}"}}}},
+            tags={DATASET_TAG: str(catalog[dataset]), TRIGGER_TAG: "drift", "ensemble_platform/batch": batch_id},
+        ))
+    cursor = str(records[-1].storage_id) if records else context.cursor
+    skip = None if requests else ("; ".join(calm) or "no new drift reports")
+    return dg.SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip)
+
+
+SENSORS = [member_version_sensor, batch_inbox_sensor, drift_retraining_sensor]

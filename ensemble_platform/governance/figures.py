@@ -111,3 +111,23 @@ def fairness_gap_figure(attribute: str, gaps: Mapping[str, Mapping[str, Mapping[
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).lower()
+
+
+def performance_history_figure(history: Sequence[Mapping[str, object]], metric: str = "accuracy") -> Figure:
+    """One line per model over labelled batches in arrival order; the ensemble bold."""
+    fig = MplFigure(figsize=(8, 3.8))
+    ax = fig.subplots()
+    x = np.arange(len(history))
+    models = list(history[0]["performance"]) if history else []
+    for model in models:
+        values = [h["performance"].get(model, {}).get(metric) for h in history]
+        bold = model == "ensemble"
+        ax.plot(x, [np.nan if v is None else v for v in values], marker="o", markersize=4 if bold else 3,
+                linewidth=2.5 if bold else 1, alpha=1 if bold else 0.6,
+                color=_ENSEMBLE_COLOUR if bold else None, label=model)
+    ax.set_xticks(x, [str(h["batch_id"]) for h in history], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} on labelled batches, in arrival order")
+    ax.legend(fontsize=7)
+    return Figure(f"performance_{metric}", f"{metric} of the ensemble and its members on each labelled batch",
+                  _png(fig))

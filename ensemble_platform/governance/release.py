@@ -34,9 +34,10 @@ from ensemble_platform.governance.registry import (
 from ensemble_platform.files import write_json
 from ensemble_platform.governance.stages import mark_candidate, plan_promotion
 from ensemble_platform.serving.bundle import (
-    BundleContents, BundleError, sha256_file, verify_bundle, write_archive, write_bundle,
+    BundleContents, BundleError, load_bundle, sha256_file, verify_bundle, write_archive, write_bundle,
 )
 from ensemble_platform.serving.parity import ParitySet
+from ensemble_platform.serving.runtime import EnsembleRuntime
 from ensemble_platform.settings import PlatformPaths
 
 GATES_FILE = "gates.json"
@@ -234,6 +235,29 @@ class Release:
             bundle, _ = self._export(state, self._admissible_approval(state, "production"))
         return bundle
 
+    def serving_runtime(self, dataset: str) -> tuple[EnsembleRuntime, str]:
+        """What decides for this dataset now, and a label saying which version that is: the
+        production bundle (verified against the manifest hash the registry recorded), or, before
+        anything is in production, the newest validated version from the registry."""
+        name = ensemble_model_name(dataset)
+        production = self.registry.aliases(name).get("production")
+        if production is not None:
+            entry = self.registry.client.get_model_version(name, production)
+            semver = entry.tags[SEMVER_TAG]
+            runtime = load_bundle(self.bundle_paths(dataset, semver)[0], entry.tags.get(BUNDLE_TAGS[1]))
+            return runtime, f"production {semver} (serving bundle)"
+        latest = ConfigStore(self.paths.configs_dir(dataset)).latest()
+        if latest is None or latest.registered_version is None:
+            raise PlatformError(f"{dataset} has no validated ensemble version to score with; run its graph first")
+        return self._registered_runtime(dataset, latest.registered_version), \
+            f"{latest.version} (newest validated; nothing in production)"
+
+    def _registered_runtime(self, dataset: str, registered_version: str) -> EnsembleRuntime:
+        """The runtime registered with a version of `<dataset>.ensemble` (our own registry: trusted)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            model = self.registry.download_model(ensemble_model_name(dataset), registered_version, Path(scratch))
+            return cloudpickle.loads((model / "artifacts" / "runtime.pkl").read_bytes())
+
     def bundle_paths(self, dataset: str, version: str) -> tuple[Path, Path]:
         root = self.paths.bundles_dir(dataset)
         return root / version, root / f"{version}.tar.gz"
@@ -259,9 +283,7 @@ class Release:
         config = state.config
         reports = self.paths.version_reports_dir(config.dataset, config.version)
         with tempfile.TemporaryDirectory() as scratch:
-            ensemble = self.registry.download_model(state.registered.name, str(state.registered.version),
-                                                    Path(scratch) / "ensemble")
-            runtime = cloudpickle.loads((ensemble / "artifacts" / "runtime.pkl").read_bytes())
+            runtime = self._registered_runtime(config.dataset, str(state.registered.version))
             member_files = {}
             for member in config.members:
                 local = self.registry.download_model(member.registered_model, member.version,

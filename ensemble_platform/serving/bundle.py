@@ -243,12 +243,10 @@ def load_bundle(directory: Path, expected_manifest_sha256: str | None = None) ->
     verify_bundle(directory, expected_manifest_sha256)
     payload = directory / PAYLOAD
     settings = json.loads((payload / "runtime.json").read_text())
-    schema = settings["schema"]
     return EnsembleRuntime(
         dataset=settings["dataset"],
         version=settings["version"],
-        schema=FeatureSchema(tuple(schema["numeric"]), tuple(schema["categorical"]),
-                             {k: tuple(v) for k, v in schema["categories"].items()}, tuple(schema["sensitive"])),
+        schema=FeatureSchema.from_dict(settings["schema"]),
         members={name: _unpickle(payload / "members" / f"{name}.pkl") for name in settings["member_order"]},
         combiner=_unpickle(payload / "combiner.pkl"),
         calibrator=_unpickle(payload / "calibrator.pkl"),

@@ -70,6 +70,13 @@ class EnsembleRuntime:
         combined = self.combined_proba(P, X)
         return combined, self.calibrator.transform(combined)
 
+    def member_and_ensemble_proba(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(members' probabilities, the calibrated ensemble probability) for monitoring: no review
+        routing and no unseen-category policy, which are decisions, not measurements."""
+        X = self.model_input(table)
+        P = self.member_matrix(X)
+        return P, self.proba_from_members(P, X)[1]
+
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         """Probability (calibrated), decision, agreement and review flag per input row."""
         X = self.model_input(table)

@@ -4,8 +4,10 @@
 import dagster as dg
 import pandas as pd
 
+from ensemble_platform.data.batches import BatchStore
 from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.loading import content_hash, load_dataset
+from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.schema import infer_schema
 from ensemble_platform.data.splitting import TrainHoldoutSplit, split_dataset
 from ensemble_platform.data.validation import validate_table
@@ -19,15 +21,19 @@ GROUP = "data"
 def raw_dataset(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.Output[pd.DataFrame]:
     """The dataset spec's table, checked against the spec (columns, target, parseable values)."""
     spec = platform.spec()
-    table = load_dataset(spec)
+    additions = BatchStore(platform.paths).training_additions(spec)
+    table = load_dataset(spec, additions)
     DatasetCatalog(platform.paths).register(spec)
-    context.log.info(f"loaded {spec.source}: {table.shape[0]} rows x {table.shape[1]} columns")
+    context.log.info(f"loaded {spec.source}: {table.shape[0]} rows x {table.shape[1]} columns"
+                     + (f", of which {sum(map(len, additions))} from {len(additions)} labelled batch(es)" if additions else ""))
     return dg.Output(
         table,
         metadata={
             "dataset": spec.name,
             "source": spec.source,
             "rows": len(table),
+            "rows_from_batches": sum(map(len, additions)),
+            "batches_included": len(additions),
             "columns": dg.MetadataValue.json(list(map(str, table.columns))),
             "positive_rate": float((table[spec.target] == spec.positive_label).mean()),
         },
@@ -64,6 +70,7 @@ def train_holdout_split(
 ) -> dg.Output[TrainHoldoutSplit]:
     """Stratified, seeded train/holdout split with shared folds; the holdout is for validation only."""
     split = split_dataset(raw_dataset, platform.spec())
+    TrainingReference.write(platform.paths, split)
     context.log.info(f"split: {len(split.train)} training rows in {split.n_folds} folds, {len(split.holdout)} holdout")
     return dg.Output(
         split,

@@ -1,0 +1,40 @@
+"""The retraining job: the whole graph of one dataset (data with the accepted batches its policy
+includes, every member, ensemble, governance), ending with a new candidate. Drift and the
+retraining schedule request it; production is never changed by it."""
+
+import dagster as dg
+
+from ensemble_platform.defs.resources import PlatformResource
+from ensemble_platform.defs.runner import materialize_lifecycle
+from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG
+
+
+class RetrainConfig(dg.Config):
+    reason: str = "requested by hand"
+
+
+@dg.op(description="Materialize data, every member, ensemble and governance for the run's dataset")
+def retrain(context: dg.OpExecutionContext, config: RetrainConfig, platform: PlatformResource) -> dict:
+    # Members are partitioned, so one Dagster run cannot hold the whole graph: this op runs the
+    # stage jobs in order on the same instance, each a run of its own in the UI, tagged with this one.
+    from ensemble_platform.definitions import build_definitions  # the code location imports this module
+
+    spec = platform.spec()
+    spec_path = str(spec.spec_path) if spec.spec_path else None
+    tags = {"ensemble_platform/parent_run": context.run_id, TRIGGER_TAG: "retraining",
+            **({DATASET_TAG: spec_path} if spec_path else {})}
+    context.log.info(f"retraining {spec.name}: {config.reason}")
+    run = materialize_lifecycle(build_definitions(str(platform.paths.home), spec_path), context.instance,
+                                echo=context.log.info, tags=tags)
+    validation = run.validation or {}
+    summary = {"dataset": spec.name, "reason": config.reason, "ensemble_version": validation.get("ensemble_version"),
+               "strategy": validation.get("chosen"), "train_rows": validation.get("lineage", {}).get("train_rows"),
+               "gates": "passed" if run.gates and all(g["passed"] for g in run.gates["gates"]) else "failing",
+               "runs": run.run_ids}
+    context.add_output_metadata({k: v for k, v in summary.items() if isinstance(v, (str, int))})
+    return summary
+
+
+@dg.job(description="Retrain a dataset end to end (run tag ensemble_platform/dataset_spec picks the dataset)")
+def retraining_job():
+    retrain()
