@@ -199,6 +199,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         print("error: retraining failed; see the runs in the Dagster UI", file=sys.stderr)
         return 2
     summary = result.output_for_node("retrain")
+    if not summary["changed"]:
+        print(f"{spec.name}: retrained; nothing changed (same data, same members): still {summary['ensemble_version']}")
+        return 0
     print(f"{spec.name}: new candidate {summary['ensemble_version']} ({summary['strategy']}), "
           f"{summary['train_rows']} training rows, gates {summary['gates']}; production unchanged")
     return 0

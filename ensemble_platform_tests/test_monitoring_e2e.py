@@ -109,7 +109,7 @@ def test_batches_drift_quarantine_performance_and_retraining(world, capsys):
     assert result.success
     summary = result.output_for_node("retrain")
     after = ConfigStore(paths.configs_dir(DATASET)).latest()
-    assert summary["ensemble_version"] == after.version != before.version
+    assert summary["changed"] and summary["ensemble_version"] == after.version != before.version
     assert bump_kind(before, after) in ("minor", "major")  # new member versions (new data), maybe a new strategy
     lineage = json.loads((paths.version_reports_dir(DATASET, after.version) / "validation.json").read_text())["lineage"]
     assert lineage["train_rows"] + lineage["holdout_rows"] == 600 + 150  # the slice plus the calm batch's rows
@@ -129,3 +129,23 @@ def test_the_retraining_schedule_requests_the_retraining_job(world):
     assert tick.run_requests[0].tags[TRIGGER_TAG] == "schedule"
     for sensor in defs.sensors:
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_cli_takes_a_batch_in_at_once_and_retrains(world, credit_slice, tmp_path, capsys):
+    paths, _, _, _, _ = world
+    full = read_source(load_spec())
+    week = full[~full["rownames"].isin(credit_slice["rownames"])].sample(120, random_state=7)
+    week.to_csv(tmp_path / "week.csv", index=False)
+    home = ["--home", str(paths.home)]
+    assert cli.main([*home, "register-batch", str(tmp_path / "week.csv"), "--dataset", DATASET, "--process"]) == 0
+    out = capsys.readouterr().out
+    assert "accepted; scored by production 1.0.0" in out and "labelled rows: 120" in out
+    before = ConfigStore(paths.configs_dir(DATASET)).latest().version
+    assert cli.main([*home, "retrain", "--dataset", DATASET]) == 0
+    after = ConfigStore(paths.configs_dir(DATASET)).latest().version
+    assert after != before and f"new candidate {after}" in capsys.readouterr().out
+    broken = week.drop(columns=["Income"])
+    broken.to_csv(tmp_path / "broken_week.csv", index=False)
+    assert cli.main([*home, "register-batch", str(tmp_path / "broken_week.csv"), "--dataset", DATASET,
+                     "--process"]) == 2
+    assert "quarantined" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import dagster as dg
 
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.defs.runner import materialize_lifecycle
+from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG
 
 
@@ -20,6 +21,7 @@ def retrain(context: dg.OpExecutionContext, config: RetrainConfig, platform: Pla
     from ensemble_platform.definitions import build_definitions  # the code location imports this module
 
     spec = platform.spec()
+    previous = ConfigStore(platform.paths.configs_dir(spec.name)).latest()
     spec_path = str(spec.spec_path) if spec.spec_path else None
     tags = {"ensemble_platform/parent_run": context.run_id, TRIGGER_TAG: "retraining",
             **({DATASET_TAG: spec_path} if spec_path else {})}
@@ -27,11 +29,17 @@ def retrain(context: dg.OpExecutionContext, config: RetrainConfig, platform: Pla
     run = materialize_lifecycle(build_definitions(str(platform.paths.home), spec_path), context.instance,
                                 echo=context.log.info, tags=tags)
     validation = run.validation or {}
-    summary = {"dataset": spec.name, "reason": config.reason, "ensemble_version": validation.get("ensemble_version"),
+    changed = previous is None or validation.get("ensemble_version") != previous.version
+    if not changed:
+        # E.g. drift in a batch without labels: the data to learn from is the same, so is the version.
+        context.log.warning(f"{spec.name}: retraining changed nothing (same data, same members): still "
+                            f"{previous.version}; labelled batches are what a retraining learns from")
+    summary = {"dataset": spec.name, "reason": config.reason, "changed": changed,
+               "ensemble_version": validation.get("ensemble_version"),
                "strategy": validation.get("chosen"), "train_rows": validation.get("lineage", {}).get("train_rows"),
                "gates": "passed" if run.gates and all(g["passed"] for g in run.gates["gates"]) else "failing",
                "runs": run.run_ids}
-    context.add_output_metadata({k: v for k, v in summary.items() if isinstance(v, (str, int))})
+    context.add_output_metadata({k: v for k, v in summary.items() if isinstance(v, (str, int, bool))})
     return summary
 
 
