@@ -111,3 +111,21 @@ def lifecycle(tmp_path_factory, credit_slice):
     home = root / "home"
     assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
     return PlatformPaths.from_env(home), spec_path
+
+
+def home_in_production(root: Path, table: pd.DataFrame, **spec_overrides):
+    """The demo run into `root/home` on `table`, then 1.0.0 approved (its failing gates waived),
+    staged and promoted to production. Returns (paths, spec path, Release, production result)."""
+    from ensemble_platform import cli
+    from ensemble_platform.governance.release import Release
+    from ensemble_platform.settings import PlatformPaths
+
+    spec_path = write_spec(root / "dataset", table, **spec_overrides)
+    home = root / "home"
+    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
+    release = Release(PlatformPaths.from_env(home))
+    dataset = load_spec(spec_path).name
+    release.approve(dataset, "1.0.0", "bob", "approve", "reviewed; gaps documented",
+                    release.state(dataset, "1.0.0").gates.failing)
+    release.promote(dataset, "1.0.0", "staging")
+    return release.paths, spec_path, release, release.promote(dataset, "1.0.0", "production")

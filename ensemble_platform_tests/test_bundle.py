@@ -24,11 +24,10 @@ from ensemble_platform import cli
 from ensemble_platform.errors import DataError
 from ensemble_platform.governance.gates import gate_names
 from ensemble_platform.governance.policy import GovernancePolicy
-from ensemble_platform.governance.release import BUNDLE_TAGS, Release
+from ensemble_platform.governance.release import BUNDLE_TAGS
 from ensemble_platform.serving.bundle import BundleError, load_bundle, sha256_file, verify_bundle
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.settings import PlatformPaths
-from ensemble_platform_tests.conftest import write_spec
+from ensemble_platform_tests.conftest import home_in_production
 
 DATASET = "credit_slice"
 VERSION = "1.0.0"
@@ -37,15 +36,7 @@ VERSION = "1.0.0"
 @pytest.fixture(scope="module")
 def production(tmp_path_factory, credit_slice):
     """A home whose 1.0.0 was approved (failing gates waived), staged and promoted to production."""
-    root = tmp_path_factory.mktemp("bundle")
-    spec_path = write_spec(root / "dataset", credit_slice)
-    home = root / "home"
-    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
-    release = Release(PlatformPaths.from_env(home))
-    waive = release.state(DATASET, VERSION).gates.failing
-    release.approve(DATASET, VERSION, "bob", "approve", "reviewed; gaps documented", waive)
-    release.promote(DATASET, VERSION, "staging")
-    result = release.promote(DATASET, VERSION, "production")
+    _, _, release, result = home_in_production(tmp_path_factory.mktemp("bundle"), credit_slice)
     return release, Path(result.bundle["path"]), result
 
 

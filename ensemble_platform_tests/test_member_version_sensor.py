@@ -11,7 +11,6 @@ import pytest
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
 
-from ensemble_platform import cli
 from ensemble_platform.data.loading import load_dataset
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.data.splitting import split_dataset
@@ -19,8 +18,8 @@ from ensemble_platform.definitions import build_definitions
 from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.governance.release import Release
 from ensemble_platform.members.catalogue import get_member_spec, one_hot_scaled
-from ensemble_platform.settings import DATASET_TAG, PlatformPaths
-from ensemble_platform_tests.conftest import write_spec
+from ensemble_platform.settings import DATASET_TAG
+from ensemble_platform_tests.conftest import home_in_production
 
 DATASET = "credit_slice"
 
@@ -41,22 +40,14 @@ def _tick(defs, instance, cursor=None):
 
 
 @pytest.fixture(scope="module")
-def home_in_production(tmp_path_factory, credit_slice):
-    root = tmp_path_factory.mktemp("sensor")
-    spec_path = write_spec(root / "dataset", credit_slice)
-    home = root / "home"
-    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
-    paths = PlatformPaths.from_env(home)
-    release = Release(paths)
-    release.approve(DATASET, "1.0.0", "bob", "approve", "baseline", release.state(DATASET, "1.0.0").gates.failing)
-    release.promote(DATASET, "1.0.0", "staging")
-    release.promote(DATASET, "1.0.0", "production")
+def in_production(tmp_path_factory, credit_slice):
+    paths, spec_path, _, _ = home_in_production(tmp_path_factory.mktemp("sensor"), credit_slice)
     spec = load_spec(spec_path)
     return paths, spec_path, split_dataset(load_dataset(spec), spec)
 
 
-def test_a_new_member_version_is_revalidated_once_into_a_minor_candidate(home_in_production):
-    paths, spec_path, split = home_in_production
+def test_a_new_member_version_is_revalidated_once_into_a_minor_candidate(in_production):
+    paths, spec_path, split = in_production
     defs = build_definitions(str(paths.home), str(spec_path))
     instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
     quiet = _tick(defs, instance)
@@ -94,8 +85,8 @@ def test_a_new_member_version_is_revalidated_once_into_a_minor_candidate(home_in
     assert _tick(defs, instance, first.cursor).run_requests == []  # the new config uses version 2
 
 
-def test_versions_without_lineage_are_skipped_with_the_reason(home_in_production):
-    paths, spec_path, split = home_in_production
+def test_versions_without_lineage_are_skipped_with_the_reason(in_production):
+    paths, spec_path, split = in_production
     defs = build_definitions(str(paths.home), str(spec_path))
     instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
     cursor = _tick(defs, instance).cursor

@@ -16,8 +16,8 @@ from ensemble_platform.data.spec import load_spec
 from ensemble_platform.definitions import build_definitions
 from ensemble_platform.ensemble.config import ConfigStore, bump_kind
 from ensemble_platform.governance.release import Release
-from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG, PlatformPaths
-from ensemble_platform_tests.conftest import write_spec
+from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG
+from ensemble_platform_tests.conftest import home_in_production
 
 DATASET = "credit_slice"
 INFLATED = ["Income", "Expenses", "Amount", "Price", "Assets"]
@@ -27,14 +27,7 @@ INFLATED = ["Income", "Expenses", "Amount", "Price", "Assets"]
 def world(tmp_path_factory, credit_slice):
     """A home with 1.0.0 in production and three batch files of rows the slice does not hold."""
     root = tmp_path_factory.mktemp("monitoring")
-    spec_path = write_spec(root / "dataset", credit_slice)
-    home = root / "home"
-    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
-    paths = PlatformPaths.from_env(home)
-    release = Release(paths)
-    release.approve(DATASET, "1.0.0", "bob", "approve", "baseline", release.state(DATASET, "1.0.0").gates.failing)
-    release.promote(DATASET, "1.0.0", "staging")
-    release.promote(DATASET, "1.0.0", "production")
+    paths, spec_path, _, _ = home_in_production(root, credit_slice)
     full = read_source(load_spec())
     unseen = full[~full["rownames"].isin(credit_slice["rownames"])].sample(300, random_state=1)
     files = {"calm": root / "calm.csv", "inflated": root / "inflated.parquet", "broken": root / "broken.csv"}
@@ -43,7 +36,7 @@ def world(tmp_path_factory, credit_slice):
     inflated[INFLATED] = inflated[INFLATED] * 1.6
     inflated.to_parquet(files["inflated"], index=False)
     unseen.iloc[:40].drop(columns=["Price"]).to_csv(files["broken"], index=False)  # a feature column missing
-    defs = build_definitions(str(home), str(spec_path))
+    defs = build_definitions(str(paths.home), str(spec_path))
     return paths, spec_path, defs, dg.DagsterInstance.from_config(str(paths.dagster_home)), files
 
 

@@ -14,7 +14,6 @@ one batch, and two files of one name are two. The Dagster partition key of a bat
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -163,7 +162,3 @@ def read_batch(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"batch file {path} could not be read as {path.suffix[1:]}: {exc}") from exc
-
-
-def reason_of(path: Path) -> dict:
-    return json.loads((path / REASON).read_text())
