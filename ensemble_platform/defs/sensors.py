@@ -3,6 +3,7 @@ inboxes; retrain when a batch drifts past the dataset's thresholds. What they de
 by the core (`automation.member_watch`, `data.batches`, `evaluation.drift`); they only ask."""
 
 import json
+import warnings
 
 import dagster as dg
 
@@ -14,6 +15,9 @@ from ensemble_platform.defs.jobs import batch_job, revalidation_job
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.defs.retraining import retraining_job
 from ensemble_platform.settings import DATASET_TAG, TRIGGER_TAG, automation_enabled
+
+# Dagster 1.13's sensor decorator passes its beta `owners` parameter itself: not ours to act on.
+warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)
 
 
 def automation_status() -> dg.DefaultSensorStatus:
