@@ -83,7 +83,8 @@ def register_real_member(home: Path, dataset: str) -> None:
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     mlflow.set_registry_uri(paths.mlflow_tracking_uri)
     model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]))
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("bench", artifact_location=(home / "bench_artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
     mlflow.register_model(info.model_uri, f"{dataset}.logistic_regression",
                           tags={"ensemble_platform.train_hash": TRAIN_HASH})

@@ -28,7 +28,10 @@ def _register_from_notebook(paths, member: str, model, tags: dict[str, str]) -> 
     """What a data scientist does outside the platform: log a model and register it by hand."""
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     mlflow.set_registry_uri(paths.mlflow_tracking_uri)
-    with mlflow.start_run():
+    # Its own experiment, artifacts under the temp home (MLflow's default experiment would write ./mlruns).
+    experiment = mlflow.create_experiment(f"notebook-{member}-{len(mlflow.search_experiments())}",
+                                          artifact_location=(paths.home / "notebook").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
     return str(mlflow.register_model(info.model_uri, f"{DATASET}.{member}", tags=tags).version)
 
