@@ -715,12 +715,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--member", help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
+    return dispatch(parser, argv, run_child, run_parent)
+
+
+def dispatch(parser: argparse.ArgumentParser, argv, child, parent) -> int:
+    """A bench script is its own child: `--variant` runs one measured variant, otherwise the parent."""
     args = parser.parse_args(argv)
     if args.variant:
-        return run_child(args)
+        return child(args)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    return run_parent(args)
+    return parent(args)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lifecycle import REPO, _cpu_model, _median, _self_peak_mb, _versions, spawn  # noqa: E402
+from bench_lifecycle import REPO, _cpu_model, _median, _self_peak_mb, _versions, dispatch, spawn  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "release.json"
 SINGLE_ROW_REPEATS = 50
@@ -253,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     for hidden in ("--home", "--dataset", "--version", "--bundle", "--registered"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.variant:
-        return run_child(args)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    return run_parent(args)
+    return dispatch(parser, argv, run_child, run_parent)
 
 
 if __name__ == "__main__":
