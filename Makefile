@@ -8,7 +8,7 @@ export DAGSTER_HOME := $(ENSEMBLE_PLATFORM_HOME)/dagster
 # Keep BLAS from oversubscribing the two cores alongside the models' own n_jobs.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install browser demo test ui mlflow-ui bench clean
+.PHONY: install browser demo lint test ui mlflow-ui bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 browser:
 	@scripts/install_browser.sh
 
-test: install browser
+# Lint and import order (ruff), one-way floors and a Dagster-free core (import-linter), the core's types (mypy).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: install browser lint
 	$(BIN)/pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml

@@ -426,7 +426,7 @@ class TreeRssSampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeRssSampler":
+    def __enter__(self) -> TreeRssSampler:
         if Path("/proc/self/status").is_file():
             self._thread.start()
         return self
@@ -609,7 +609,7 @@ def run_parent(args: argparse.Namespace) -> int:
     dagster["overhead_seconds"] = dagster["wall_seconds"] - dagster["training_seconds"]
     document = {
         "schema_version": 1,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "versions": _versions(),
         "dataset": {"name": core["dataset"], "rows": core["rows"], "folds": core["folds"], "seed": core["seed"]},

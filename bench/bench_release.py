@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lifecycle import REPO, _cpu_model, _median, _self_peak_mb, _versions, dispatch, spawn  # noqa: E402
+from bench_lifecycle import REPO, _cpu_model, _median, _self_peak_mb, _versions, dispatch, spawn
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "release.json"
 SINGLE_ROW_REPEATS = 50

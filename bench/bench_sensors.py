@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lifecycle import _cpu_model, _median, _versions  # noqa: E402
+from bench_lifecycle import _cpu_model, _median, _versions
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sensors.json"
 MEMBERS = ("logistic_regression", "random_forest", "extra_trees", "hist_gradient_boosting", "xgboost",
@@ -42,12 +42,12 @@ def populate(home: Path, datasets: int) -> list[str]:
     """Catalogue entries, configs, validation reports and registry entries for `datasets` datasets."""
     import yaml
 
+    from ensemble_platform.data.catalog import DatasetCatalog
     from ensemble_platform.data.spec import load_spec
     from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig, MemberRef
     from ensemble_platform.files import write_json
     from ensemble_platform.governance.registry import Registry
     from ensemble_platform.settings import PlatformPaths
-    from ensemble_platform.data.catalog import DatasetCatalog
 
     paths = PlatformPaths.from_env(home).ensure()
     registry = Registry(paths)

@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except Exception as exc:  # noqa: BLE001 - show the platform's message, not a Dagster traceback
+    except Exception as exc:
         cause = _root_cause(exc)
         if isinstance(cause, PlatformError):
             print(f"error: {cause}", file=sys.stderr)

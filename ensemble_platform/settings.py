@@ -29,7 +29,7 @@ class PlatformPaths:
     home: Path
 
     @classmethod
-    def from_env(cls, home: str | os.PathLike[str] | None = None) -> "PlatformPaths":
+    def from_env(cls, home: str | os.PathLike[str] | None = None) -> PlatformPaths:
         chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
         return cls(Path(chosen).expanduser().resolve())
 
@@ -95,7 +95,7 @@ class PlatformPaths:
         """Dagster asset values of one dataset (each dataset has its own split, members, ...)."""
         return self.dagster_home / "storage" / dataset
 
-    def ensure(self) -> "PlatformPaths":
+    def ensure(self) -> PlatformPaths:
         for path in (self.home, self.dagster_home, self.mlflow_dir):
             path.mkdir(parents=True, exist_ok=True)
         return self

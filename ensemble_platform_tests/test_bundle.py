@@ -23,8 +23,8 @@ from mlflow.exceptions import MlflowException
 from ensemble_platform import cli
 from ensemble_platform.errors import DataError
 from ensemble_platform.governance.gates import gate_names
-from ensemble_platform.governance.policy import GovernancePolicy
 from ensemble_platform.governance.release import BUNDLE_TAGS
+from ensemble_platform.policy import GovernancePolicy
 from ensemble_platform.serving.bundle import BundleError, load_bundle, sha256_file, verify_bundle
 from ensemble_platform.serving.parity import ParitySet
 from ensemble_platform_tests.conftest import home_in_production

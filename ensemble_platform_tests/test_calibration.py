@@ -6,15 +6,15 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import brier_score_loss
 
-from ensemble_platform.evaluation import calibration, metrics
+from ensemble_platform.ensemble import calibrators
+from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator, select_calibrator
+from ensemble_platform.evaluation import metrics
 from ensemble_platform.evaluation.calibration import (
-    ProbabilityCalibrator,
     brier_decomposition,
     calibration_metrics,
     expected_calibration_error,
     maximum_calibration_error,
     reliability_table,
-    select_calibrator,
 )
 
 # Eight distinct predictions used by the hand-computed quantile examples.
@@ -277,7 +277,7 @@ def test_selection_is_deterministic(miscalibrated):
 def test_ties_keep_the_earlier_method(monkeypatch):
     # Make every method score the same, so only the tie rule decides.
     monkeypatch.setattr(
-        calibration, "_scores",
+        calibrators, "_scores",
         lambda y, proba: {"log_loss": 0.5, "brier": 0.2, "ece_uniform": 0.0, "ece_quantile": 0.0},
     )
     p = np.array([0.2, 0.8, 0.3, 0.7] * 5)

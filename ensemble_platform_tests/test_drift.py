@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from ensemble_platform.data.batches import BatchStore, batch_id_of, partition_key, split_partition_key
-from ensemble_platform.data.spec import DriftPolicy, load_spec
+from ensemble_platform.data.spec import load_spec
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.drift import DriftInputs, drift_report, retraining_decision
+from ensemble_platform.policy import DriftPolicy
 from ensemble_platform.settings import PlatformPaths
 
 SHIFTED = ["Income", "Expenses", "Amount", "Price", "Assets"]

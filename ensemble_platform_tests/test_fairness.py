@@ -19,7 +19,7 @@ from ensemble_platform.evaluation.fairness import (
     fairness_report,
     fit_sensitive_binning,
 )
-from ensemble_platform.governance.policy import FairnessPolicy, GapThreshold
+from ensemble_platform.policy import FairnessPolicy, GapThreshold
 
 GAPS = (
     "demographic_parity_difference",

@@ -5,7 +5,7 @@ import pytest
 from ensemble_platform.ensemble.config import EnsembleConfig, MemberRef
 from ensemble_platform.governance.approvals import ReleaseRefused, check_approvable
 from ensemble_platform.governance.gates import NOT_WAIVABLE, evaluate_gates, gate_names
-from ensemble_platform.governance.policy import GatePolicy, GovernancePolicy
+from ensemble_platform.policy import GatePolicy, GovernancePolicy
 
 GAPS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
         "equal_opportunity_difference")

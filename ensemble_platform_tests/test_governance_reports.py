@@ -12,9 +12,9 @@ from ensemble_platform.evaluation.agreement_report import (
     pairwise_disagreement,
 )
 from ensemble_platform.governance.figures import matrix_figure, vote_share_figure
-from ensemble_platform.governance.policy import GapThreshold, GovernancePolicy, worst_status
 from ensemble_platform.governance.rendering import ReportDocument, Section, md_table, write_report
 from ensemble_platform.members.catalogue import CATALOGUE, key_params
+from ensemble_platform.policy import GapThreshold, GovernancePolicy, worst_status
 
 # Three members, four rows. Ensemble decisions (p >= 0.5): 1, 0, 1, 0.
 P = np.array([
@@ -129,9 +129,9 @@ def test_key_params_are_the_catalogues_choices(split):
 
 def test_runtime_serves_the_calibrated_probability(split):
     """The calibrator in the config is applied by the runtime that validation and serving share."""
+    from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
+    from ensemble_platform.ensemble.runtime import EnsembleRuntime
     from ensemble_platform.ensemble.strategies import SoftAverage
-    from ensemble_platform.evaluation.calibration import ProbabilityCalibrator
-    from ensemble_platform.serving.runtime import EnsembleRuntime
 
     rng = np.random.default_rng(0)
     P = rng.uniform(0.05, 0.95, size=(400, 3))

@@ -6,9 +6,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from ensemble_platform.ensemble.calibrators import select_calibrator
 from ensemble_platform.ensemble.selection import select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
-from ensemble_platform.evaluation.calibration import select_calibrator
 from ensemble_platform.members.training import fit_member
 
 MEMBERS = ["logistic_regression", "hist_gradient_boosting"]

@@ -3,7 +3,7 @@
 import pytest
 
 from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig, MemberRef, bump_kind, next_version
-from ensemble_platform.governance.policy import FairnessPolicy, GapThreshold, GovernancePolicy
+from ensemble_platform.policy import FairnessPolicy, GapThreshold, GovernancePolicy
 
 
 def _config(strategy="stacking", versions=("1", "1"), combiner=None, threshold=0.6, version="0.0.0",

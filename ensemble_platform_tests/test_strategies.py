@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from ensemble_platform.ensemble.agreement import probability_dispersion, vote_agreement
 from ensemble_platform.ensemble.selection import cross_validated_proba, select_strategy
 from ensemble_platform.ensemble.strategies import (
     GreedySelection,
@@ -13,6 +12,7 @@ from ensemble_platform.ensemble.strategies import (
     Stacking,
     WeightedAverage,
 )
+from ensemble_platform.evaluation.agreement import probability_dispersion, vote_agreement
 
 
 def _synthetic(n=400, seed=0):

@@ -35,7 +35,7 @@ class TrainingReference:
         write_json({"schema": split.schema.to_dict(), "train_hash": split.train_hash}, directory / SCHEMA)
 
     @classmethod
-    def read(cls, paths: PlatformPaths, dataset: str) -> "TrainingReference":
+    def read(cls, paths: PlatformPaths, dataset: str) -> TrainingReference:
         directory = paths.reference_dir(dataset)
         if not (directory / SCHEMA).is_file() or not (directory / ROWS).is_file():
             raise DataError(f"{dataset} has no training reference in {directory}; run its data_job first")

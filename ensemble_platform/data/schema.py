@@ -27,7 +27,7 @@ class FeatureSchema:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSchema":
+    def from_dict(cls, data: dict) -> FeatureSchema:
         return cls(tuple(data["numeric"]), tuple(data["categorical"]),
                    {k: tuple(v) for k, v in data["categories"].items()}, tuple(data.get("sensitive", ())))
 

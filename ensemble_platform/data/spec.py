@@ -6,59 +6,15 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ensemble_platform.errors import DatasetSpecError
-from ensemble_platform.governance.policy import GovernancePolicy
+from ensemble_platform.policy import AutomationPolicy, GovernancePolicy
 from ensemble_platform.settings import DATASET_ENV
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
-
-
-class DriftPolicy(BaseModel):
-    """When a new data batch counts as drifted enough to retrain."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Share of feature columns whose distribution drifted (Evidently's per-column tests).
-    max_drifted_share: float = Field(default=0.3, gt=0.0, le=1.0)
-    # Drift of the production ensemble's predicted probability triggers on its own.
-    prediction_drift_triggers: bool = True
-    # Drift of the label distribution (batches that carry labels) triggers on its own.
-    target_drift_triggers: bool = True
-    # Batches with fewer rows are validated and reported, but never trigger a retraining.
-    min_rows: int = Field(default=30, ge=1)
-    # Evidently's per-column tests. Two-sample p-value tests by default: they account for the
-    # batch size, where Evidently's size-based default (normed Wasserstein / Jensen-Shannon distance
-    # once the reference has 1,000 rows) flagged 1-4 of 11 unshifted columns in 300-row samples of
-    # credit_data's own holdout. Any Evidently stattest name works ("wasserstein", "psi", ...).
-    num_method: str = "ks"
-    cat_method: str = "chisquare"
-    # The tests' threshold (p-value for p-value tests); None: Evidently's default for the method.
-    column_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
-
-
-class AutomationPolicy(BaseModel):
-    """The `automation:` block: what runs by itself for this dataset."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Cron of the retraining schedule (default weekly, Monday 03:00); null: no schedule.
-    retrain_cron: str | None = "0 3 * * 1"
-    timezone: str = "UTC"
-    drift: DriftPolicy = DriftPolicy()
-    # Which accepted batches a retraining adds to the training data: those that carry labels, or none.
-    include_batches: Literal["labelled", "none"] = "labelled"
-
-    @field_validator("retrain_cron")
-    @classmethod
-    def _cron_has_five_fields(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError(f"must be a 5-field cron expression (minute hour day month weekday), got {value!r}")
-        return value
 
 
 class DatasetSpec(BaseModel):
@@ -106,7 +62,7 @@ class DatasetSpec(BaseModel):
         return str(value)
 
     @model_validator(mode="after")
-    def _columns_are_consistent(self) -> "DatasetSpec":
+    def _columns_are_consistent(self) -> DatasetSpec:
         if self.target in self.drop:
             raise ValueError(f"target {self.target!r} is listed in 'drop'")
         if self.target in self.sensitive:

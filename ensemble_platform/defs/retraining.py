@@ -4,6 +4,7 @@ retraining schedule request it; production is never changed by it."""
 
 import dagster as dg
 
+from ensemble_platform.defs.lifecycle import lifecycle_definitions
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.defs.runner import materialize_lifecycle
 from ensemble_platform.ensemble.config import ConfigStore
@@ -18,15 +19,13 @@ class RetrainConfig(dg.Config):
 def retrain(context: dg.OpExecutionContext, config: RetrainConfig, platform: PlatformResource) -> dict:
     # Members are partitioned, so one Dagster run cannot hold the whole graph: this op runs the
     # stage jobs in order on the same instance, each a run of its own in the UI, tagged with this one.
-    from ensemble_platform.definitions import build_definitions  # the code location imports this module
-
     spec = platform.spec()
     previous = ConfigStore(platform.paths.configs_dir(spec.name)).latest()
     spec_path = str(spec.spec_path) if spec.spec_path else None
     tags = {"ensemble_platform/parent_run": context.run_id, TRIGGER_TAG: "retraining",
             **({DATASET_TAG: spec_path} if spec_path else {})}
     context.log.info(f"retraining {spec.name}: {config.reason}")
-    run = materialize_lifecycle(build_definitions(str(platform.paths.home), spec_path), context.instance,
+    run = materialize_lifecycle(lifecycle_definitions(str(platform.paths.home), spec_path), context.instance,
                                 echo=context.log.info, tags=tags)
     validation = run.validation or {}
     changed = previous is None or validation.get("ensemble_version") != previous.version

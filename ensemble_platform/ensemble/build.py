@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import cloudpickle
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.ensemble.calibrators import CalibrationChoice, select_calibrator
 from ensemble_platform.ensemble.config import EnsembleConfig, next_version
 from ensemble_platform.ensemble.predictions import MemberPredictions
+from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.ensemble.selection import CandidateSet
-from ensemble_platform.evaluation.calibration import CalibrationChoice, select_calibrator
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.governance.policy import GovernancePolicy
 from ensemble_platform.members.training import MemberFit
-from ensemble_platform.serving.runtime import EnsembleRuntime
+from ensemble_platform.policy import GovernancePolicy
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.governance.policy import GovernancePolicy
+from ensemble_platform.policy import GovernancePolicy
 
 
 class MemberRef(BaseModel):
@@ -41,7 +41,7 @@ class EnsembleConfig(BaseModel):
     combiner_sha256: str = ""
     selection_criterion: str = "log_loss"
     # Post-hoc calibrator of the combined probability, fitted on out-of-fold rows only.
-    calibration: dict[str, object] = Field(default_factory=lambda: {"method": "none"})
+    calibration: dict[str, object] = Field(default_factory=lambda: dict[str, object](method="none"))
     # Review, decision and fairness thresholds: part of the content, so changing one is a new version.
     governance: GovernancePolicy = GovernancePolicy()
     data_hash: str = ""

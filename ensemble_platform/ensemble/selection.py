@@ -50,8 +50,8 @@ def cross_validated_proba(
     proba = np.full(len(y), np.nan)
     for k in np.unique(fold_of_row):
         fit_rows, predict_rows = fold_of_row != k, fold_of_row == k
-        X_fit = X.iloc[np.flatnonzero(fit_rows)] if combiner.needs_features else None
-        X_predict = X.iloc[np.flatnonzero(predict_rows)] if combiner.needs_features else None
+        X_fit = X.iloc[np.flatnonzero(fit_rows)] if X is not None and combiner.needs_features else None
+        X_predict = X.iloc[np.flatnonzero(predict_rows)] if X is not None and combiner.needs_features else None
         fitted = clone(combiner).fit(P[fit_rows], y[fit_rows], X_fit)
         proba[predict_rows] = fitted.positive_proba(P[predict_rows], X_predict)
     return proba

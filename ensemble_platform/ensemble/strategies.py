@@ -41,7 +41,7 @@ class Combiner(ClassifierMixin, BaseEstimator):
 
     needs_features = False
 
-    def fit(self, P: np.ndarray, y: np.ndarray, X: pd.DataFrame | None = None) -> "Combiner":
+    def fit(self, P: np.ndarray, y: np.ndarray, X: pd.DataFrame | None = None) -> Combiner:
         raise NotImplementedError
 
     def positive_proba(self, P: np.ndarray, X: pd.DataFrame | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ensemble_platform.ensemble.agreement import probability_dispersion, vote_agreement
+from ensemble_platform.evaluation.agreement import probability_dispersion, vote_agreement
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 

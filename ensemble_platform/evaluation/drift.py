@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ensemble_platform.data.schema import FeatureSchema
-from ensemble_platform.data.spec import DriftPolicy
+from ensemble_platform.policy import DriftPolicy
 
 PREDICTION = "prediction"
 

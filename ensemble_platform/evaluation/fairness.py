@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.metrics import expected_calibration_error
-from ensemble_platform.governance.policy import FairnessPolicy, worst_status
+from ensemble_platform.policy import FairnessPolicy, worst_status
 
 MISSING_GROUP = "missing"
 ENSEMBLE_KEY = "ensemble"

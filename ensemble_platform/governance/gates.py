@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.governance.policy import GovernancePolicy
+from ensemble_platform.policy import GovernancePolicy
 
 ENSEMBLE = "ensemble"
 FAIRNESS_PREFIX = "fairness."

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.governance.figures import reliability_figure, vote_share_figure
 from ensemble_platform.files import write_json
+from ensemble_platform.governance.figures import reliability_figure, vote_share_figure
 from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, metrics_table, percent
 from ensemble_platform.governance.reports import ENSEMBLE, ReportContext, calibration_metrics_table
 from ensemble_platform.settings import PlatformPaths

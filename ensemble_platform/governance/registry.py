@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import cloudpickle
 import mlflow
 import numpy as np
 import pandas as pd
@@ -26,12 +25,12 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from ensemble_platform import __version__
-from ensemble_platform.errors import PlatformError
 from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.ensemble.runtime import EnsembleRuntime
+from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.stages import STAGE_TAG, StageState
 from ensemble_platform.members.training import MemberFit
-from ensemble_platform.serving.pyfunc import RUNTIME_ARTIFACT, EnsemblePyfunc
-from ensemble_platform.serving.runtime import EnsembleRuntime
+from ensemble_platform.serving.pyfunc import DATA_PATH, LOADER_MODULE
 from ensemble_platform.serving.signature import ensemble_signature
 from ensemble_platform.settings import PlatformPaths
 
@@ -157,8 +156,8 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
             experiment_id=self.experiment_id(config.dataset), run_name=f"ensemble:{config.version}"
         ) as run:
-            runtime_path = Path(tmp) / "runtime.pkl"
-            runtime_path.write_bytes(cloudpickle.dumps(runtime))
+            runtime_path = Path(tmp) / DATA_PATH.name
+            runtime.save(runtime_path)
             config_path = Path(tmp) / "ensemble_config.json"
             config_path.write_text(config.model_dump_json(indent=2))
             mlflow.set_tags(tags)
@@ -169,8 +168,8 @@ class Registry:
             mlflow.log_artifact(str(config_path))
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
-                python_model=EnsemblePyfunc(),
-                artifacts={RUNTIME_ARTIFACT: str(runtime_path)},
+                loader_module=LOADER_MODULE,
+                data_path=str(runtime_path),
                 signature=ensemble_signature(runtime.schema, runtime.score(X_example.head(5))),
                 pip_requirements=runtime_requirements(),
             )
@@ -185,7 +184,7 @@ class Registry:
     def ensemble_run_id(self, config: EnsembleConfig) -> str:
         if not (config.registered_model and config.registered_version):
             raise ValueError(f"ensemble config {config.version} of {config.dataset} is not registered")
-        return self.client.get_model_version(config.registered_model, config.registered_version).run_id
+        return str(self.client.get_model_version(config.registered_model, config.registered_version).run_id)
 
     def log_to_run(
         self, run_id: str, metrics: dict[str, float], files: list[Path], artifact_path: str | None = None
@@ -265,12 +264,12 @@ class Registry:
         else:
             self.client.set_model_version_tag(model_name, version, key, value)
 
-    def snapshot(self, dataset: str) -> "RegistrySnapshot":
+    def snapshot(self, dataset: str) -> RegistrySnapshot:
         name = ensemble_model_name(dataset)
         tags = {str(v.version): dict(v.tags) for v in self.model_versions(name)}
         return RegistrySnapshot(self.stage_state(dataset), tags)
 
-    def restore(self, dataset: str, snapshot: "RegistrySnapshot") -> None:
+    def restore(self, dataset: str, snapshot: RegistrySnapshot) -> None:
         """Put stage state and ensemble version tags back as they were in `snapshot`."""
         name = ensemble_model_name(dataset)
         current = self.snapshot(dataset)
@@ -297,7 +296,7 @@ class Registry:
         entry = self.client.get_model_version(model_name, str(version))
         try:
             model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
-        except Exception as exc:  # noqa: BLE001 - any load failure: the version is unusable as a member
+        except Exception as exc:
             raise PlatformError(f"version {version} of {model_name} cannot be loaded as a scikit-learn model: "
                                 f"{type(exc).__name__}: {exc}") from exc
         return model, entry

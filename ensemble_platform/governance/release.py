@@ -15,29 +15,44 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cloudpickle
-from pydantic import ValidationError
 from mlflow.entities.model_registry import ModelVersion
+from pydantic import ValidationError
 
 from ensemble_platform import __version__
 from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig
+from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.files import write_json
 from ensemble_platform.governance.approvals import (
-    ApprovalRecord, Approvals, Decision, ReleaseRefused, check_approvable, utc_now,
+    ApprovalRecord,
+    Approvals,
+    Decision,
+    ReleaseRefused,
+    check_approvable,
+    utc_now,
 )
 from ensemble_platform.governance.audit_log import AuditLog, release_lock
 from ensemble_platform.governance.gates import GateReport
 from ensemble_platform.governance.publishing import publish_model_card
 from ensemble_platform.governance.registry import (
-    CONFIG_HASH_TAG, SEMVER_TAG, Registry, ensemble_model_name, runtime_requirements,
+    CONFIG_HASH_TAG,
+    SEMVER_TAG,
+    Registry,
+    ensemble_model_name,
+    runtime_requirements,
 )
-from ensemble_platform.files import write_json
 from ensemble_platform.governance.stages import mark_candidate, plan_promotion
 from ensemble_platform.serving.bundle import (
-    BundleContents, BundleError, load_bundle, sha256_file, verify_bundle, write_archive, write_bundle,
+    BundleContents,
+    BundleError,
+    load_bundle,
+    sha256_file,
+    verify_bundle,
+    write_archive,
+    write_bundle,
 )
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.serving.runtime import EnsembleRuntime
+from ensemble_platform.serving.pyfunc import DATA_PATH
 from ensemble_platform.settings import PlatformPaths
 
 GATES_FILE = "gates.json"
@@ -129,6 +144,8 @@ class Release:
                           self.paths.version_reports_dir(config.dataset, config.version) / GATES_FILE)
         name = ensemble_model_name(config.dataset)
         summary = gates.summary()
+        if config.registered_version is None:
+            raise PlatformError(f"{config.dataset} {config.version} is not registered; its gates cannot be recorded")
         with release_lock(self.paths.audit_dir(config.dataset)), self.registry.transaction(config.dataset):
             self.registry.apply_stage_state(
                 config.dataset, mark_candidate(self.registry.stage_state(config.dataset), config.registered_version))
@@ -256,7 +273,7 @@ class Release:
         """The runtime registered with a version of `<dataset>.ensemble` (our own registry: trusted)."""
         with tempfile.TemporaryDirectory() as scratch:
             model = self.registry.download_model(ensemble_model_name(dataset), registered_version, Path(scratch))
-            return cloudpickle.loads((model / "artifacts" / "runtime.pkl").read_bytes())
+            return EnsembleRuntime.load(model / DATA_PATH)
 
     def bundle_paths(self, dataset: str, version: str) -> tuple[Path, Path]:
         root = self.paths.bundles_dir(dataset)

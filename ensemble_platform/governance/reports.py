@@ -11,12 +11,18 @@ import pandas as pd
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.ensemble.build import EnsembleBuild
+from ensemble_platform.ensemble.calibrators import CalibrationChoice
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.predictions import MemberPredictions, matrix
 from ensemble_platform.evaluation.agreement_report import agreement_report
-from ensemble_platform.evaluation.calibration import CalibrationChoice, calibration_metrics, reliability_table
+from ensemble_platform.evaluation.calibration import calibration_metrics, reliability_table
 from ensemble_platform.evaluation.fairness import fairness_report, fit_sensitive_binning
-from ensemble_platform.governance.figures import fairness_gap_figure, matrix_figure, reliability_figure, vote_share_figure
+from ensemble_platform.governance.figures import (
+    fairness_gap_figure,
+    matrix_figure,
+    reliability_figure,
+    vote_share_figure,
+)
 from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, percent
 
 ENSEMBLE = "ensemble"
@@ -33,7 +39,7 @@ class ReportContext:
     holdout_rows: int
 
     @classmethod
-    def of(cls, config: EnsembleConfig, holdout_rows: int) -> "ReportContext":
+    def of(cls, config: EnsembleConfig, holdout_rows: int) -> ReportContext:
         return cls(config.dataset, config.version, config.config_hash, holdout_rows)
 
     def header(self) -> dict[str, object]:
@@ -58,7 +64,7 @@ class HoldoutView:
     after: np.ndarray
 
     @classmethod
-    def of(cls, build: EnsembleBuild, predictions: MemberPredictions, split: TrainHoldoutSplit) -> "HoldoutView":
+    def of(cls, build: EnsembleBuild, predictions: MemberPredictions, split: TrainHoldoutSplit) -> HoldoutView:
         P = matrix(predictions.holdout, predictions.names)
         before, after = build.runtime.proba_from_members(P, split.X_holdout())
         return cls(build, split, tuple(predictions.names), P, before, after)
@@ -68,7 +74,7 @@ class HoldoutView:
         return self.build.config
 
     @property
-    def context(self) -> "ReportContext":
+    def context(self) -> ReportContext:
         return ReportContext.of(self.config, len(self.split.y_holdout))
 
     def members(self) -> dict[str, np.ndarray]:

@@ -46,7 +46,7 @@ def lineage_problems(model: object, tags: dict[str, str], train_hash: str) -> li
         problems.append(f"its classes are {np.asarray(model.classes_).tolist()}, not [0, 1]")
     try:
         clone(model)
-    except Exception as exc:  # noqa: BLE001 - any clone failure means: cannot refit on the folds
+    except Exception as exc:
         problems.append(f"it cannot be cloned to refit on the shared folds ({type(exc).__name__}: {exc})")
     return problems
 
@@ -64,7 +64,7 @@ def adopt_member(
     try:
         oof = out_of_fold_proba(clone(model), split, name, log)
         holdout = positive_proba(predict_single_threaded(model), split.X_holdout())
-    except Exception as exc:  # noqa: BLE001 - a model that cannot score our columns is a lineage problem
+    except Exception as exc:
         raise LineageError(f"{label} cannot be refitted or scored on the dataset's feature columns "
                            f"{split.schema.features}: {type(exc).__name__}: {exc}") from exc
     definition = pipeline_definition(model)

@@ -5,9 +5,9 @@ Layout of `bundles/<dataset>/<version>/` (and the same tree in `<version>.tar.gz
     manifest.json                 dataset, semver, config hash, members, input schema, approval,
                                   created_at, and the SHA-256 of every other file
     MLmodel, requirements.txt, python_env.yaml, conda.yaml     (an MLflow pyfunc model)
-    data/ensemble/runtime.json    thresholds, member order, input schema
-    data/ensemble/members/<m>.pkl each member, byte-identical to its registered MLflow artefact
-    data/ensemble/combiner.pkl, calibrator.pkl
+    data/ensemble/                the runtime as `EnsembleRuntime.save` stores it (runtime.json,
+                                  combiner, calibrator; members/<m>.pkl byte-identical to each
+                                  member's registered MLflow artefact)
     model_card.html, model_card.md
 
 The bundle holds no code: its MLmodel names this module as the pyfunc loader, so the code that
@@ -31,20 +31,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import cloudpickle
 import pandas as pd
 
 from ensemble_platform import __version__
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, member_file
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.serving.runtime import EnsembleRuntime
+from ensemble_platform.serving.pyfunc import DATA_PATH, RuntimePyfunc
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
-PAYLOAD = Path("data") / "ensemble"  # where MLflow places the loader's data_path
-LOADER_MODULE = "ensemble_platform.serving.bundle"
+PAYLOAD = DATA_PATH  # where MLflow places the loader's data_path
+LOADER_MODULE = __name__
 _CHUNK = 1 << 20
 
 
@@ -116,17 +116,11 @@ def _build(contents: BundleContents, tree: Path) -> dict:
     config, runtime = contents.config, contents.runtime
     with tempfile.TemporaryDirectory() as scratch:
         payload = Path(scratch) / PAYLOAD.name
-        (payload / "members").mkdir(parents=True)
-        members = []
-        for ref in config.members:
-            target = payload / "members" / f"{ref.name}.pkl"
-            shutil.copyfile(contents.member_files[ref.name], target)
-            members.append({"name": ref.name, "family": ref.family, "registered_model": ref.registered_model,
-                            "version": ref.version, "run_id": ref.run_id,
-                            "file": (PAYLOAD / "members" / target.name).as_posix(), "sha256": sha256_file(target)})
-        (payload / "combiner.pkl").write_bytes(cloudpickle.dumps(runtime.combiner))
-        (payload / "calibrator.pkl").write_bytes(cloudpickle.dumps(runtime.calibrator))
-        (payload / "runtime.json").write_text(json.dumps(_runtime_settings(config, runtime), indent=2, sort_keys=True))
+        runtime.save(payload, contents.member_files)
+        members = [{"name": ref.name, "family": ref.family, "registered_model": ref.registered_model,
+                    "version": ref.version, "run_id": ref.run_id, "file": (PAYLOAD / member_file(ref.name)).as_posix(),
+                    "sha256": sha256_file(payload / member_file(ref.name))}
+                   for ref in config.members]
         created = datetime.fromisoformat(contents.created_at)
         with warnings.catch_warnings():
             # MLflow hints that integer columns cannot hold missing values: true of inputs, but the
@@ -162,18 +156,6 @@ def _build(contents: BundleContents, tree: Path) -> dict:
     }
     (tree / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def _runtime_settings(config: EnsembleConfig, runtime: EnsembleRuntime) -> dict:
-    return {
-        "dataset": config.dataset,
-        "version": config.version,
-        "member_order": list(runtime.members),
-        "agreement_threshold": runtime.agreement_threshold,
-        "decision_threshold": runtime.decision_threshold,
-        "unseen_category": runtime.unseen_category,
-        "schema": runtime.schema.to_dict(),
-    }
 
 
 def _output_example() -> pd.DataFrame:
@@ -238,39 +220,12 @@ def verify_bundle(directory: Path, expected_manifest_sha256: str | None = None) 
 
 
 def load_bundle(directory: Path, expected_manifest_sha256: str | None = None) -> EnsembleRuntime:
-    """The bundle's runtime, after verification (nothing is unpickled before every hash matches)."""
+    """The bundle's runtime, after verification (nothing is deserialised before every hash matches)."""
     directory = Path(directory)
     verify_bundle(directory, expected_manifest_sha256)
-    payload = directory / PAYLOAD
-    settings = json.loads((payload / "runtime.json").read_text())
-    return EnsembleRuntime(
-        dataset=settings["dataset"],
-        version=settings["version"],
-        schema=FeatureSchema.from_dict(settings["schema"]),
-        members={name: _unpickle(payload / "members" / f"{name}.pkl") for name in settings["member_order"]},
-        combiner=_unpickle(payload / "combiner.pkl"),
-        calibrator=_unpickle(payload / "calibrator.pkl"),
-        agreement_threshold=settings["agreement_threshold"],
-        decision_threshold=settings["decision_threshold"],
-        unseen_category=settings["unseen_category"],
-    )
+    return EnsembleRuntime.load(directory / PAYLOAD)
 
 
-def _unpickle(path: Path):
-    with open(path, "rb") as handle:
-        return cloudpickle.load(handle)
-
-
-class BundlePyfunc:
-    """What `mlflow.pyfunc.load_model(bundle)` wraps: rows in, scores out."""
-
-    def __init__(self, runtime: EnsembleRuntime):
-        self.runtime = runtime
-
-    def predict(self, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.runtime.score(model_input)
-
-
-def _load_pyfunc(data_path: str) -> BundlePyfunc:
-    """MLflow's loader hook: `data_path` is `<bundle>/data/ensemble`."""
-    return BundlePyfunc(load_bundle(Path(data_path).resolve().parents[1]))
+def _load_pyfunc(data_path: str) -> RuntimePyfunc:
+    """MLflow's loader hook for bundles: `data_path` is `<bundle>/data/ensemble`."""
+    return RuntimePyfunc(load_bundle(Path(data_path).resolve().parents[1]))

@@ -32,7 +32,7 @@ class ParitySet:
         return paths
 
     @classmethod
-    def read(cls, directory: Path) -> "ParitySet":
+    def read(cls, directory: Path) -> ParitySet:
         missing = [name for name in (ROWS_FILE, SCORES_FILE) if not (directory / name).is_file()]
         if missing:
             raise PlatformError(

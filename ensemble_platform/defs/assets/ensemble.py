@@ -12,14 +12,14 @@ from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
-from ensemble_platform.evaluation.metrics import binary_metrics
-from ensemble_platform.evaluation.validation import validation_report
-from ensemble_platform.files import write_json
-from ensemble_platform.governance.rendering import metrics_table
-from ensemble_platform.members.catalogue import MEMBER_NAMES
+from ensemble_platform.ensemble.validation import validation_report
 from ensemble_platform.errors import LineageError
+from ensemble_platform.evaluation.metrics import binary_metrics
+from ensemble_platform.files import write_json
 from ensemble_platform.governance.registry import member_model_name
+from ensemble_platform.governance.rendering import metrics_table
 from ensemble_platform.members.adoption import adopt_member
+from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.parity import ParitySet
 

@@ -14,14 +14,18 @@ from ensemble_platform.ensemble.build import EnsembleBuild
 from ensemble_platform.ensemble.predictions import MemberPredictions
 from ensemble_platform.governance.gates import evaluate_gates, gate_names
 from ensemble_platform.governance.model_card import MemberEntry, write_card_inputs
-from ensemble_platform.governance.policy import GovernancePolicy
 from ensemble_platform.governance.publishing import publish_model_card, publish_report
 from ensemble_platform.governance.release import Release
 from ensemble_platform.governance.rendering import md_table
 from ensemble_platform.governance.reports import (
-    HoldoutView, Report, build_agreement_report, build_calibration_report, build_fairness_report,
+    HoldoutView,
+    Report,
+    build_agreement_report,
+    build_calibration_report,
+    build_fairness_report,
 )
 from ensemble_platform.members.catalogue import key_params
+from ensemble_platform.policy import GovernancePolicy
 
 GROUP = "governance"
 

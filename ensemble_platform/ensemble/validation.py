@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ensemble_platform.ensemble.agreement import agreement_summary
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.selection import CandidateSet
+from ensemble_platform.evaluation.agreement import agreement_summary
 from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, binary_metrics
 
 SCHEMA_VERSION = 1
@@ -64,7 +64,7 @@ def validation_report(
         "selection": {
             "criterion": candidates.criterion,
             "evidence": "out_of_fold_cross_validation",
-            "folds": int(lineage.get("folds", 0)),
+            "folds": int(str(lineage.get("folds", 0))),
             "out_of_fold": candidates.evidence_table(),
             "members_out_of_fold": members_oof,
             "ensemble_out_of_fold": ensemble_oof,

@@ -1,0 +1,194 @@
+"""EnsembleRuntime: members + combiner + calibrator + schema, the one object that turns rows
+into scores, and the one place that knows its stored shape (`save` / `load`).
+
+Validation scores the holdout through this object; the registered model and the serving bundle
+store it with `save` and the pyfunc loads it with `load`, so what was validated is what is served.
+
+Stored layout (a directory):
+
+    runtime.json              dataset, version, thresholds, unseen-category policy, member order, schema
+    members/<member>.pkl      each fitted member pipeline
+    combiner.pkl, calibrator.pkl
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from ensemble_platform.data.schema import FeatureSchema, as_model_input
+from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
+from ensemble_platform.ensemble.strategies import Combiner
+from ensemble_platform.errors import DataError
+from ensemble_platform.evaluation.agreement import vote_agreement
+from ensemble_platform.members.training import positive_proba
+from ensemble_platform.policy import UnseenCategoryPolicy
+
+T = TypeVar("T")
+SETTINGS_FILE = "runtime.json"
+MEMBERS_DIR = "members"
+COMBINER_FILE = "combiner.pkl"
+CALIBRATOR_FILE = "calibrator.pkl"
+
+
+def member_file(name: str) -> str:
+    """Where a member is stored, relative to the runtime directory."""
+    return f"{MEMBERS_DIR}/{name}.pkl"
+
+
+@dataclass
+class EnsembleRuntime:
+    dataset: str
+    version: str
+    schema: FeatureSchema
+    members: dict[str, Pipeline]  # ordered as the combiner's columns
+    combiner: Combiner
+    calibrator: ProbabilityCalibrator
+    agreement_threshold: float
+    decision_threshold: float = 0.5
+    unseen_category: UnseenCategoryPolicy = "review"
+
+    def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([positive_proba(model, X) for model in self.members.values()])
+
+    def model_input(self, table: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.schema.features if c not in table.columns]
+        if missing:
+            raise DataError(f"input is missing feature column(s) {missing}; expected {self.schema.features}")
+        return as_model_input(table, self.schema)
+
+    def unseen_categories(self, X: pd.DataFrame) -> np.ndarray:
+        """Rows holding a categorical value no member saw in training, judged by the policy:
+        'error' refuses them naming column and values, 'review' flags them, 'ignore' scores them."""
+        unseen = np.zeros(len(X), dtype=bool)
+        for column in self.schema.categorical:
+            known = set(self.schema.categories.get(column, ()))
+            values = X[column]
+            new = (values.notna() & ~values.isin(known)).to_numpy()
+            if new.any() and self.unseen_category == "error":
+                raise DataError(
+                    f"column {column!r} has value(s) never seen in training "
+                    f"{sorted(set(values[new]))[:5]} in {int(new.sum())} row(s); allowed: {sorted(known)} "
+                    "(unseen_category policy 'error')"
+                )
+            unseen |= new
+        return unseen if self.unseen_category == "review" else np.zeros(len(X), dtype=bool)
+
+    def combined_proba(self, P: np.ndarray, X: pd.DataFrame) -> np.ndarray:
+        """The combiner's probability before post-hoc calibration."""
+        return self.combiner.positive_proba(P, X if self.combiner.needs_features else None)
+
+    def proba_from_members(self, P: np.ndarray, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(before, after calibration) for member probabilities already computed (reports reuse
+        the members' validated holdout predictions instead of predicting again)."""
+        combined = self.combined_proba(P, X)
+        return combined, self.calibrator.transform(combined)
+
+    def member_and_ensemble_proba(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(members' probabilities, the calibrated ensemble probability) for monitoring: no review
+        routing and no unseen-category policy, which are decisions, not measurements."""
+        X = self.model_input(table)
+        P = self.member_matrix(X)
+        return P, self.proba_from_members(P, X)[1]
+
+    def score(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Probability (calibrated), decision, agreement and review flag per input row."""
+        X = self.model_input(table)
+        unseen = self.unseen_categories(X)
+        P = self.member_matrix(X)
+        _, proba = self.proba_from_members(P, X)
+        # Agreement compares each member's own vote with the ensemble's decision at one threshold.
+        agreement = vote_agreement(P, proba, self.decision_threshold)
+        return pd.DataFrame(
+            {
+                "probability": proba,
+                "decision": (proba >= self.decision_threshold).astype(int),
+                "agreement": agreement,
+                "needs_review": (agreement < self.agreement_threshold) | unseen,
+            },
+            index=table.index,
+        )
+
+    # --- stored shape ------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, object]:
+        """Everything but the fitted parts, as JSON-ready values."""
+        return {
+            "dataset": self.dataset,
+            "version": self.version,
+            "member_order": list(self.members),
+            "agreement_threshold": self.agreement_threshold,
+            "decision_threshold": self.decision_threshold,
+            "unseen_category": self.unseen_category,
+            "schema": self.schema.to_dict(),
+        }
+
+    def save(self, directory: Path, member_files: Mapping[str, Path] | None = None) -> list[str]:
+        """Write the runtime into `directory` (created; must not hold a runtime yet). A member given
+        in `member_files` is copied byte for byte (a bundle's members are the registry's artefacts);
+        the others are serialised. Returns the relative paths written."""
+        directory = Path(directory)
+        (directory / MEMBERS_DIR).mkdir(parents=True, exist_ok=False)
+        for name, model in self.members.items():
+            target = directory / member_file(name)
+            if member_files is not None and name in member_files:
+                shutil.copyfile(member_files[name], target)
+            else:
+                target.write_bytes(_dumps(model))
+        (directory / COMBINER_FILE).write_bytes(_dumps(self.combiner))
+        (directory / CALIBRATOR_FILE).write_bytes(_dumps(self.calibrator))
+        (directory / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2, sort_keys=True))
+        return [SETTINGS_FILE, COMBINER_FILE, CALIBRATOR_FILE, *(member_file(n) for n in self.members)]
+
+    @classmethod
+    def load(cls, directory: Path) -> EnsembleRuntime:
+        """The runtime stored by `save` in `directory` (trusted storage: our own registry)."""
+        directory = Path(directory)
+        settings = json.loads((directory / SETTINGS_FILE).read_text())
+        names = [SETTINGS_FILE, COMBINER_FILE, CALIBRATOR_FILE, *(member_file(n) for n in settings["member_order"])]
+        return cls.from_files({name: (directory / name).read_bytes() for name in names})
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> EnsembleRuntime:
+        """The runtime from the stored files' bytes (relative path -> content): a caller that
+        verified those very bytes loads exactly what it verified, with no second read from disk."""
+        def content(name: str) -> bytes:
+            if name not in files:
+                raise DataError(f"stored runtime is missing {name}")
+            return files[name]
+
+        settings = json.loads(content(SETTINGS_FILE))
+        return cls(
+            dataset=settings["dataset"],
+            version=settings["version"],
+            schema=FeatureSchema.from_dict(settings["schema"]),
+            members={name: _loads(content(member_file(name))) for name in settings["member_order"]},
+            combiner=_typed(_loads(content(COMBINER_FILE)), Combiner, COMBINER_FILE),
+            calibrator=_typed(_loads(content(CALIBRATOR_FILE)), ProbabilityCalibrator, CALIBRATOR_FILE),
+            agreement_threshold=settings["agreement_threshold"],
+            decision_threshold=settings["decision_threshold"],
+            unseen_category=settings["unseen_category"],
+        )
+
+
+def _dumps(part: object) -> bytes:
+    return cloudpickle.dumps(part)
+
+
+def _loads(data: bytes) -> object:
+    return cloudpickle.loads(data)
+
+
+def _typed(part: object, expected: type[T], name: str) -> T:
+    if not isinstance(part, expected):
+        raise DataError(f"stored runtime file {name} holds a {type(part).__name__}, not a {expected.__name__}")
+    return part
