@@ -23,14 +23,17 @@ def _instance(paths: PlatformPaths):
     return dg.DagsterInstance.from_config(str(paths.dagster_home))
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """Dagster wraps step errors; users should see the platform's own message."""
-    seen = exc
-    while True:
-        nxt = getattr(seen, "user_exception", None) or seen.__cause__
-        if nxt is None or nxt is seen:
+def _platform_error(exc: BaseException) -> PlatformError | None:
+    """The platform's own error behind `exc`, if any: Dagster wraps step errors, and a platform
+    error may itself be raised `from` a library error; users see the platform's message."""
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        if isinstance(seen, PlatformError):
             return seen
-        seen = nxt
+        visited.add(id(seen))
+        seen = getattr(seen, "user_exception", None) or seen.__cause__
+    return None
 
 
 def summary_table(validation: dict) -> str:
@@ -297,19 +300,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the production bundle with MLflow, after verifying it against the registry's record."""
     import shutil
 
-    from ensemble_platform.governance.registry import ensemble_model_name
-    from ensemble_platform.governance.release import BUNDLE_TAGS, Release
+    from ensemble_platform.governance.release import Release
     from ensemble_platform.serving.bundle import verify_bundle
 
     dataset = _dataset_name(args.dataset)
-    release = Release(PlatformPaths.from_env(args.home))
-    production = release.registry.aliases(ensemble_model_name(dataset)).get("production")
-    if production is None:
+    bundle = Release(PlatformPaths.from_env(args.home)).production_bundle(dataset)
+    if bundle is None:
         print(f"error: {dataset} has no production version", file=sys.stderr)
         return 2
-    version = release.registry.client.get_model_version(ensemble_model_name(dataset), production)
-    directory, _ = release.bundle_paths(dataset, version.tags["ensemble_platform.semver"])
-    verify_bundle(directory, version.tags.get(BUNDLE_TAGS[1]))
+    directory, manifest_sha256, _ = bundle
+    verify_bundle(directory, manifest_sha256)
     mlflow = shutil.which("mlflow", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     command = [mlflow or "mlflow", "models", "serve", "-m", str(directory), "--env-manager", "local",
                "--host", args.host, "--port", str(args.port)]
@@ -391,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        cause = _root_cause(exc)
-        if isinstance(cause, PlatformError):
+        cause = _platform_error(exc)
+        if cause is not None:
             print(f"error: {cause}", file=sys.stderr)
             return 2
         raise

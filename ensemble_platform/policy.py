@@ -104,6 +104,8 @@ class GovernancePolicy(BaseModel):
     decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     calibration_bins: int = Field(default=10, ge=2, le=100)
     unseen_category: UnseenCategoryPolicy = "review"
+    # A row missing more than this share of its features is scored (members impute) but routed to review.
+    max_missing_share: float = Field(default=0.5, ge=0.0, le=1.0)
     fairness: FairnessPolicy = FairnessPolicy()
     gates: GatePolicy = GatePolicy()
 

@@ -8,6 +8,13 @@ from pathlib import Path
 # Sensors and schedules are defined stopped in tests: nothing may act on its own (tests evaluate
 # them explicitly). Set before the code location is imported, which reads it.
 os.environ["ENSEMBLE_PLATFORM_AUTOMATION"] = "off"
+# The signing key of the keyed logs lives outside every platform home (as in production): one per
+# test session, in its own temp folder, so no test touches the user's ~/.config key. Checkpoints
+# default to a folder per platform home beside it.
+import tempfile
+
+os.environ.setdefault("ENSEMBLE_PLATFORM_KEY_FILE",
+                      str(Path(tempfile.mkdtemp(prefix="ensemble-platform-keys-")) / "signing.key"))
 
 import numpy as np
 import pandas as pd

@@ -25,6 +25,7 @@ from ensemble_platform.errors import DataError
 from ensemble_platform.governance.gates import gate_names
 from ensemble_platform.governance.release import BUNDLE_TAGS
 from ensemble_platform.policy import GovernancePolicy
+from ensemble_platform.safe_format import UnsafeModelError
 from ensemble_platform.serving.bundle import BundleError, load_bundle, sha256_file, verify_bundle
 from ensemble_platform.serving.parity import ParitySet
 from ensemble_platform_tests.conftest import home_in_production
@@ -62,17 +63,18 @@ def test_manifest_describes_members_schema_approval_and_every_file(production, t
     for member in manifest["members"]:
         assert member["sha256"] == sha256_file(bundle / member["file"]) == manifest["files"][member["file"]]
         assert member["run_id"] and member["registered_model"] == f"{DATASET}.{member['name']}"
-    # The member files are the registered artefacts, byte for byte.
-    registered = release.registry.download_model(f"{DATASET}.xgboost", "1", tmp_path / "xgboost")
+    # The member files are the registered safe artefacts, byte for byte.
+    registered = release.registry.download_member_artefact(f"{DATASET}.xgboost", "1", tmp_path / "xgboost")
     xgboost = next(m for m in manifest["members"] if m["name"] == "xgboost")
-    assert sha256_file(registered / "model.pkl") == xgboost["sha256"]
+    assert registered is not None and sha256_file(registered) == xgboost["sha256"]
     columns = {c["name"]: c for c in manifest["input_schema"]["columns"]}
     assert columns["Income"]["type"] == "numeric" and "owner" in columns["Home"]["categories"]
     assert manifest["input_schema"]["unseen_category"] == "review"
     assert manifest["approval"]["reviewer"] == "bob" and manifest["approval"]["config_hash"] == config.config_hash
     assert manifest["created_at"] == manifest["approval"]["decided_at"]
-    assert {"MLmodel", "requirements.txt", "model_card.html", "data/ensemble/combiner.pkl",
-            "data/ensemble/calibrator.pkl"} <= set(manifest["files"])
+    assert {"MLmodel", "requirements.txt", "model_card.html", "data/ensemble/combiner.skops",
+            "data/ensemble/calibrator.skops"} <= set(manifest["files"])
+    assert not [f for f in manifest["files"] if f.endswith((".pkl", ".pickle"))]
     assert "Approved" in (bundle / "model_card.md").read_text()
     tags = release.registry.client.get_model_version(f"{DATASET}.ensemble", "1").tags
     assert tags[BUNDLE_TAGS[1]] == sha256_file(bundle / "manifest.json") == result.bundle["manifest_sha256"]
@@ -87,9 +89,10 @@ def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, pari
 
 
 @pytest.mark.parametrize("tamper, message", [
-    (lambda b: (b / "data/ensemble/combiner.pkl").write_bytes((b / "data/ensemble/combiner.pkl").read_bytes() + b"x"),
-     "changed file data/ensemble/combiner.pkl"),
-    (lambda b: (b / "data/ensemble/members/xgboost.pkl").unlink(), "missing file data/ensemble/members/xgboost.pkl"),
+    (lambda b: (b / "data/ensemble/combiner.skops").write_bytes((b / "data/ensemble/combiner.skops").read_bytes() + b"x"),
+     "changed file data/ensemble/combiner.skops"),
+    (lambda b: (b / "data/ensemble/members/xgboost.skops").unlink(),
+     "missing file data/ensemble/members/xgboost.skops"),
     (lambda b: (b / "data/ensemble/notes.pkl").write_bytes(b"\x80\x04N."), "extra file data/ensemble/notes.pkl"),
 ], ids=["changed", "missing", "extra"])
 def test_a_tampered_bundle_is_refused_naming_the_file(copy_of_bundle, tamper, message, capsys):
@@ -112,21 +115,70 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_nothing_is_unpickled_before_the_hashes_match(copy_of_bundle, production, tmp_path):
+def _rewrite_manifest(bundle: Path) -> None:
+    """What an attacker with write access does: recompute every hash in the manifest."""
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = {rel: sha256_file(bundle / rel) for rel in manifest["files"]}
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_nothing_is_deserialised_before_the_hashes_match(copy_of_bundle, production, tmp_path):
     _, bundle, _ = production
     marker = tmp_path / "pwned"
-    (copy_of_bundle / "data/ensemble/calibrator.pkl").write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(BundleError, match="changed file data/ensemble/calibrator.pkl"):
+    (copy_of_bundle / "data/ensemble/calibrator.skops").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(BundleError, match="changed file data/ensemble/calibrator.skops"):
         load_bundle(copy_of_bundle)
     assert not marker.exists()
     # An attacker who also rewrites the manifest is caught by the manifest hash the registry recorded.
-    manifest_path = copy_of_bundle / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"]["data/ensemble/calibrator.pkl"] = sha256_file(copy_of_bundle / "data/ensemble/calibrator.pkl")
-    manifest_path.write_text(json.dumps(manifest))
+    _rewrite_manifest(copy_of_bundle)
     with pytest.raises(BundleError, match="not the expected"):
         load_bundle(copy_of_bundle, expected_manifest_sha256=sha256_file(bundle / "manifest.json"))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("part", ["data/ensemble/calibrator.skops", "data/ensemble/members/xgboost.skops"])
+def test_a_rewritten_bundle_with_a_recomputed_manifest_still_cannot_run_code(copy_of_bundle, tmp_path, part):
+    """Without the registry's manifest hash the manifest is the attacker's; the format still refuses:
+    a pickle, and a skops payload naming a code-running type, load nothing and run nothing."""
+    marker = tmp_path / "pwned"
+    (copy_of_bundle / part).write_bytes(pickle.dumps(_Payload(marker)))
+    _rewrite_manifest(copy_of_bundle)
+    with pytest.raises(UnsafeModelError):
+        load_bundle(copy_of_bundle)
+    with pytest.raises(UnsafeModelError):
+        mlflow.pyfunc.load_model(str(copy_of_bundle))
+    assert not marker.exists()
+
+
+def test_the_mlmodel_loader_is_covered_by_the_manifest(copy_of_bundle):
+    """An edited `loader_module` in MLmodel is a changed file: the safe loader refuses the bundle.
+    (`mlflow.pyfunc.load_model` itself imports whatever an MLmodel names before any check of ours
+    can run: on an untrusted path, use `load_bundle` / `verify-bundle` first; README, Security.)"""
+    mlmodel = copy_of_bundle / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text().replace("ensemble_platform.serving.bundle", "evil_loader"))
+    with pytest.raises(BundleError, match="changed file MLmodel"):
+        load_bundle(copy_of_bundle)
+
+
+def test_the_service_loads_the_bytes_it_verified(copy_of_bundle, production, tmp_path, monkeypatch):
+    """A file swapped on disk after verification is never what gets loaded: each file is read once."""
+    from ensemble_platform.serving import bundle as bundle_module
+
+    _, original, _ = production
+    swapped = copy_of_bundle / "data/ensemble/calibrator.skops"
+    good = swapped.read_bytes()
+    real_read = bundle_module.read_verified
+
+    def read_then_swap(directory, expected=None):
+        result = real_read(directory, expected)
+        swapped.write_bytes(b"swapped after verification")
+        return result
+
+    monkeypatch.setattr(bundle_module, "read_verified", read_then_swap)
+    manifest, runtime = bundle_module.load_verified(copy_of_bundle, sha256_file(original / "manifest.json"))
+    assert swapped.read_bytes() != good and runtime.calibrator is not None
+    assert manifest["ensemble_version"] == VERSION
 
 
 def test_input_rows_are_checked_against_the_schema(production, credit_slice):

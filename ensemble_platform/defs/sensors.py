@@ -50,6 +50,9 @@ def member_version_sensor(context: dg.SensorEvaluationContext, platform: Platfor
 def batch_inbox_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
     requested = set(json.loads(context.cursor or "[]"))
     store, catalog = BatchStore(platform.paths), DatasetCatalog(platform.paths).entries()
+    for dataset in catalog:
+        for folder in store.reject_unusable(dataset):
+            context.log.warning(f"{dataset}: an inbox file that can never be a batch was quarantined: {folder}")
     arrivals = [a for dataset in catalog for a in store.pending(dataset)]
     new = [a for a in arrivals if a.key not in requested]
     known = set(context.instance.get_dynamic_partitions(batch_partitions.name))

@@ -20,6 +20,7 @@ from ensemble_platform.ensemble.selection import CandidateSet
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.members.training import MemberFit
 from ensemble_platform.policy import GovernancePolicy
+from ensemble_platform.threads import single_threaded_math
 
 
 @dataclass
@@ -43,7 +44,8 @@ def build_ensemble(
             f"governance.min_members requires at least {governance.min_members}"
         )
     chosen = candidates.chosen_evidence
-    calibration = select_calibrator(chosen.cv_proba, split.y_train, split.fold_of_row)
+    with single_threaded_math():
+        calibration = select_calibrator(chosen.cv_proba, split.y_train, split.fold_of_row)
     draft = EnsembleConfig(
         dataset=split.dataset,
         strategy=chosen.name,
@@ -70,5 +72,6 @@ def build_ensemble(
         agreement_threshold=governance.agreement_threshold,
         decision_threshold=governance.decision_threshold,
         unseen_category=governance.unseen_category,
+        max_missing_share=governance.max_missing_share,
     )
     return EnsembleBuild(config, runtime, calibration)

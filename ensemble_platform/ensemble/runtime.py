@@ -7,8 +7,12 @@ store it with `save` and the pyfunc loads it with `load`, so what was validated 
 Stored layout (a directory):
 
     runtime.json              dataset, version, thresholds, unseen-category policy, member order, schema
-    members/<member>.pkl      each fitted member pipeline
-    combiner.pkl, calibrator.pkl
+    members/<member>.skops    each fitted member pipeline
+    combiner.skops, calibrator.skops
+
+Fitted parts are stored in `safe_format` (skops with an explicit allow-list, XGBoost as its own
+UBJSON): loading a rewritten file cannot execute code, and the same fitted object always gives
+the same bytes.
 """
 
 from __future__ import annotations
@@ -20,14 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import cloudpickle
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
-from ensemble_platform.ensemble.strategies import Combiner
+from ensemble_platform.ensemble.strategies import (
+    Combiner,
+    GreedySelection,
+    MajorityVote,
+    SoftAverage,
+    Stacking,
+    WeightedAverage,
+)
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.agreement import vote_agreement
 from ensemble_platform.members.training import positive_proba
@@ -36,13 +47,13 @@ from ensemble_platform.policy import UnseenCategoryPolicy
 T = TypeVar("T")
 SETTINGS_FILE = "runtime.json"
 MEMBERS_DIR = "members"
-COMBINER_FILE = "combiner.pkl"
-CALIBRATOR_FILE = "calibrator.pkl"
+COMBINER_FILE = "combiner.skops"
+CALIBRATOR_FILE = "calibrator.skops"
 
 
 def member_file(name: str) -> str:
     """Where a member is stored, relative to the runtime directory."""
-    return f"{MEMBERS_DIR}/{name}.pkl"
+    return f"{MEMBERS_DIR}/{name}.skops"
 
 
 @dataclass
@@ -56,6 +67,7 @@ class EnsembleRuntime:
     agreement_threshold: float
     decision_threshold: float = 0.5
     unseen_category: UnseenCategoryPolicy = "review"
+    max_missing_share: float = 0.5
 
     def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
         return np.column_stack([positive_proba(model, X) for model in self.members.values()])
@@ -100,8 +112,17 @@ class EnsembleRuntime:
         P = self.member_matrix(X)
         return P, self.proba_from_members(P, X)[1]
 
+    def mostly_missing(self, X: pd.DataFrame) -> np.ndarray:
+        """Rows missing more than `max_missing_share` of their features: the members impute them,
+        so the score looks confident while it rests on almost nothing."""
+        return (X.isna().mean(axis=1) > self.max_missing_share).to_numpy()
+
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         """Probability (calibrated), decision, agreement and review flag per input row."""
+        if len(table) == 0:
+            self.model_input(table)  # still names missing columns
+            return pd.DataFrame({"probability": pd.Series(dtype=float), "decision": pd.Series(dtype=int),
+                                 "agreement": pd.Series(dtype=float), "needs_review": pd.Series(dtype=bool)})
         X = self.model_input(table)
         unseen = self.unseen_categories(X)
         P = self.member_matrix(X)
@@ -113,7 +134,7 @@ class EnsembleRuntime:
                 "probability": proba,
                 "decision": (proba >= self.decision_threshold).astype(int),
                 "agreement": agreement,
-                "needs_review": (agreement < self.agreement_threshold) | unseen,
+                "needs_review": (agreement < self.agreement_threshold) | unseen | self.mostly_missing(X),
             },
             index=table.index,
         )
@@ -129,6 +150,7 @@ class EnsembleRuntime:
             "agreement_threshold": self.agreement_threshold,
             "decision_threshold": self.decision_threshold,
             "unseen_category": self.unseen_category,
+            "max_missing_share": self.max_missing_share,
             "schema": self.schema.to_dict(),
         }
 
@@ -177,15 +199,24 @@ class EnsembleRuntime:
             agreement_threshold=settings["agreement_threshold"],
             decision_threshold=settings["decision_threshold"],
             unseen_category=settings["unseen_category"],
+            max_missing_share=settings.get("max_missing_share", 0.5),
         )
 
 
 def _dumps(part: object) -> bytes:
-    return cloudpickle.dumps(part)
+    return safe_format.dumps(part)
 
 
 def _loads(data: bytes) -> object:
-    return cloudpickle.loads(data)
+    """Only scikit-learn/XGBoost parts on safe_format's list and the platform's own combiners,
+    calibrator and schema load; anything else is refused before it is constructed."""
+    return safe_format.loads(data, OWN_TYPES)
+
+
+# The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
+OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
+    MajorityVote, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
+)
 
 
 def _typed(part: object, expected: type[T], name: str) -> T:

@@ -17,6 +17,7 @@ from sklearn.base import clone
 from ensemble_platform.ensemble.strategies import Combiner
 from ensemble_platform.evaluation.metrics import binary_metrics, is_better
 from ensemble_platform.logging_utils import ProgressLog, null_log
+from ensemble_platform.threads import single_threaded_math
 
 
 @dataclass
@@ -76,8 +77,9 @@ def select_strategy(
     chosen: str | None = None
     for i, (name, combiner) in enumerate(strategies.items(), start=1):
         started = time.perf_counter()
-        cv_proba = cross_validated_proba(combiner, P, y, fold_of_row, X)
-        fitted = clone(combiner).fit(P, y, X if combiner.needs_features else None)
+        with single_threaded_math():  # the fitted weights are versioned: no thread-count dependence
+            cv_proba = cross_validated_proba(combiner, P, y, fold_of_row, X)
+            fitted = clone(combiner).fit(P, y, X if combiner.needs_features else None)
         evidence = StrategyEvidence(
             name, fitted, cv_proba, binary_metrics(y, cv_proba), time.perf_counter() - started
         )

@@ -8,6 +8,8 @@ unlike the rest: the report ranks them so a reviewer sees the data gaps first.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import pandas as pd
 
@@ -16,13 +18,79 @@ from ensemble_platform.evaluation.agreement import probability_dispersion, vote_
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
+class AgreementBand(TypedDict):
+    rows: int
+    accuracy: float | None  # None when no row falls in the band
+
+
+class AccuracyByAgreement(TypedDict):
+    high: AgreementBand
+    low: AgreementBand
+
+
+class VoteLevel(TypedDict):
+    vote_share: float
+    members_agreeing: int
+    rows: int
+    share: float
+    accuracy: float
+
+
+class SegmentRow(TypedDict):
+    segment: str
+    rows: int
+    mean_vote_share: float
+    review_share: float
+    mean_probability_cv: float
+    accuracy: float
+    thin: bool
+
+
+class ColumnSegmentRow(SegmentRow):
+    column: str  # the column the segment belongs to (top review segments span all columns)
+
+
+class VoteShare(TypedDict):
+    mean: float
+    unanimous_share: float
+    levels: list[VoteLevel]
+
+
+class ProbabilityCV(TypedDict):
+    mean: float
+    quantiles: dict[str, float]  # "p10" ... "p90"
+
+
+class ReviewShare(TypedDict):
+    rows: int
+    share: float
+
+
+class AgreementNumbers(TypedDict):
+    """What `agreement_report` returns (JSON-ready)."""
+
+    rows: int
+    members: list[str]
+    review_threshold: float
+    decision_threshold: float
+    vote_share: VoteShare
+    probability_cv: ProbabilityCV
+    review: ReviewShare
+    accuracy_by_agreement: AccuracyByAgreement
+    segments: dict[str, list[SegmentRow]]
+    top_review_segments: list[ColumnSegmentRow]
+    min_segment_rows: int
+    error_correlation: list[list[float | None]]
+    pairwise_disagreement: list[list[float | None]]
+
+
 def _rate(mask: np.ndarray, values: np.ndarray) -> float | None:
     return float(values[mask].mean()) if mask.any() else None
 
 
 def accuracy_by_agreement(
     agreement: np.ndarray, correct: np.ndarray, review_threshold: float
-) -> dict[str, dict[str, object]]:
+) -> AccuracyByAgreement:
     """Ensemble accuracy on rows at or above the review threshold versus below it."""
     high = agreement >= review_threshold
     return {
@@ -31,10 +99,10 @@ def accuracy_by_agreement(
     }
 
 
-def vote_share_table(agreement: np.ndarray, correct: np.ndarray, n_members: int) -> list[dict[str, object]]:
+def vote_share_table(agreement: np.ndarray, correct: np.ndarray, n_members: int) -> list[VoteLevel]:
     """One row per attainable vote share k/m: rows, share of rows, ensemble accuracy."""
     k = np.rint(agreement * n_members).astype(int)
-    table = []
+    table: list[VoteLevel] = []
     for level in np.unique(k):
         rows = k == level
         table.append({
@@ -65,10 +133,10 @@ def pairwise_disagreement(P: np.ndarray, decision_threshold: float) -> np.ndarra
 def segment_table(
     labels: pd.Series, agreement: np.ndarray, dispersion: np.ndarray, correct: np.ndarray,
     review_threshold: float, min_rows: int,
-) -> list[dict[str, object]]:
+) -> list[SegmentRow]:
     """Agreement per segment of one column, most review-prone first."""
     labels = labels.reset_index(drop=True).astype(str)
-    rows = []
+    rows: list[SegmentRow] = []
     for segment, positions in labels.groupby(labels, sort=True).indices.items():
         a = agreement[positions]
         rows.append({
@@ -92,7 +160,7 @@ def agreement_report(
     decision_threshold: float,
     segments: dict[str, pd.Series],
     min_segment_rows: int = 30,
-) -> dict[str, object]:
+) -> AgreementNumbers:
     """The agreement report's numbers (JSON-ready)."""
     P, y = np.asarray(P, dtype=float), np.asarray(y).astype(int)
     if P.shape != (len(y), len(member_names)):
@@ -110,7 +178,8 @@ def agreement_report(
         column: segment_table(labels, agreement, dispersion, correct, review_threshold, min_segment_rows)
         for column, labels in segments.items()
     }
-    judged = [dict(row, column=column) for column, table in by_segment.items() for row in table if not row["thin"]]
+    judged = [ColumnSegmentRow(**row, column=column)
+              for column, table in by_segment.items() for row in table if not row["thin"]]
     overall_review = float(review.mean())
     return {
         "rows": int(len(y)),

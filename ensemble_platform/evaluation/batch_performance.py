@@ -3,13 +3,33 @@ and the history of that over batches (what a reviewer plots to see decay)."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
 
 _EPS = 1e-15
 
 
-def labelled_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float | None]:
+class BatchMetrics(TypedDict):
+    rows: int
+    positive_rate: float
+    accuracy: float
+    log_loss: float
+    brier: float
+    roc_auc: float | None  # None: the batch holds one class only
+
+
+class PerformanceEntry(TypedDict):
+    """One labelled batch in the performance history (`monitoring/performance/<batch id>.json`)."""
+
+    batch_id: str
+    received_at: str
+    scored_by: str
+    performance: dict[str, BatchMetrics]  # "ensemble" first, then each member
+
+
+def labelled_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> BatchMetrics:
     """Accuracy, log loss and Brier score always; ROC AUC only when the batch holds both classes
     (a small batch may not, and AUC is undefined then, not 0)."""
     y, p = np.asarray(y, dtype=int), np.clip(np.asarray(proba, dtype=float), _EPS, 1 - _EPS)
@@ -24,7 +44,7 @@ def labelled_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict
 
 
 def batch_performance(y: np.ndarray, ensemble: np.ndarray, members: dict[str, np.ndarray],
-                      threshold: float) -> dict[str, dict]:
+                      threshold: float) -> dict[str, BatchMetrics]:
     """Ensemble first, then each member, at the ensemble's decision threshold."""
     return {"ensemble": labelled_metrics(y, ensemble, threshold),
             **{name: labelled_metrics(y, p, threshold) for name, p in members.items()}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import SupportsFloat, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.metrics import expected_calibration_error
-from ensemble_platform.policy import FairnessPolicy, worst_status
+from ensemble_platform.policy import FairnessPolicy, Status, worst_status
 
 MISSING_GROUP = "missing"
 ENSEMBLE_KEY = "ensemble"
@@ -169,6 +170,57 @@ def _leading_number(label: str) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
+class GroupRow(TypedDict):
+    """One group's rates for one model (a rate conditioned on an absent class is None)."""
+
+    group: str
+    count: int
+    positives: int
+    base_rate: float
+    selection_rate: float
+    true_positive_rate: float | None
+    false_positive_rate: float | None
+    roc_auc: float | None
+    ece: float
+    thin: bool
+    thin_reason: str | None
+
+
+class GapBounds(TypedDict):
+    warn: float
+    fail: float
+
+
+class Gap(TypedDict):
+    """One fairness gap of one model: its value (None when fewer than two groups are judged)."""
+
+    value: float | None
+    status: Status
+    threshold: GapBounds
+
+
+class AttributeReport(TypedDict):
+    groups: dict[str, list[GroupRow]]  # model -> per-group rows
+    judged_groups: list[str]
+    gaps: dict[str, dict[str, Gap]]  # model -> gap name -> gap
+
+
+class FairnessSummary(TypedDict):
+    worst_status: str
+    ensemble_worst_status: str
+    status_counts: dict[str, int]
+    dominant_member: dict[str, dict[str, str | None]]  # attribute -> gap name -> member
+
+
+class FairnessNumbers(TypedDict):
+    """What `fairness_report` returns (JSON-ready)."""
+
+    decision_threshold: float
+    policy: dict[str, object]
+    attributes: dict[str, AttributeReport]
+    summary: FairnessSummary
+
+
 def fairness_report(
     y: np.ndarray,
     probas: dict[str, np.ndarray],
@@ -177,7 +229,7 @@ def fairness_report(
     decision_threshold: float = 0.5,
     *,
     calibration_bins: int = 10,
-) -> dict[str, object]:
+) -> FairnessNumbers:
     """Per-group metrics and policy-judged fairness gaps for every model, as a JSON-ready dict.
 
     `probas` maps model name -> positive-class probability ('ensemble' first, then members);
@@ -208,12 +260,12 @@ def _attribute_report(
     policy: FairnessPolicy,
     decision_threshold: float,
     calibration_bins: int,
-) -> dict[str, object]:
+) -> AttributeReport:
     # Thinness depends only on labels and groups, so every model is judged on the same groups.
     thin = _thin_reasons(y, labels, policy)
     judged = [g for g, reason in thin.items() if reason is None]
-    tables: dict[str, object] = {}
-    gaps: dict[str, object] = {}
+    tables: dict[str, list[GroupRow]] = {}
+    gaps: dict[str, dict[str, Gap]] = {}
     for model, proba in probas.items():
         decisions = (proba >= decision_threshold).astype(int)
         tables[model] = _group_table(y, proba, decisions, labels, thin, calibration_bins)
@@ -247,10 +299,10 @@ def _group_table(
     labels: np.ndarray,
     thin: dict[str, str | None],
     calibration_bins: int,
-) -> list[dict[str, object]]:
+) -> list[GroupRow]:
     """Per-group rates, computed directly: fairlearn's MetricFrame gives the same numbers (a test
     checks) but costs ~0.1 s per frame, and a report needs models x attributes x gaps frames."""
-    rows = []
+    rows: list[GroupRow] = []
     for group, reason in thin.items():
         in_group = labels == group
         y_g, d_g, p_g = y[in_group], decisions[in_group], proba[in_group]
@@ -272,12 +324,12 @@ def _group_table(
     return rows
 
 
-def _gaps(rows: list[dict[str, object]], policy: FairnessPolicy) -> dict[str, dict[str, object]]:
+def _gaps(rows: list[GroupRow], policy: FairnessPolicy) -> dict[str, Gap]:
     """The policy's gaps between the judged groups (fairlearn's 'between_groups' definitions),
     each with its status and thresholds; 'thin' when fewer than two groups can be judged."""
     judged = [r for r in rows if not r["thin"]]
     values = _gap_values(judged) if len(judged) >= 2 else {}
-    result = {}
+    result: dict[str, Gap] = {}
     for name, threshold in policy.gap_thresholds().items():
         if name not in _GAP_NAMES:
             raise ValueError(f"fairness policy names gap {name!r}, which this report cannot compute; "
@@ -295,30 +347,36 @@ _GAP_NAMES = ("demographic_parity_difference", "demographic_parity_ratio", "equa
               "equal_opportunity_difference")
 
 
-def _gap_values(judged: list[dict[str, object]]) -> dict[str, float]:
+def _gap_values(judged: list[GroupRow]) -> dict[str, float]:
     # Judged groups hold both classes (min_group_class_count >= 1), so TPR and FPR are defined.
-    def spread(key: str) -> float:
-        values = [float(r[key]) for r in judged]
+    def spread(values: list[float]) -> float:
         return max(values) - min(values)
 
+    def defined(value: float | None) -> float:
+        if value is None:  # a judged group always holds both classes
+            raise ValueError("a judged group has an undefined rate")
+        return float(value)
+
     selection = [float(r["selection_rate"]) for r in judged]
+    tpr = [defined(r["true_positive_rate"]) for r in judged]
+    fpr = [defined(r["false_positive_rate"]) for r in judged]
     return {
-        "demographic_parity_difference": spread("selection_rate"),
+        "demographic_parity_difference": spread(selection),
         # 0/0 when no group is selected at all: equal rates, so perfect parity.
         "demographic_parity_ratio": min(selection) / max(selection) if max(selection) > 0 else 1.0,
-        "equalized_odds_difference": max(spread("true_positive_rate"), spread("false_positive_rate")),
-        "equal_opportunity_difference": spread("true_positive_rate"),
+        "equalized_odds_difference": max(spread(tpr), spread(fpr)),
+        "equal_opportunity_difference": spread(tpr),
     }
 
 
-def _summary(attributes: dict[str, dict], models: list[str], policy: FairnessPolicy) -> dict[str, object]:
-    statuses = [
+def _summary(attributes: dict[str, AttributeReport], models: list[str], policy: FairnessPolicy) -> FairnessSummary:
+    statuses: list[str] = [
         gap["status"]
         for report in attributes.values()
         for model_gaps in report["gaps"].values()
         for gap in model_gaps.values()
     ]
-    ensemble_statuses = [
+    ensemble_statuses: list[str] = [
         gap["status"] for report in attributes.values() for gap in report["gaps"][ENSEMBLE_KEY].values()
     ]
     members = [m for m in models if m != ENSEMBLE_KEY]
@@ -333,7 +391,7 @@ def _summary(attributes: dict[str, dict], models: list[str], policy: FairnessPol
 
 
 def _dominant_members(
-    gaps: dict[str, dict], members: list[str], policy: FairnessPolicy
+    gaps: dict[str, dict[str, Gap]], members: list[str], policy: FairnessPolicy
 ) -> dict[str, str | None]:
     """Per gap, the member with the worst value (largest difference, smallest ratio).
 
@@ -341,7 +399,7 @@ def _dominant_members(
     """
     result: dict[str, str | None] = {}
     for name, threshold in policy.gap_thresholds().items():
-        valued = [(gaps[m][name]["value"], m) for m in members if gaps[m][name]["value"] is not None]
+        valued = [(value, m) for m in members if (value := gaps[m][name]["value"]) is not None]
         if not valued:
             result[name] = None
             continue
@@ -350,7 +408,7 @@ def _dominant_members(
     return result
 
 
-def _json_float(value: object) -> float | None:
+def _json_float(value: SupportsFloat) -> float | None:
     number = float(value)
     return None if math.isnan(number) else number
 

@@ -2,8 +2,9 @@
 a decision admissible.
 
 An approval names the exact config hash it approves and the gates it waives. Records are kept in
-an append-only, hash-chained log in the platform home (`audit/<dataset>/approvals.jsonl`) and
-mirrored as MLflow version tags; the log is the source of truth.
+an append-only, keyed (HMAC) and checkpointed log in the platform home
+(`audit/<dataset>/approvals.jsonl`, see `integrity`) and mirrored as numbered MLflow version tags;
+promotion requires a decision to be present, identical, in both.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.governance.audit_log import AuditLog
 from ensemble_platform.governance.gates import GateReport
+from ensemble_platform.integrity import KeyedLog
 from ensemble_platform.settings import PlatformPaths
 
 Decision = Literal["approve", "reject"]
+APPROVALS_FILE = "approvals.jsonl"
+# Set on an entry by the keyed log; a draft leaves them out.
+CHAIN_FIELDS = frozenset({"seq", "prev_sha256", "sha256", "mac"})
 # MLflow tag values are limited in length; a note is a justification, not a document.
 MAX_NOTE = 2000
 
@@ -46,6 +50,7 @@ class ApprovalRecord(BaseModel):
     seq: int | None = None
     prev_sha256: str | None = None
     sha256: str | None = None
+    mac: str | None = None
 
     @field_validator("reviewer", "note")
     @classmethod
@@ -67,7 +72,7 @@ class Approvals:
     """The approvals log of one dataset."""
 
     def __init__(self, paths: PlatformPaths, dataset: str):
-        self.log = AuditLog(paths.audit_dir(dataset) / "approvals.jsonl")
+        self.log = KeyedLog(paths.audit_dir(dataset) / APPROVALS_FILE, f"{dataset}/approvals", paths=paths)
 
     def records(self, version: str | None = None) -> list[ApprovalRecord]:
         records = [ApprovalRecord(**entry) for entry in self.log.verify()]

@@ -8,15 +8,31 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
+from ensemble_platform.evaluation.agreement_report import VoteLevel
+from ensemble_platform.evaluation.batch_performance import PerformanceEntry
+from ensemble_platform.evaluation.fairness import Gap
 from ensemble_platform.governance.rendering import Figure
 
 _DPI = 96
 _ENSEMBLE_COLOUR = "#1f2328"
 _STATUS_COLOURS = {"pass": "#2da44e", "warn": "#d4a72c", "fail": "#cf222e", "thin": "#8c959f"}
+
+
+class ReliabilityRow(TypedDict):
+    """One bin of `evaluation.calibration.reliability_table`, as JSON (NaN written as None)."""
+
+    bin: int
+    lower: float
+    upper: float
+    count: int
+    mean_predicted: float | None  # None: empty bin
+    observed_rate: float | None
+    gap: float | None
 
 
 def _png(fig: MplFigure) -> bytes:
@@ -25,7 +41,7 @@ def _png(fig: MplFigure) -> bytes:
     return buffer.getvalue()
 
 
-def reliability_figure(tables: Mapping[str, Sequence[Mapping[str, object]]], highlight: str) -> Figure:
+def reliability_figure(tables: Mapping[str, Sequence[ReliabilityRow]], highlight: str) -> Figure:
     """Reliability curves of the ensemble (bold) and members on one axis; bin counts below."""
     fig = MplFigure(figsize=(7.5, 7))
     curve_ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -52,7 +68,7 @@ def reliability_figure(tables: Mapping[str, Sequence[Mapping[str, object]]], hig
     return Figure("reliability", f"Reliability diagram of {highlight} and members, with bin counts", _png(fig))
 
 
-def vote_share_figure(levels: Sequence[Mapping[str, object]], review_threshold: float) -> Figure:
+def vote_share_figure(levels: Sequence[VoteLevel], review_threshold: float) -> Figure:
     """Rows per vote share, coloured by whether they go to review, with accuracy per level."""
     fig = MplFigure(figsize=(7, 3.5))
     ax = fig.subplots()
@@ -85,7 +101,7 @@ def matrix_figure(name: str, title: str, matrix: Sequence[Sequence[float | None]
     return Figure(name, title, _png(fig))
 
 
-def fairness_gap_figure(attribute: str, gaps: Mapping[str, Mapping[str, Mapping[str, object]]]) -> Figure:
+def fairness_gap_figure(attribute: str, gaps: Mapping[str, Mapping[str, Gap]]) -> Figure:
     """Each difference-type gap per model (ensemble first), coloured by status, for one attribute."""
     models = list(gaps)
     gap_names = [g for g in next(iter(gaps.values())) if g.endswith("difference")]
@@ -113,14 +129,14 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).lower()
 
 
-def performance_history_figure(history: Sequence[Mapping[str, object]], metric: str = "accuracy") -> Figure:
+def performance_history_figure(history: Sequence[PerformanceEntry], metric: str = "accuracy") -> Figure:
     """One line per model over labelled batches in arrival order; the ensemble bold."""
     fig = MplFigure(figsize=(8, 3.8))
     ax = fig.subplots()
     x = np.arange(len(history))
     models = list(history[0]["performance"]) if history else []
     for model in models:
-        values = [h["performance"].get(model, {}).get(metric) for h in history]
+        values = [_metric(h, model, metric) for h in history]
         bold = model == "ensemble"
         ax.plot(x, [np.nan if v is None else v for v in values], marker="o", markersize=4 if bold else 3,
                 linewidth=2.5 if bold else 1, alpha=1 if bold else 0.6,
@@ -131,3 +147,10 @@ def performance_history_figure(history: Sequence[Mapping[str, object]], metric: 
     ax.legend(fontsize=7)
     return Figure(f"performance_{metric}", f"{metric} of the ensemble and its members on each labelled batch",
                   _png(fig))
+
+
+def _metric(entry: PerformanceEntry, model: str, metric: str) -> float | None:
+    """`metric` of `model` on one batch; None when the model or the metric is absent (or undefined)."""
+    metrics: Mapping[str, object] = entry["performance"].get(model, {})
+    value = metrics.get(metric)
+    return float(value) if isinstance(value, (int, float)) else None

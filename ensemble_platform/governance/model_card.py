@@ -13,13 +13,21 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.files import write_json
 from ensemble_platform.governance.figures import reliability_figure, vote_share_figure
 from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, metrics_table, percent
-from ensemble_platform.governance.reports import ENSEMBLE, ReportContext, calibration_metrics_table
+from ensemble_platform.governance.reports import (
+    ENSEMBLE,
+    AgreementData,
+    CalibrationData,
+    FairnessData,
+    ReportContext,
+    calibration_metrics_table,
+)
 from ensemble_platform.settings import PlatformPaths
 
 NOT_PROVIDED = "_Not provided in the dataset spec._"
@@ -44,11 +52,11 @@ class ModelCardInputs:
     config: EnsembleConfig
     spec: DatasetSpec
     members: list[MemberEntry]
-    validation: dict
-    calibration: dict
-    fairness: dict
-    agreement: dict
-    data_validation: dict | None  # the Great Expectations result of the data this version was built on
+    validation: dict[str, Any]  # validation.json (ensemble.validation's document)
+    calibration: CalibrationData
+    fairness: FairnessData
+    agreement: AgreementData
+    data_validation: dict[str, Any] | None  # the Great Expectations result of the data this version was built on
     report_files: dict[str, str]  # report name -> file name beside the card
     gates: dict | None = None  # the release gates (GateReport as JSON)
     approvals: list[dict] = field(default_factory=list)  # decisions recorded for this config, oldest first
@@ -67,23 +75,28 @@ def load_card_inputs(paths: PlatformPaths, config: EnsembleConfig, approvals: li
     """Every input of the card of `config`'s version, read from the files the assets wrote."""
     directory = paths.version_reports_dir(config.dataset, config.version)
 
-    def read(name: str) -> dict | None:
+    def read(name: str) -> dict[str, Any] | None:
         path = directory / name
         return json.loads(path.read_text()) if path.is_file() else None
 
-    stored = read(CARD_INPUTS)
-    if stored is None:
-        raise FileNotFoundError(f"{directory / CARD_INPUTS} is missing; run the governance job for "
-                                f"{config.dataset} {config.version} first")
+    def required(name: str) -> dict[str, Any]:
+        document = read(name)
+        if document is None:
+            raise FileNotFoundError(f"{directory / name} is missing; run the governance job for "
+                                    f"{config.dataset} {config.version} first")
+        return document
+
+    stored = required(CARD_INPUTS)
     gx_path = paths.data_validation_path(config.dataset, config.data_hash)
     return ModelCardInputs(
         config=config,
         spec=DatasetSpec(**stored["spec"]),
         members=[MemberEntry(**m) for m in stored["members"]],
-        validation=read("validation.json"),
-        calibration=read("calibration.json"),
-        fairness=read("fairness.json"),
-        agreement=read("agreement.json"),
+        validation=required("validation.json"),
+        # The reports' own JSON, as governance.reports wrote them.
+        calibration=cast(CalibrationData, required("calibration.json")),
+        fairness=cast(FairnessData, required("fairness.json")),
+        agreement=cast(AgreementData, required("agreement.json")),
         data_validation=json.loads(gx_path.read_text()) if gx_path.is_file() else None,
         report_files=REPORT_FILES,
         gates=read("gates.json"),
@@ -101,7 +114,7 @@ def model_card(inputs: ModelCardInputs) -> ReportDocument:
 
 def _identity(inputs: ModelCardInputs) -> Section:
     c = inputs.config
-    rows = [["dataset", c.dataset], ["ensemble version", c.version], ["strategy", c.strategy],
+    rows: list[list[object]] = [["dataset", c.dataset], ["ensemble version", c.version], ["strategy", c.strategy],
             ["config hash", f"`{c.config_hash}`"], ["registered model", f"{c.registered_model} v{c.registered_version}"],
             ["members", len(c.members)], ["decision threshold", c.decision_threshold]]
     return Section("Identity", md_table(["property", "value"], rows) + (
@@ -135,7 +148,7 @@ def _combination(inputs: ModelCardInputs) -> Section:
     params = calibrator.get("params", {})
     shown = {k: v for k, v in params.items() if not isinstance(v, list)} if isinstance(params, dict) else {}
     parts.append(md_table(["setting", "value"], [
-        ["post-hoc calibrator", calibrator.get("method", "none") + (f" {shown}" if shown else "")],
+        ["post-hoc calibrator", str(calibrator.get("method", "none")) + (f" {shown}" if shown else "")],
         ["agreement (review) threshold", c.agreement_threshold],
         ["minimum members", c.min_members],
         ["decision threshold", c.decision_threshold],

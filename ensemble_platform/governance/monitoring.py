@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal, cast
 
+from ensemble_platform.evaluation.batch_performance import PerformanceEntry
 from ensemble_platform.files import write_json
 from ensemble_platform.governance.figures import performance_history_figure
 from ensemble_platform.governance.rendering import ReportDocument, Section, md_table, write_report
 from ensemble_platform.settings import PlatformPaths
 
-METRICS = ("accuracy", "roc_auc", "log_loss", "brier")
+METRICS: tuple[Literal["accuracy", "roc_auc", "log_loss", "brier"], ...] = ("accuracy", "roc_auc", "log_loss", "brier")
 
 
 class PerformanceHistory:
@@ -19,14 +21,15 @@ class PerformanceHistory:
         self.dataset = dataset
         self.directory = paths.monitoring_dir(dataset) / "performance"
 
-    def record(self, entry: dict) -> Path:
+    def record(self, entry: PerformanceEntry) -> Path:
         return write_json(entry, self.directory / f"{entry['batch_id']}.json")
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[PerformanceEntry]:
         """Every labelled batch's entry, in the order the batches were received."""
         if not self.directory.is_dir():
             return []
-        entries = [json.loads(p.read_text()) for p in self.directory.glob("*.json")]
+        # The files are the entries `record` wrote.
+        entries = [cast(PerformanceEntry, json.loads(p.read_text())) for p in self.directory.glob("*.json")]
         return sorted(entries, key=lambda e: (e["received_at"], e["batch_id"]))
 
     def publish(self) -> dict[str, Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from ensemble_platform import __version__
+from ensemble_platform import __version__, safe_format
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.errors import PlatformError
@@ -33,15 +34,20 @@ from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.pyfunc import DATA_PATH, LOADER_MODULE
 from ensemble_platform.serving.signature import ensemble_signature
 from ensemble_platform.settings import PlatformPaths
+from ensemble_platform.tags import (
+    CONFIG_HASH_TAG,
+    FAMILY_TAG,
+    FINGERPRINT_TAG,
+    MEMBER_ARTEFACT,
+    MEMBER_SHA256_TAG,
+    SEMVER_TAG,
+)
 
-FINGERPRINT_TAG = "ensemble_platform.fingerprint"
-SEMVER_TAG = "ensemble_platform.semver"
-CONFIG_HASH_TAG = "ensemble_platform.config_hash"
 # Member models carry only the stages a version can be served from.
 MEMBER_STAGE_ALIASES = ("staging", "production")
 # What a registered model needs at load time. Pinned to the running versions and passed
 # explicitly: MLflow's inference would start a Python process per model (~2.5 s each).
-_RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "xgboost", "pandas", "numpy", "scipy", "cloudpickle")
+_RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "xgboost", "pandas", "numpy", "scipy", "cloudpickle", "skops")
 
 
 def runtime_requirements() -> list[str]:
@@ -108,10 +114,12 @@ class Registry:
         if existing is not None:
             fit.registered_model, fit.version, fit.run_id = name, str(existing.version), existing.run_id
             return fit
+        safe = safe_format.dumps(fit.pipeline)
         tags = {
             FINGERPRINT_TAG: fit.fingerprint,
+            MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest(),
             "ensemble_platform.member": fit.name,
-            "ensemble_platform.family": fit.family,
+            FAMILY_TAG: fit.family,
             "ensemble_platform.code_version": __version__,
             "ensemble_platform.dagster_run_id": dagster_run_id or "",
             **{f"ensemble_platform.{k}": str(v) for k, v in lineage.items()},
@@ -121,6 +129,9 @@ class Registry:
             mlflow.log_params({k: str(v)[:500] for k, v in fit.params.items()})
             mlflow.log_metrics({f"oof_{k}": v for k, v in fit.oof_metrics.items()} | {"fit_seconds": fit.fit_seconds})
             mlflow.log_dict(fit.definition, "member_definition.json")
+            with tempfile.TemporaryDirectory() as scratch:
+                (Path(scratch) / MEMBER_ARTEFACT).write_bytes(safe)
+                mlflow.log_artifact(str(Path(scratch) / MEMBER_ARTEFACT))
             example = X_example.head(5)
             info = mlflow.sklearn.log_model(
                 fit.pipeline,
@@ -300,6 +311,23 @@ class Registry:
             raise PlatformError(f"version {version} of {model_name} cannot be loaded as a scikit-learn model: "
                                 f"{type(exc).__name__}: {exc}") from exc
         return model, entry
+
+    def download_member_artefact(self, model_name: str, version: str, destination: Path) -> Path | None:
+        """The member version's safe artefact, checked against its SHA-256 tag; None for a version
+        registered without one (e.g. adopted from outside the platform)."""
+        from mlflow.artifacts import download_artifacts
+
+        entry = self.client.get_model_version(model_name, str(version))
+        expected = entry.tags.get(MEMBER_SHA256_TAG)
+        if not expected:
+            return None
+        destination.mkdir(parents=True, exist_ok=True)
+        path = Path(download_artifacts(run_id=entry.run_id, artifact_path=MEMBER_ARTEFACT, dst_path=str(destination)))
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            raise PlatformError(f"{MEMBER_ARTEFACT} of {model_name} version {version} has SHA-256 {actual[:12]}, "
+                                f"not the {expected[:12]} its registry tag records; the artefact was changed")
+        return path
 
     def download_model(self, model_name: str, version: str, destination: Path) -> Path:
         from mlflow.artifacts import download_artifacts

@@ -8,10 +8,13 @@ append to the audit log: on any failure the registry is restored and nothing is 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.files import write_json
 from ensemble_platform.governance.approvals import (
+    CHAIN_FIELDS,
     ApprovalRecord,
     Approvals,
     Decision,
@@ -31,17 +35,17 @@ from ensemble_platform.governance.approvals import (
     check_approvable,
     utc_now,
 )
-from ensemble_platform.governance.audit_log import AuditLog, release_lock
+from ensemble_platform.governance.audit_log import release_lock
 from ensemble_platform.governance.gates import GateReport
+from ensemble_platform.governance.intents import Intents, PromotionIntent, crash_point
 from ensemble_platform.governance.publishing import publish_model_card
 from ensemble_platform.governance.registry import (
-    CONFIG_HASH_TAG,
-    SEMVER_TAG,
     Registry,
     ensemble_model_name,
     runtime_requirements,
 )
 from ensemble_platform.governance.stages import mark_candidate, plan_promotion
+from ensemble_platform.integrity import KeyedLog
 from ensemble_platform.serving.bundle import (
     BundleContents,
     BundleError,
@@ -54,12 +58,12 @@ from ensemble_platform.serving.bundle import (
 from ensemble_platform.serving.parity import ParitySet
 from ensemble_platform.serving.pyfunc import DATA_PATH
 from ensemble_platform.settings import PlatformPaths
+from ensemble_platform.tags import APPROVAL_TAG, BUNDLE_TAGS, CONFIG_HASH_TAG, GATES_TAG, SEMVER_TAG
 
 GATES_FILE = "gates.json"
-GATES_TAG = "ensemble_platform.gates"
-APPROVAL_TAG = "ensemble_platform.approval"
-BUNDLE_TAGS = ("ensemble_platform.bundle_sha256", "ensemble_platform.manifest_sha256")
+PROMOTIONS_FILE = "promotions.jsonl"
 MIN_HASH_PREFIX = 12
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,11 +99,22 @@ class Release:
     def __init__(self, paths: PlatformPaths, registry: Registry | None = None):
         self.paths = paths
         self.registry = registry or Registry(paths)
+        self.recovered: list[str] = []  # interrupted promotions this object finished or undid
+
+    @contextlib.contextmanager
+    def _locked(self, dataset: str) -> Iterator[None]:
+        """The dataset's release lock, with any promotion a crash interrupted finished or undone first."""
+        with release_lock(self.paths.audit_dir(dataset)):
+            outcome = self.recover(dataset)
+            if outcome:
+                self.recovered.append(outcome)
+                _log.warning("%s: %s", dataset, outcome)
+            yield
 
     # --- reading --------------------------------------------------------------------------
 
-    def promotions_log(self, dataset: str) -> AuditLog:
-        return AuditLog(self.paths.audit_dir(dataset) / "promotions.jsonl")
+    def promotions_log(self, dataset: str) -> KeyedLog:
+        return KeyedLog(self.paths.audit_dir(dataset) / PROMOTIONS_FILE, f"{dataset}/promotions", paths=self.paths)
 
     def state(self, dataset: str, version: str) -> VersionState:
         store = ConfigStore(self.paths.configs_dir(dataset))
@@ -146,7 +161,7 @@ class Release:
         summary = gates.summary()
         if config.registered_version is None:
             raise PlatformError(f"{config.dataset} {config.version} is not registered; its gates cannot be recorded")
-        with release_lock(self.paths.audit_dir(config.dataset)), self.registry.transaction(config.dataset):
+        with self._locked(config.dataset), self.registry.transaction(config.dataset):
             self.registry.apply_stage_state(
                 config.dataset, mark_candidate(self.registry.stage_state(config.dataset), config.registered_version))
             self.registry.set_version_tags(name, config.registered_version, {GATES_TAG: summary[:4000]})
@@ -159,7 +174,7 @@ class Release:
         waive: list[str] | tuple[str, ...] = (), config_hash: str | None = None,
     ) -> ApprovalRecord:
         approvals = Approvals(self.paths, dataset)
-        with release_lock(self.paths.audit_dir(dataset)):
+        with self._locked(dataset):
             state = self.state(dataset, version)
             self.check_current(state, config_hash)
             assert state.gates is not None
@@ -174,7 +189,7 @@ class Release:
             except ValidationError as exc:
                 raise ReleaseRefused("decision not recorded: " + "; ".join(
                     f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-            entry = approvals.log.draft(draft.model_dump(mode="json", exclude={"seq", "prev_sha256", "sha256"}))
+            entry = approvals.log.draft(draft.model_dump(mode="json", exclude=set(CHAIN_FIELDS)))
             record = ApprovalRecord(**entry)
             with self.registry.transaction(dataset):
                 self.registry.set_version_tags(state.registered.name, str(state.registered.version), {
@@ -188,7 +203,7 @@ class Release:
     # --- promotion --------------------------------------------------------------------------
 
     def promote(self, dataset: str, version: str, to: str, requested_by: str | None = None) -> PromotionResult:
-        with release_lock(self.paths.audit_dir(dataset)):
+        with self._locked(dataset):
             state = self.state(dataset, version)
             self.check_current(state)
             approval = self._admissible_approval(state, to)
@@ -209,18 +224,51 @@ class Release:
             }
             log = self.promotions_log(dataset)
             entry = log.draft(record)
+            tags: dict[str, str | None] = {BUNDLE_TAGS[0]: bundle["archive_sha256"],
+                                           BUNDLE_TAGS[1]: bundle["manifest_sha256"]} if bundle else {}
+            intents = Intents(self.paths, dataset)
+            intents.write(PromotionIntent(
+                dataset=dataset, version=version, to=to, entry=entry, before=self.registry.snapshot(dataset),
+                planned=planned, version_tags=tags, registered_model=state.registered.name,
+                registered_version=str(state.registered.version)))
+            crash_point("intent_written")
             try:
                 with self.registry.transaction(dataset):
                     self.registry.apply_stage_state(dataset, planned)
-                    if bundle:
-                        self.registry.set_version_tags(state.registered.name, str(state.registered.version), {
-                            BUNDLE_TAGS[0]: bundle["archive_sha256"], BUNDLE_TAGS[1]: bundle["manifest_sha256"]})
+                    crash_point("aliases_moved")
+                    self.registry.set_version_tags(state.registered.name, str(state.registered.version), tags)
+                    crash_point("tags_written")
                     log.append(entry)
+                    crash_point("logged")
             except BaseException:
                 if created:
                     self._remove_bundle(dataset, version)
+                intents.clear()  # the transaction restored the registry; nothing was appended
                 raise
+            intents.clear()
         return PromotionResult(entry, to, bundle)
+
+    def recover(self, dataset: str) -> str | None:
+        """Finish or undo a promotion a crash cut short (call under the release lock); returns what
+        was done, None when nothing was pending. Every release command calls it first."""
+        intents = Intents(self.paths, dataset)
+        intent = intents.read()
+        if intent is None:
+            return None
+        log = self.promotions_log(dataset)
+        if any(e.get("sha256") == intent.entry.get("sha256") for e in log.verify()):
+            self.registry.apply_stage_state(dataset, intent.planned)
+            self.registry.set_version_tags(intent.registered_model, intent.registered_version, intent.version_tags)
+            outcome = f"an interrupted promotion of {intent.version} to {intent.to} was completed (it was logged)"
+        else:
+            self.registry.restore(dataset, intent.before)
+            log.append({"kind": "recovery", "action": "rolled_back", "dataset": dataset, "version": intent.version,
+                        "to": intent.to, "interrupted_promoted_at": intent.entry.get("promoted_at"),
+                        "recovered_at": utc_now(), "requested_by": getpass.getuser()})
+            outcome = (f"an interrupted promotion of {intent.version} to {intent.to} was rolled back "
+                       "(recorded in the promotions log); run the promotion again")
+        intents.clear()
+        return outcome
 
     def _admissible_approval(self, state: VersionState, to: str) -> ApprovalRecord | None:
         """The decision in force must allow the move: no rejection; production needs an
@@ -239,14 +287,26 @@ class Release:
         if unwaived:
             raise ReleaseRefused(f"{label} fails gate(s) {unwaived} without a recorded waiver; it cannot be "
                                  f"promoted to {to}")
+        if approval is not None:
+            self._check_mirrored(state, approval)
         return approval
+
+    def _check_mirrored(self, state: VersionState, approval: ApprovalRecord) -> None:
+        """The decision in force must stand, identical, in the registry's numbered approval tags too:
+        a line the log holds but the registry never saw is not a decision anyone recorded."""
+        tag = f"{APPROVAL_TAG}.{approval.seq or 0:04d}"
+        if state.registered.tags.get(tag) != _tag_json(approval):
+            raise ReleaseRefused(
+                f"the approval in force for {state.dataset} {state.version} (approvals.jsonl entry {approval.seq}, "
+                f"by {approval.reviewer}) is not mirrored in the registry tag {tag}: the log and the registry "
+                "disagree; nothing was promoted (audit the approvals log)")
 
     # --- the serving bundle ---------------------------------------------------------------
 
     def export(self, dataset: str, version: str) -> dict:
         """The serving bundle of an approved version (reused when intact, rebuilt otherwise):
         for operators who need it again, e.g. after losing the bundles folder."""
-        with release_lock(self.paths.audit_dir(dataset)):
+        with self._locked(dataset):
             state = self.state(dataset, version)
             self.check_current(state)
             bundle, _ = self._export(state, self._admissible_approval(state, "production"))
@@ -256,18 +316,32 @@ class Release:
         """What decides for this dataset now, and a label saying which version that is: the
         production bundle (verified against the manifest hash the registry recorded), or, before
         anything is in production, the newest validated version from the registry."""
-        name = ensemble_model_name(dataset)
-        production = self.registry.aliases(name).get("production")
-        if production is not None:
-            entry = self.registry.client.get_model_version(name, production)
-            semver = entry.tags[SEMVER_TAG]
-            runtime = load_bundle(self.bundle_paths(dataset, semver)[0], entry.tags.get(BUNDLE_TAGS[1]))
-            return runtime, f"production {semver} (serving bundle)"
+        bundle = self.production_bundle(dataset)
+        if bundle is not None:
+            directory, manifest_sha256, semver = bundle
+            return load_bundle(directory, manifest_sha256), f"production {semver} (serving bundle)"
         latest = ConfigStore(self.paths.configs_dir(dataset)).latest()
         if latest is None or latest.registered_version is None:
             raise PlatformError(f"{dataset} has no validated ensemble version to score with; run its graph first")
         return self._registered_runtime(dataset, latest.registered_version), \
             f"{latest.version} (newest validated; nothing in production)"
+
+    def production_bundle(self, dataset: str) -> tuple[Path, str, str] | None:
+        """(bundle directory, manifest SHA-256 the registry recorded, semver) of the production
+        version, None when nothing is in production. A production version without its recorded
+        manifest hash is refused: its bundle could not be checked against anything."""
+        with self._locked(dataset):
+            name = ensemble_model_name(dataset)
+            production = self.registry.aliases(name).get("production")
+            if production is None:
+                return None
+            entry = self.registry.client.get_model_version(name, production)
+            semver, manifest_sha256 = entry.tags.get(SEMVER_TAG), entry.tags.get(BUNDLE_TAGS[1])
+            if not semver or not manifest_sha256:
+                raise ReleaseRefused(
+                    f"{dataset} production (registered version {production}) has no recorded manifest hash "
+                    f"({BUNDLE_TAGS[1]}): its bundle cannot be verified; promote it again or export it")
+            return self.bundle_paths(dataset, semver)[0], manifest_sha256, semver
 
     def _registered_runtime(self, dataset: str, registered_version: str) -> EnsembleRuntime:
         """The runtime registered with a version of `<dataset>.ensemble` (our own registry: trusted)."""
@@ -303,9 +377,10 @@ class Release:
             runtime = self._registered_runtime(config.dataset, str(state.registered.version))
             member_files = {}
             for member in config.members:
-                local = self.registry.download_model(member.registered_model, member.version,
-                                                     Path(scratch) / member.name)
-                member_files[member.name] = local / "model.pkl"
+                local = self.registry.download_member_artefact(member.registered_model, member.version,
+                                                               Path(scratch) / member.name)
+                if local is not None:  # otherwise the runtime stores the member it holds
+                    member_files[member.name] = local
             contents = BundleContents(
                 config=config, runtime=runtime, member_files=member_files,
                 approval=approval.model_dump(mode="json"),
@@ -330,6 +405,10 @@ class Release:
 
     def status(self, dataset: str) -> dict:
         """Every version with its stage, gates and decision in force; aliases; recent promotions."""
+        with self._locked(dataset):
+            return self._status(dataset)
+
+    def _status(self, dataset: str) -> dict:
         store = ConfigStore(self.paths.configs_dir(dataset))
         stages = self.registry.stage_state(dataset)
         approvals = Approvals(self.paths, dataset)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +94,7 @@ class ReportDocument:
 
 
 def write_report(
-    document: ReportDocument, directory: Path, stem: str, data: dict[str, object] | None = None
+    document: ReportDocument, directory: Path, stem: str, data: Mapping[str, object] | None = None
 ) -> dict[str, Path]:
     """Write `<stem>.md`, `<stem>.html`, its figures and (when given) `<stem>.json`.
 

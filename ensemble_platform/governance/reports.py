@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -14,10 +16,16 @@ from ensemble_platform.ensemble.build import EnsembleBuild
 from ensemble_platform.ensemble.calibrators import CalibrationChoice
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.predictions import MemberPredictions, matrix
-from ensemble_platform.evaluation.agreement_report import agreement_report
+from ensemble_platform.evaluation.agreement_report import AgreementNumbers, agreement_report
 from ensemble_platform.evaluation.calibration import calibration_metrics, reliability_table
-from ensemble_platform.evaluation.fairness import fairness_report, fit_sensitive_binning
+from ensemble_platform.evaluation.fairness import (
+    FairnessNumbers,
+    SensitiveBinning,
+    fairness_report,
+    fit_sensitive_binning,
+)
 from ensemble_platform.governance.figures import (
+    ReliabilityRow,
     fairness_gap_figure,
     matrix_figure,
     reliability_figure,
@@ -27,6 +35,50 @@ from ensemble_platform.governance.rendering import ReportDocument, Section, fmt,
 
 ENSEMBLE = "ensemble"
 UNCALIBRATED = "ensemble (before calibration)"
+
+
+# --- the reports' JSON documents (what `<stem>.json` holds, and what the model card reads back) ---
+
+class ReportHeader(TypedDict):
+    dataset: str
+    ensemble_version: str
+    config_hash: str
+    holdout_rows: int
+
+
+class CalibratorRecord(TypedDict):
+    """`CalibrationChoice.describe()` plus the cross-validated evidence of every candidate."""
+
+    method: str
+    criterion: str
+    params: dict[str, object]
+    fitted_on: str
+    rows: int
+    out_of_fold_evidence: dict[str, dict[str, float]]  # method -> scores
+
+
+class CalibrationHeadline(TypedDict):
+    calibrator: str
+    ece_before: float
+    ece_after: float
+    brier_before: float
+    brier_after: float
+
+
+class CalibrationData(ReportHeader):
+    n_bins: int
+    calibrator: CalibratorRecord
+    metrics: dict[str, dict[str, float]]  # model -> calibration metric -> value
+    reliability: dict[str, list[ReliabilityRow]]  # model -> bins
+    headline: CalibrationHeadline
+
+
+class FairnessData(ReportHeader, FairnessNumbers):
+    binning: dict[str, dict[str, object]]  # column -> SensitiveBinning.describe()
+
+
+class AgreementData(ReportHeader, AgreementNumbers):
+    pass
 
 
 @dataclass(frozen=True)
@@ -42,7 +94,7 @@ class ReportContext:
     def of(cls, config: EnsembleConfig, holdout_rows: int) -> ReportContext:
         return cls(config.dataset, config.version, config.config_hash, holdout_rows)
 
-    def header(self) -> dict[str, object]:
+    def header(self) -> ReportHeader:
         return {"dataset": self.dataset, "ensemble_version": self.version, "config_hash": self.config_hash,
                 "holdout_rows": self.holdout_rows}
 
@@ -80,7 +132,7 @@ class HoldoutView:
     def members(self) -> dict[str, np.ndarray]:
         return {name: self.P[:, j] for j, name in enumerate(self.member_names)}
 
-    def segments(self, columns: list[str], n_bins: int) -> tuple[list, dict[str, pd.Series]]:
+    def segments(self, columns: list[str], n_bins: int) -> tuple[list[SensitiveBinning], dict[str, pd.Series]]:
         """Binnings fitted on the training rows, and the holdout's group label per column."""
         binnings = [fit_sensitive_binning(self.split.train, column, n_bins) for column in columns]
         return binnings, segment_labels(self.split.holdout, binnings)
@@ -92,7 +144,7 @@ class Report:
     (numeric entries are also logged as MLflow metrics `<stem>_<key>`)."""
 
     stem: str
-    data: dict[str, object]
+    data: Mapping[str, object]
     document: ReportDocument
     headline: dict[str, float | str | None]
     tables: dict[str, str] = field(default_factory=dict)  # extra Markdown for the UI
@@ -101,13 +153,17 @@ class Report:
 def build_calibration_report(view: HoldoutView, spec: DatasetSpec) -> Report:
     data = calibration_data(view.context, view.split.y_holdout, view.before, view.after, view.members(),
                             view.build.calibration, view.config.governance.calibration_bins)
-    return Report("calibration", data, calibration_document(data, view.context), dict(data["headline"]))
+    head = data["headline"]
+    return Report("calibration", data, calibration_document(data, view.context), {
+        "calibrator": head["calibrator"], "ece_before": head["ece_before"], "ece_after": head["ece_after"],
+        "brier_before": head["brier_before"], "brier_after": head["brier_after"],
+    })
 
 
 def build_fairness_report(view: HoldoutView, spec: DatasetSpec) -> Report:
     binnings, groups = view.segments(list(spec.sensitive), spec.sensitive_bins)
     governance = view.config.governance
-    data = {
+    data: FairnessData = {
         **view.context.header(),
         "binning": {b.column: b.describe() for b in binnings},
         **fairness_report(view.split.y_holdout, {ENSEMBLE: view.after, **view.members()}, groups,
@@ -128,7 +184,7 @@ def build_agreement_report(view: HoldoutView, spec: DatasetSpec) -> Report:
     columns = list(dict.fromkeys([*spec.sensitive, *view.split.schema.categorical]))
     _, segments = view.segments(columns, spec.sensitive_bins)
     config = view.config
-    data = {
+    data: AgreementData = {
         **view.context.header(),
         **agreement_report(view.P, list(view.member_names), view.split.y_holdout, view.after,
                            config.agreement_threshold, config.decision_threshold, segments,
@@ -154,14 +210,15 @@ def calibration_data(
     members: dict[str, np.ndarray],
     choice: CalibrationChoice,
     n_bins: int,
-) -> dict[str, object]:
+) -> CalibrationData:
     """Calibration of the ensemble (before and after its post-hoc calibrator) and of each member."""
     probas = {ENSEMBLE: calibrated, UNCALIBRATED: uncalibrated, **members}
     metrics = {name: calibration_metrics(y, p, n_bins) for name, p in probas.items()}
     return {
         **context.header(),
         "n_bins": n_bins,
-        "calibrator": {**choice.describe(), "out_of_fold_evidence": choice.evidence},
+        # describe() is a plain dict; its keys are CalibratorRecord's.
+        "calibrator": cast(CalibratorRecord, {**choice.describe(), "out_of_fold_evidence": choice.evidence}),
         "metrics": metrics,
         "reliability": {name: _records(reliability_table(y, p, n_bins, "uniform")) for name, p in probas.items()},
         "headline": {
@@ -174,22 +231,23 @@ def calibration_data(
     }
 
 
-def _records(table: pd.DataFrame) -> list[dict[str, object]]:
+def _records(table: pd.DataFrame) -> list[ReliabilityRow]:
     """Table rows for JSON: empty bins have no observed rate, written as null (not NaN)."""
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
             for row in table.to_dict(orient="records")]
+    return cast(list[ReliabilityRow], rows)  # reliability_table's columns are ReliabilityRow's
 
 
 _CALIBRATION_COLUMNS = ("ece_uniform", "ece_quantile", "mce_uniform", "mce_quantile", "brier",
                         "brier_reliability", "brier_resolution", "brier_uncertainty")
 
 
-def calibration_metrics_table(data: dict[str, object]) -> str:
+def calibration_metrics_table(data: CalibrationData) -> str:
     return md_table(["model", *_CALIBRATION_COLUMNS],
                     [[name, *(m[c] for c in _CALIBRATION_COLUMNS)] for name, m in data["metrics"].items()])
 
 
-def calibration_document(data: dict[str, object], context: ReportContext) -> ReportDocument:
+def calibration_document(data: CalibrationData, context: ReportContext) -> ReportDocument:
     head, calibrator = data["headline"], data["calibrator"]
     evidence = md_table(
         ["method", "log_loss", "brier", "ece_uniform", "ece_quantile"],
@@ -226,7 +284,7 @@ def calibration_document(data: dict[str, object], context: ReportContext) -> Rep
 
 # --- fairness --------------------------------------------------------------------------------
 
-def fairness_document(data: dict[str, object], context: ReportContext) -> ReportDocument:
+def fairness_document(data: FairnessData, context: ReportContext) -> ReportDocument:
     summary = data["summary"]
     sections = [Section("Summary", (
         f"Worst status over the ensemble's gaps: **{summary['ensemble_worst_status']}**; over all models: "
@@ -273,7 +331,7 @@ def _policy_table(policy: dict[str, object]) -> str:
 
 # --- agreement -------------------------------------------------------------------------------
 
-def agreement_document(data: dict[str, object], context: ReportContext) -> ReportDocument:
+def agreement_document(data: AgreementData, context: ReportContext) -> ReportDocument:
     members = data["members"]
     acc = data["accuracy_by_agreement"]
     cv = data["probability_cv"]
@@ -318,6 +376,6 @@ def agreement_document(data: dict[str, object], context: ReportContext) -> Repor
                           sections)
 
 
-def segment_labels(table: pd.DataFrame, binnings: list) -> dict[str, pd.Series]:
+def segment_labels(table: pd.DataFrame, binnings: list[SensitiveBinning]) -> dict[str, pd.Series]:
     """Group label per row for each fitted binning (sensitive attributes and categorical features)."""
     return {b.column: b.assign(table[b.column]).reset_index(drop=True) for b in binnings}

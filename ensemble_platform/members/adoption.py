@@ -24,10 +24,7 @@ from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
 from ensemble_platform.members.catalogue import model_params, pipeline_definition, predict_single_threaded
 from ensemble_platform.members.training import MemberFit, out_of_fold_proba, positive_proba
-
-TRAIN_HASH_TAG = "ensemble_platform.train_hash"
-FAMILY_TAG = "ensemble_platform.family"
-FINGERPRINT_TAG = "ensemble_platform.fingerprint"
+from ensemble_platform.tags import FAMILY_TAG, FINGERPRINT_TAG, TRAIN_HASH_TAG
 
 
 def lineage_problems(model: object, tags: dict[str, str], train_hash: str) -> list[str]:

@@ -6,7 +6,7 @@ Layout of `bundles/<dataset>/<version>/` (and the same tree in `<version>.tar.gz
                                   created_at, and the SHA-256 of every other file
     MLmodel, requirements.txt, python_env.yaml, conda.yaml     (an MLflow pyfunc model)
     data/ensemble/                the runtime as `EnsembleRuntime.save` stores it (runtime.json,
-                                  combiner, calibrator; members/<m>.pkl byte-identical to each
+                                  combiner, calibrator; members/<m>.skops byte-identical to each
                                   member's registered MLflow artefact)
     model_card.html, model_card.md
 
@@ -58,7 +58,7 @@ class BundleContents:
 
     config: EnsembleConfig
     runtime: EnsembleRuntime  # supplies combiner, calibrator, thresholds and schema
-    member_files: dict[str, Path]  # member name -> its registered model.pkl
+    member_files: dict[str, Path]  # member name -> its registered safe artefact (`member.skops`)
     approval: dict
     model_card: dict[str, Path]  # "html" / "md" -> file
     created_at: str  # ISO-8601; the approval's time, so a re-export is byte-identical
@@ -188,42 +188,62 @@ def write_archive(directory: Path, archive: Path, created_at: str) -> str:
 
 # --- verifying and loading --------------------------------------------------------------------
 
+def _parse_manifest(path: Path, raw: bytes, expected_sha256: str | None) -> dict:
+    if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
+        raise BundleError(f"{path} has SHA-256 {hashlib.sha256(raw).hexdigest()}, not the expected {expected_sha256}")
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("bundle_format") != BUNDLE_FORMAT \
+            or not isinstance(manifest.get("files"), dict):
+        found = manifest.get("bundle_format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{path}: unsupported bundle format {found!r} (this platform reads format {BUNDLE_FORMAT})")
+    return manifest
+
+
 def read_manifest(directory: Path, expected_sha256: str | None = None) -> dict:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{directory} is not a serving bundle: {MANIFEST} is missing")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
-        raise BundleError(f"{path} has SHA-256 {sha256_file(path)}, not the expected {expected_sha256}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("bundle_format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
-        raise BundleError(f"{path}: unsupported bundle format {manifest.get('bundle_format')!r} "
-                          f"(this platform reads format {BUNDLE_FORMAT})")
-    return manifest
+    return _parse_manifest(path, path.read_bytes(), expected_sha256)
+
+
+def read_verified(directory: Path, expected_manifest_sha256: str | None = None) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, every listed file's bytes), after checking each file against the manifest: raises
+    naming each changed, missing or extra file. Every file is read once; callers load from these
+    very bytes, so a file swapped on disk after verification is never what gets loaded."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, expected_manifest_sha256)
+    listed: dict[str, str] = manifest["files"]
+    present = set(_relative_files(directory))
+    contents = {rel: (directory / rel).read_bytes() for rel in sorted(set(listed) & present)}
+    problems = [f"missing file {rel}" for rel in sorted(set(listed) - present)]
+    problems += [f"extra file {rel} (not in the manifest)" for rel in sorted(present - set(listed))]
+    problems += [f"changed file {rel} (SHA-256 differs from the manifest)"
+                 for rel, data in contents.items() if hashlib.sha256(data).hexdigest() != listed[rel]]
+    if problems:
+        raise BundleError(f"bundle {directory} failed verification, nothing was loaded: " + "; ".join(problems))
+    return manifest, contents
 
 
 def verify_bundle(directory: Path, expected_manifest_sha256: str | None = None) -> dict:
     """Check every file against the manifest; raise naming each changed, missing or extra file."""
-    directory = Path(directory)
-    manifest = read_manifest(directory, expected_manifest_sha256)
-    listed = manifest["files"]
-    present = set(_relative_files(directory))
-    problems = [f"missing file {rel}" for rel in sorted(set(listed) - present)]
-    problems += [f"extra file {rel} (not in the manifest)" for rel in sorted(present - set(listed))]
-    problems += [f"changed file {rel} (SHA-256 differs from the manifest)"
-                 for rel in sorted(set(listed) & present) if sha256_file(directory / rel) != listed[rel]]
-    if problems:
-        raise BundleError(f"bundle {directory} failed verification, nothing was loaded: " + "; ".join(problems))
-    return manifest
+    return read_verified(directory, expected_manifest_sha256)[0]
+
+
+def load_verified(directory: Path, expected_manifest_sha256: str | None = None) -> tuple[dict, EnsembleRuntime]:
+    """(manifest, runtime) of a bundle, deserialised from the bytes that were verified, in a format
+    that cannot execute code (see `safe_format`): the safe way to load a bundle from an untrusted path."""
+    manifest, contents = read_verified(directory, expected_manifest_sha256)
+    prefix = PAYLOAD.as_posix() + "/"
+    parts = {rel[len(prefix):]: data for rel, data in contents.items() if rel.startswith(prefix)}
+    return manifest, EnsembleRuntime.from_files(parts)
 
 
 def load_bundle(directory: Path, expected_manifest_sha256: str | None = None) -> EnsembleRuntime:
     """The bundle's runtime, after verification (nothing is deserialised before every hash matches)."""
-    directory = Path(directory)
-    verify_bundle(directory, expected_manifest_sha256)
-    return EnsembleRuntime.load(directory / PAYLOAD)
+    return load_verified(directory, expected_manifest_sha256)[1]
 
 
 def _load_pyfunc(data_path: str) -> RuntimePyfunc:

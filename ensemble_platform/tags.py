@@ -1,0 +1,17 @@
+"""Names of the MLflow registry tags the platform reads and writes: defined once, here."""
+
+from __future__ import annotations
+
+PREFIX = "ensemble_platform."
+FINGERPRINT_TAG = PREFIX + "fingerprint"
+SEMVER_TAG = PREFIX + "semver"
+CONFIG_HASH_TAG = PREFIX + "config_hash"
+TRAIN_HASH_TAG = PREFIX + "train_hash"
+FAMILY_TAG = PREFIX + "family"
+# The member in safe_format (no code runs on load), logged beside the MLflow model in the member's
+# run; its SHA-256 is a version tag, so a bundle's member file is checked against the registry.
+MEMBER_ARTEFACT = "member.skops"
+MEMBER_SHA256_TAG = PREFIX + "member_sha256"
+GATES_TAG = PREFIX + "gates"
+APPROVAL_TAG = PREFIX + "approval"  # the decision in force; APPROVAL_TAG.NNNN: each decision, numbered as logged
+BUNDLE_TAGS = (PREFIX + "bundle_sha256", PREFIX + "manifest_sha256")

@@ -1,0 +1,178 @@
+"""Attacks on the release path by someone who can write files under the platform home but holds
+no key, and kill -9 of a promotion at every step: each is refused or recovered, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble_platform import cli
+from ensemble_platform.data.spec import load_spec
+from ensemble_platform.governance.approvals import ApprovalRecord, Approvals, utc_now
+from ensemble_platform.governance.intents import CRASH_ENV, CRASH_POINTS, INTENT_FILE, IntentError
+from ensemble_platform.governance.registry import ensemble_model_name
+from ensemble_platform.governance.release import BUNDLE_TAGS, Release
+from ensemble_platform.integrity import IntegrityError, canonical_json, entry_digest
+from ensemble_platform.settings import PlatformPaths
+from ensemble_platform_tests.conftest import home_in_production, write_spec
+
+VERSION = "1.0.0"
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory, credit_slice):
+    paths, spec_path, release, _ = home_in_production(tmp_path_factory.mktemp("attacks"), credit_slice)
+    return release, load_spec(spec_path).name
+
+
+@pytest.fixture
+def audit(production):
+    """The audit folder, put back as it was after each attack."""
+    release, dataset = production
+    folder = release.paths.audit_dir(dataset)
+    saved = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    yield folder
+    for p in folder.iterdir():
+        if p.is_file() and p.name not in saved:
+            p.unlink()
+    for name, data in saved.items():
+        (folder / name).write_bytes(data)
+
+
+def test_a_forged_approval_with_a_recomputed_hash_is_refused(production, audit, capsys):
+    release, dataset = production
+    path = audit / "approvals.jsonl"
+    lines = path.read_text().splitlines()
+    forged = json.loads(lines[-1]) | {"reviewer": "Mallory (forged)", "seq": len(lines) + 1,
+                                      "prev_sha256": json.loads(lines[-1])["sha256"]}
+    forged["sha256"] = entry_digest(forged)  # a writer without the key can recompute the hash, not the MAC
+    # Written exactly as the platform writes a line: only the MAC (which needs the key) is wrong.
+    path.write_text("\n".join([*lines, canonical_json(forged).decode()]) + "\n")
+    with pytest.raises(IntegrityError, match="forged or signed with another key"):
+        release.status(dataset)
+    assert cli.main(["--home", str(release.paths.home), "status", "--dataset", dataset]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "forged" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("log", ["approvals.jsonl", "promotions.jsonl"])
+@pytest.mark.parametrize("cut", ["drop-last-line", "empty", "delete"])
+def test_a_shortened_log_is_detected(production, audit, log, cut):
+    release, dataset = production
+    path = audit / log
+    lines = path.read_text().splitlines(keepends=True)
+    if cut == "drop-last-line":
+        path.write_text("".join(lines[:-1]))
+    elif cut == "empty":
+        path.write_text("")
+    else:
+        path.unlink()
+    with pytest.raises(IntegrityError, match="truncated|no entries|checkpoint"):
+        release.status(dataset)
+
+
+def test_a_log_without_its_final_newline_is_refused_before_anything_is_written(production, audit):
+    release, dataset = production
+    path = audit / "approvals.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    name = ensemble_model_name(dataset)
+    before = dict(release.registry.client.get_model_version(name, "1").tags)
+    with pytest.raises(IntegrityError, match="newline|cut off"):
+        release.approve(dataset, VERSION, "carol", "reject", "second thoughts")
+    assert dict(release.registry.client.get_model_version(name, "1").tags) == before
+
+
+def test_a_cut_off_last_line_is_an_error_message_not_a_traceback(production, audit, capsys):
+    release, dataset = production
+    path = audit / "promotions.jsonl"
+    path.write_bytes(path.read_bytes()[:-40])
+    assert cli.main(["--home", str(release.paths.home), "status", "--dataset", dataset]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+
+
+def test_an_approval_only_in_the_log_does_not_promote(production, audit, tmp_path):
+    """Even a correctly signed log line the registry never mirrored is not a recorded decision."""
+    release, dataset = production
+    approvals = Approvals(release.paths, dataset)
+    state = release.state(dataset, VERSION)
+    record = ApprovalRecord(dataset=dataset, version=VERSION, config_hash=state.config.config_hash,
+                            registered_model=state.registered.name, registered_version="1", decision="approve",
+                            reviewer="log-only", note="written to the log alone", waived=tuple(state.gates.failing),
+                            failing_gates=tuple(state.gates.failing), decided_at=utc_now())
+    approvals.log.append(record.model_dump(mode="json", exclude={"seq", "prev_sha256", "sha256", "mac"}))
+    with pytest.raises(Exception, match="not mirrored in the registry"):
+        release._admissible_approval(release.state(dataset, VERSION), "production")
+
+
+def test_serve_refuses_a_production_version_without_its_manifest_hash(production):
+    release, dataset = production
+    name = ensemble_model_name(dataset)
+    manifest = release.registry.client.get_model_version(name, "1").tags[BUNDLE_TAGS[1]]
+    release.registry.client.delete_model_version_tag(name, "1", BUNDLE_TAGS[1])
+    try:
+        with pytest.raises(Exception, match="no recorded manifest hash"):
+            release.production_bundle(dataset)
+    finally:
+        release.registry.client.set_model_version_tag(name, "1", BUNDLE_TAGS[1], manifest)
+    assert release.production_bundle(dataset)[1] == manifest
+
+
+def test_a_forged_promotion_intent_is_refused(production, audit):
+    release, dataset = production
+    (audit / INTENT_FILE).write_text(json.dumps({"intent": {"dataset": dataset}, "mac": "00" * 32}))
+    with pytest.raises(IntentError, match="valid signature"):
+        release.status(dataset)
+
+
+# --- kill -9 during promotion ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory, credit_slice):
+    root = tmp_path_factory.mktemp("crash")
+    spec_path = write_spec(root / "dataset", credit_slice)
+    home = root / "home"
+    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
+    release = Release(PlatformPaths.from_env(home))
+    dataset = load_spec(spec_path).name
+    release.approve(dataset, VERSION, "bob", "approve", "reviewed", release.state(dataset, VERSION).gates.failing)
+    release.promote(dataset, VERSION, "staging")
+    return release, dataset
+
+
+def _promote_in_a_process(home: Path, dataset: str, crash_at: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, CRASH_ENV: crash_at or ""}
+    command = [str(Path(sys.executable).with_name("ensemble-platform")), "--home", str(home), "promote",
+               "--dataset", dataset, "--version", VERSION, "--to", "production"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_promotion_killed_at_every_step_ends_consistent(staged):
+    release, dataset = staged
+    name = ensemble_model_name(dataset)
+    before = release.registry.stage_state(dataset)
+    for step in CRASH_POINTS:  # "logged" last: it is the one that rolls forward
+        killed = _promote_in_a_process(release.paths.home, dataset, step)
+        assert killed.returncode == -9, (step, killed.stderr[-2000:])
+        assert (release.paths.audit_dir(dataset) / INTENT_FILE).exists(), step
+        fresh = Release(release.paths)
+        status = fresh.status(dataset)  # any release command recovers first
+        assert fresh.recovered, step
+        assert not (release.paths.audit_dir(dataset) / INTENT_FILE).exists()
+        stages = fresh.registry.stage_state(dataset)
+        last = status["promotions"][-1]
+        if step == "logged":
+            assert stages.aliases.get("production") == "1" and "completed" in fresh.recovered[0]
+            assert fresh.registry.client.get_model_version(name, "1").tags.get(BUNDLE_TAGS[1])
+            assert last["to"] == "production" and last["kind"] != "recovery"
+        else:
+            assert stages == before, step  # rolled back, exactly
+            assert last["kind"] == "recovery" and last["action"] == "rolled_back", step
+    done = _promote_in_a_process(release.paths.home, dataset, None)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert release.production_bundle(dataset) is not None
