@@ -25,7 +25,7 @@ import pandas as pd
 from ensemble_platform.data.loading import read_csv
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.errors import DataError
-from ensemble_platform.files import write_json
+from ensemble_platform.files import atomic_path, write_json
 from ensemble_platform.settings import PlatformPaths
 
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -106,9 +106,8 @@ class BatchStore:
         digest = _sha256(source)[:ID_HASH_DIGITS]
         target = inbox / f"{_readable_stem(source, digest)}-{digest}{source.suffix.lower()}"
         if not target.is_file():
-            tmp = inbox / f".{target.name}.tmp"
-            shutil.copyfile(source, tmp)
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
         return InboxFile(dataset, target, batch_id_of(target))
 
     def pending(self, dataset: str) -> list[InboxFile]:

@@ -12,7 +12,7 @@ import pandas as pd
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.errors import DataError
-from ensemble_platform.files import write_json
+from ensemble_platform.files import atomic_path, write_json
 from ensemble_platform.settings import PlatformPaths
 
 ROWS = "training_rows.parquet"
@@ -29,9 +29,8 @@ class TrainingReference:
     def write(paths: PlatformPaths, split: TrainHoldoutSplit) -> None:
         directory = paths.reference_dir(split.dataset)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (ROWS + ".tmp")
-        split.train.to_parquet(tmp, index=False)
-        tmp.replace(directory / ROWS)
+        with atomic_path(directory / ROWS) as tmp:
+            split.train.to_parquet(tmp, index=False)
         write_json({"schema": split.schema.to_dict(), "train_hash": split.train_hash}, directory / SCHEMA)
 
     @classmethod

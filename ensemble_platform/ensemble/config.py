@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.files import write_atomic
 from ensemble_platform.policy import GovernancePolicy
 
 
@@ -138,10 +139,5 @@ class ConfigStore:
         return self.load(versions[-1]) if versions else None
 
     def save(self, config: EnsembleConfig) -> Path:
-        """Write atomically (temp file + rename): a crash never leaves a half-written config."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path(config.version)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(config.model_dump_json(indent=2))
-        tmp.replace(path)
-        return path
+        """Write atomically: a crash never leaves a half-written config."""
+        return write_atomic(self.path(config.version), config.model_dump_json(indent=2).encode())

@@ -11,6 +11,7 @@ import pandas as pd
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.ensemble.config import MemberRef
 from ensemble_platform.errors import LineageError
+from ensemble_platform.files import atomic_path
 from ensemble_platform.members.training import MemberFit
 
 
@@ -67,7 +68,6 @@ def write_parquet(predictions: MemberPredictions, directory: Path) -> dict[str, 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"oof": directory / "oof_predictions.parquet", "holdout": directory / "holdout_predictions.parquet"}
     for key, frame in (("oof", predictions.oof), ("holdout", predictions.holdout)):
-        tmp = paths[key].with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(paths[key])
+        with atomic_path(paths[key]) as tmp:
+            frame.to_parquet(tmp, index=False)
     return paths

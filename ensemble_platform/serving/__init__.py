@@ -1,1 +1,9 @@
-"""The ensemble at prediction time: the runtime object and its MLflow pyfunc wrapper."""
+"""Serving: the one MLflow pyfunc, the parity set, the hash-verified serving bundle and the decider (degraded modes)."""
+
+# The package's public modules (import them by name; nothing is re-exported here).
+__all__ = [
+    "bundle",
+    "parity",
+    "pyfunc",
+    "signature",
+]

@@ -38,6 +38,7 @@ from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.runtime import EnsembleRuntime, member_file
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.files import atomic_path
 from ensemble_platform.serving.parity import ParitySet
 from ensemble_platform.serving.pyfunc import DATA_PATH, RuntimePyfunc
 
@@ -177,10 +178,9 @@ def write_archive(directory: Path, archive: Path, created_at: str) -> str:
             data = (directory / rel).read_bytes()
             info.size, info.mtime, info.mode = len(data), mtime, 0o644
             tar.addfile(info, io.BytesIO(data))
-    tmp = archive.with_name(archive.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+    with atomic_path(archive) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(buffer.getvalue())
-    tmp.replace(archive)
     digest = sha256_file(archive)
     archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
     return digest

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.files import atomic_path
 
 ROWS_FILE = "holdout_rows.parquet"
 SCORES_FILE = "holdout_scores.parquet"
@@ -26,9 +27,8 @@ class ParitySet:
         directory.mkdir(parents=True, exist_ok=True)
         paths = {"rows": directory / ROWS_FILE, "scores": directory / SCORES_FILE}
         for key, frame in (("rows", self.rows), ("scores", self.scores)):
-            tmp = paths[key].with_name(paths[key].name + ".tmp")
-            frame.reset_index(drop=True).to_parquet(tmp, index=False)
-            tmp.replace(paths[key])
+            with atomic_path(paths[key]) as tmp:
+                frame.reset_index(drop=True).to_parquet(tmp, index=False)
         return paths
 
     @classmethod
