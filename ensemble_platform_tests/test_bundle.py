@@ -264,3 +264,20 @@ def test_mlflow_models_serve_serves_the_bundle(production, parity):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_hostile_numbers_empty_batches_and_empty_rows(production, credit_slice):
+    """±inf and magnitudes past float32 are refused naming the column; no rows give no scores;
+    a row missing most of its features is scored but sent to a human."""
+    _, bundle, _ = production
+    runtime = load_bundle(bundle)
+    rows = credit_slice.head(3).copy()
+    for value in (float("inf"), -float("inf"), 1e308):
+        with pytest.raises(DataError, match=r"column 'Income' has 1 infinite or out-of-range"):
+            runtime.score(rows.assign(Income=[value, 1.0, 2.0]))
+    empty = runtime.score(rows.iloc[0:0])
+    assert len(empty) == 0 and list(empty.columns) == ["probability", "decision", "agreement", "needs_review"]
+    blank = rows.copy()
+    blank.loc[blank.index[0], runtime.schema.features] = None
+    scored = runtime.score(blank)
+    assert bool(scored["needs_review"].iloc[0])
