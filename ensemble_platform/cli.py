@@ -296,28 +296,6 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the production bundle with MLflow, after verifying it against the registry's record."""
-    import shutil
-
-    from ensemble_platform.governance.release import Release
-    from ensemble_platform.serving.bundle import verify_bundle
-
-    dataset = _dataset_name(args.dataset)
-    bundle = Release(PlatformPaths.from_env(args.home)).production_bundle(dataset)
-    if bundle is None:
-        print(f"error: {dataset} has no production version", file=sys.stderr)
-        return 2
-    directory, manifest_sha256, _ = bundle
-    verify_bundle(directory, manifest_sha256)
-    mlflow = shutil.which("mlflow", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-    command = [mlflow or "mlflow", "models", "serve", "-m", str(directory), "--env-manager", "local",
-               "--host", args.host, "--port", str(args.port)]
-    print("verified; " + " ".join(command), flush=True)
-    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    os.execvpe(command[0], command, env)
-
-
 def _table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [headers, *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -381,11 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--manifest-sha256", help="also require the manifest itself to have this SHA-256")
     verify.set_defaults(func=cmd_verify_bundle)
 
-    serve = sub.add_parser("serve", help="verify and serve the production bundle (mlflow models serve)")
-    serve.add_argument("--dataset", help=dataset_help)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=5001)
-    serve.set_defaults(func=cmd_serve)
+    from ensemble_platform.service.cli import add_subcommands
+
+    add_subcommands(sub)  # serve (the decision service), tokens, decisions
 
     args = parser.parse_args(argv)
     try:

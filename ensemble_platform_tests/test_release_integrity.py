@@ -176,3 +176,34 @@ def test_promotion_killed_at_every_step_ends_consistent(staged):
     done = _promote_in_a_process(release.paths.home, dataset, None)
     assert done.returncode == 0, done.stderr[-2000:]
     assert release.production_bundle(dataset) is not None
+
+
+def test_serve_dataset_serves_the_verified_production_bundle_over_http(production):
+    """`serve --dataset D` looks up production once (manifest hash from the registry), then serves."""
+    import socket
+    import time
+    import urllib.request
+
+    release, dataset = production
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).with_name("ensemble-platform")), "--home", str(release.paths.home), "serve",
+               "--dataset", dataset, "--port", str(port), "--no-auth"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+                    ready = json.loads(response.read())
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("serve did not start:\n" + server.stdout.read().decode()[-3000:])
+                time.sleep(0.3)
+        text = json.dumps(ready)
+        assert VERSION in text and release.production_bundle(dataset)[1][:16] in text
+    finally:
+        os.killpg(server.pid, 9)
+        server.wait(timeout=30)

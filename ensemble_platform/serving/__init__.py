@@ -3,6 +3,7 @@
 # The package's public modules (import them by name; nothing is re-exported here).
 __all__ = [
     "bundle",
+    "decider",
     "parity",
     "pyfunc",
     "signature",

@@ -1,0 +1,5 @@
+import sys
+
+from ensemble_platform.service.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""Command line of the decision service: serve a bundle, create tokens, show / verify / export / replay
+recorded decisions. `add_subcommands(subparsers)` adds them to the platform's argparse CLI; the handlers
+read `args.home` (the platform's global `--home`) like the other commands. Also runnable on its own:
+`python -m ensemble_platform.service --home H serve --bundle ... --manifest-sha256 ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.policy import GovernancePolicy
+from ensemble_platform.settings import HOME_ENV, PlatformPaths
+
+DEFAULT_PORT = 8080
+EXPORT_FORMATS = ("jsonl", "parquet")
+DEFAULT_SERVE_COMMAND = "serve"
+
+
+def _paths(args: argparse.Namespace) -> PlatformPaths:
+    return PlatformPaths.from_env(getattr(args, "home", None))
+
+
+def _decision_log(args: argparse.Namespace):
+    from ensemble_platform.service.decision_log import DecisionLog
+
+    return DecisionLog.for_home(_paths(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Verify and load the bundle, open the decision log and the token file, serve until interrupted."""
+    from ensemble_platform.service.app import NO_AUTH_WARNING, create_app
+    from ensemble_platform.service.runner import load_verified_bundle, serve
+    from ensemble_platform.service.tokens import TokenStore
+    from ensemble_platform.serving.decider import Decider
+
+    paths = _paths(args)
+    if args.bundle is None:
+        args.bundle, args.manifest_sha256 = _production_bundle(paths, args.dataset)
+    elif not args.manifest_sha256:
+        raise PlatformError("--bundle needs --manifest-sha256: the SHA-256 its manifest must have (from the registry "
+                            "tag ensemble_platform.manifest_sha256 or the release record); or serve --dataset D")
+    manifest, runtime, manifest_sha256 = load_verified_bundle(Path(args.bundle), args.manifest_sha256)
+    listed = manifest.get("governance")
+    governance: dict[str, Any] = listed if isinstance(listed, dict) else {}
+    min_members = args.min_members or int(governance.get("min_members", GovernancePolicy().min_members))
+    decider = Decider(runtime, manifest, member_timeout_s=args.member_timeout, min_members=min_members,
+                      max_missing_share=args.max_missing_share)
+    decision_log = _decision_log(args)
+    tokens = TokenStore.for_home(paths)
+    app = create_app(decider, decision_log, tokens, auth=not args.no_auth, manifest_sha256=manifest_sha256,
+                     store_columns=args.store_columns, bundle_path=str(Path(args.bundle).resolve()))
+    print(f"verified {args.bundle}: {decider.dataset} {decider.ensemble_version} (manifest {manifest_sha256[:16]}...), "
+          f"{len(runtime.members)} members, min_members {min_members}", flush=True)
+    print(f"decision log: {decision_log.path} ({decision_log.count()} entries)", flush=True)
+    if args.no_auth:
+        print(f"WARNING: {NO_AUTH_WARNING}", file=sys.stderr, flush=True)
+    elif not tokens.tokens():
+        print(f"no tokens yet: create one with `tokens create --scope decide --name NAME` ({tokens.path})", flush=True)
+    try:
+        serve(app, args.host, args.port)
+    finally:
+        decision_log.close()
+        decider.close()
+    return 0
+
+
+def _production_bundle(paths: PlatformPaths, dataset: str | None) -> tuple[str, str]:
+    """The production bundle and the manifest hash the registry recorded (the only registry read:
+    at start-up, never while serving)."""
+    from ensemble_platform.data.spec import load_spec
+    from ensemble_platform.governance.release import Release
+
+    name = dataset if dataset and not dataset.endswith((".yaml", ".yml")) else load_spec(dataset).name
+    bundle = Release(paths).production_bundle(name)
+    if bundle is None:
+        raise PlatformError(f"{name} has no production version to serve; promote one, or pass --bundle")
+    directory, manifest_sha256, _ = bundle
+    return str(directory), manifest_sha256
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    from ensemble_platform.service.tokens import TokenStore
+
+    store = TokenStore.for_home(_paths(args))
+    token = store.create_token(args.name, args.scope)
+    print(f"token {args.name!r} with scope(s) {sorted(set(args.scope))} (stored as its SHA-256 in {store.path}):")
+    print(token)
+    print("it is shown only this once", file=sys.stderr)
+    return 0
+
+
+def cmd_decisions_show(args: argparse.Namespace) -> int:
+    decision_log = _decision_log(args)
+    try:
+        entry = decision_log.get(args.id)
+    finally:
+        decision_log.close()
+    if entry is None:
+        print(f"error: no record {args.id!r} in the decision log", file=sys.stderr)
+        return 2
+    print(json.dumps(entry, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_decisions_verify(args: argparse.Namespace) -> int:
+    decision_log = _decision_log(args)
+    try:
+        total = decision_log.verify()
+        kinds: dict[str, int] = {}
+        for entry in decision_log.entries():
+            kinds[str(entry.get("kind"))] = kinds.get(str(entry.get("kind")), 0) + 1
+    finally:
+        decision_log.close()
+    detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "empty"
+    print(f"{decision_log.path}: verified {total} entries ({detail}): every entry chains, its MAC verifies, "
+          f"and the log matches its signed checkpoint")
+    return 0
+
+
+def _flat(entry: dict[str, Any]) -> dict[str, Any]:
+    """A record for a table: nested values as JSON text."""
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in entry.items()}
+
+
+def cmd_decisions_export(args: argparse.Namespace) -> int:
+    decision_log = _decision_log(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        entries = list(decision_log.entries(args.since))
+    finally:
+        decision_log.close()
+    if args.format == "jsonl":
+        with open(output, "w") as handle:
+            for entry in entries:
+                handle.write(json.dumps(entry, sort_keys=True) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([_flat(e) for e in entries]), output)
+    print(f"exported {len(entries)} entries" + (f" since {args.since}" if args.since else "") + f" to {output}")
+    return 0
+
+
+def cmd_decisions_replay(args: argparse.Namespace) -> int:
+    from ensemble_platform.service.replay import replay_record
+
+    paths = _paths(args)
+    decision_log = _decision_log(args)
+    try:
+        entry = decision_log.get(args.id)
+    finally:
+        decision_log.close()
+    if entry is None:
+        print(f"error: no record {args.id!r} in the decision log", file=sys.stderr)
+        return 2
+    result = replay_record(entry, paths)
+    if not result.identical:
+        print(f"MISMATCH: decision {args.id} replayed through {result.bundle} differs:", file=sys.stderr)
+        for line in result.differences:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"decision {args.id}: replayed through {result.bundle}; all {result.compared} outputs identical to the bit")
+    return 0
+
+
+def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> None:
+    """Add `<serve_command>`, `tokens create` and `decisions show|verify|export|replay` to `sub` (the main
+    parser's `add_subparsers()`), each with `func` set like the platform's other commands."""
+    serve = sub.add_parser(serve_command, help="serve decisions from a verified bundle (FastAPI, decision log)")
+    serve.add_argument("--dataset", help="serve this dataset's production bundle, verified against the manifest "
+                                         "SHA-256 the registry recorded (the default when --bundle is not given)")
+    serve.add_argument("--bundle", help="a serving bundle directory (needs --manifest-sha256); no registry access")
+    serve.add_argument("--manifest-sha256", help="the SHA-256 the bundle's manifest.json must have")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--no-auth", action="store_true", help="serve without bearer tokens (loudly shown in /ready)")
+    serve.add_argument("--member-timeout", type=float, default=2.0, help="per-member deadline in seconds")
+    serve.add_argument("--min-members", type=int, help="refuse below this many working members "
+                                                       "(default: the governance policy's min_members)")
+    serve.add_argument("--max-missing-share", type=float, default=0.5,
+                       help="route rows missing more than this share of features to review")
+    serve.add_argument("--store-columns", nargs="*", metavar="COLUMN",
+                       help="input columns kept in each record (default: every feature but the sensitive ones)")
+    serve.set_defaults(func=cmd_serve)
+
+    tokens = sub.add_parser("tokens", help="bearer tokens of the decision service")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_sub.add_parser("create", help="create a token; its plaintext is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", required=True, action="append", choices=["decide", "read", "review"],
+                        help="repeat for several scopes")
+    create.set_defaults(func=cmd_tokens_create)
+
+    decisions = sub.add_parser("decisions", help="the decision log: show, verify, export, replay")
+    decisions_sub = decisions.add_subparsers(dest="decisions_command", required=True)
+    show = decisions_sub.add_parser("show", help="print one record")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_decisions_show)
+    verify = decisions_sub.add_parser("verify", help="verify the whole chain and its signed checkpoint")
+    verify.set_defaults(func=cmd_decisions_verify)
+    export = decisions_sub.add_parser("export", help="write records (created at or after --since) to a file")
+    export.add_argument("--since", help="ISO-8601 time, e.g. 2026-01-01T00:00:00+00:00 (default: everything)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
+    export.add_argument("--output", required=True)
+    export.set_defaults(func=cmd_decisions_export)
+    replay = decisions_sub.add_parser("replay", help="re-score a decision through its bundle; exit 1 on any difference")
+    replay.add_argument("id")
+    replay.set_defaults(func=cmd_decisions_replay)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ensemble_platform.errors import PlatformError
+
+    parser = argparse.ArgumentParser(prog="python -m ensemble_platform.service", description=__doc__)
+    parser.add_argument("--home", help=f"platform home (default ${HOME_ENV} or ./.ensemble_platform)")
+    add_subcommands(parser.add_subparsers(dest="command", required=True), serve_command="serve")
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,503 @@
+"""The decider: validated rows in, decisions out, with degraded modes (plain Python, no web framework).
+
+Each member scores in its own worker pool with a per-member deadline. A member that raises, misses its
+deadline, or returns NaN/inf/a value outside [0, 1] is excluded for the rows concerned, with the reason.
+The remaining members are combined:
+
+  SoftAverage, WeightedAverage, GreedySelection   weights renormalised over the remaining members (if
+                                                  all weight was on excluded members: majority vote,
+                                                  flagged `fallback`)
+  MajorityVote, Stacking (and any other combiner)  majority vote of the remaining members (`fallback`);
+                                                  the stacker itself raising: majority vote of all
+                                                  members (`fallback`)
+
+Fewer working members than `min_members` for any row refuses the whole request (`RefusalError`).
+Every degraded row is routed to human review.
+
+Batch invariance. `runtime.score` is not batch-invariant: BLAS kernels (OpenBLAS gemv/gemm) handle the
+row tails of a matrix (row count not a multiple of 4/8) with a different accumulation order than full
+tiles, so LogisticRegression, KNN (distances) and Stacking gave a row different last bits in a batch of
+1, 3, 7, 17, 63 or 255 rows than in a batch of 64 or 1000 (measured on credit_data; tree ensembles,
+HistGradientBoosting and XGBoost were exact at every size). The decider therefore evaluates every
+member whose final estimator is not in `ROW_EXACT_ESTIMATORS`, the combiner and the calibrator on fixed
+blocks of `BLOCK_ROWS` rows (the last block padded with copies of its first row; padding rows never
+influence other rows' results): a row gets the same bits alone or in any batch, so replaying one stored
+row reproduces it exactly. With every member healthy the result equals `runtime.score(rows)` bit for bit
+whenever the batch itself takes full BLAS tiles (its row count is a multiple of 8; tested at 64 and
+256 rows); on other sizes `runtime.score` is the one whose bits depend on the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+
+from ensemble_platform.ensemble.runtime import EnsembleRuntime
+from ensemble_platform.ensemble.strategies import MajorityVote, SoftAverage, WeightedAverage
+from ensemble_platform.errors import DataError, PlatformError
+from ensemble_platform.evaluation.agreement import vote_agreement
+from ensemble_platform.members.catalogue import final_estimator
+from ensemble_platform.members.training import positive_proba
+
+BLOCK_ROWS = 64
+# Final estimators whose prediction for a row depends on that row only, in any batch (trees summed in a
+# fixed order; no BLAS reduction across features). Anything else is scored in fixed blocks.
+ROW_EXACT_ESTIMATORS = frozenset({
+    "RandomForestClassifier", "ExtraTreesClassifier", "DecisionTreeClassifier", "ExtraTreeClassifier",
+    "HistGradientBoostingClassifier", "GradientBoostingClassifier", "XGBClassifier",
+})
+# Preprocessing steps that work value by value (or row by row) with fitted constants: batch-invariant.
+ELEMENTWISE_TRANSFORMS = frozenset({
+    "SimpleImputer", "MissingIndicator", "StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler",
+    "OneHotEncoder", "OrdinalEncoder", "SplineTransformer", "KBinsDiscretizer", "Binarizer",
+})
+# Numbers beyond this magnitude are refused: squared in distances or exponentiated they overflow.
+DEFAULT_MAX_ABS_VALUE = 1e150
+DEFAULT_MEMBER_TIMEOUT_S = 2.0
+DEFAULT_MAX_MISSING_SHARE = 0.5
+MEMBER_WORKERS = 4
+TIE_EPSILON = 1e-6
+
+# Review reasons.
+LOW_AGREEMENT = "low_agreement"
+UNSEEN_CATEGORY = "unseen_category"
+DEGRADED = "degraded"
+MISSING_FEATURES = "missing_features"
+REVIEW_REASONS = (LOW_AGREEMENT, UNSEEN_CATEGORY, DEGRADED, MISSING_FEATURES)
+
+# Why a member was excluded (metrics label values).
+MemberFailure = Literal["exception", "timeout", "non_finite", "out_of_range", "bad_shape", "excluded"]
+# Why the combination fell back to a majority vote.
+COMBINER_CANNOT_SKIP = "combiner_needs_every_member"
+WEIGHT_ON_EXCLUDED = "all_weight_on_excluded_members"
+COMBINER_FAILED = "combiner_failed"
+
+
+class DecisionInputError(DataError):
+    """A request row cannot be scored; names the row index and the column."""
+
+    def __init__(self, message: str, *, row: int | None = None, column: str | None = None):
+        self.row = row
+        self.column = column
+        super().__init__(message)
+
+
+class RefusalError(PlatformError):
+    """Too few working members to decide: `reason` says which rows and why; `members` the member outcomes."""
+
+    def __init__(self, reason: str, members: Mapping[str, MemberOutput], rows: Sequence[int]):
+        self.reason = reason
+        self.members = dict(members)
+        self.rows = list(rows)
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class MemberOutput:
+    """One member's output for one row: a probability, or why there is none."""
+
+    registered_model: str
+    version: str
+    probability: float | None
+    error: str | None = None
+    reason: MemberFailure | None = None
+
+
+@dataclass(frozen=True)
+class RowDecision:
+    probability: float  # after the calibrator
+    combined: float  # the combination before calibration
+    decision: int
+    agreement: float  # share of the voting members whose own vote matches the decision
+    needs_review: bool
+    review_reasons: tuple[str, ...]
+    members: dict[str, MemberOutput]
+    degraded: bool
+    excluded: dict[str, str]  # member -> why it was excluded for this row
+    fallback: bool
+    fallback_reason: str | None
+    unseen_category: bool
+    missing_share: float
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    rows: list[RowDecision]
+    features: list[dict[str, Any]]  # the validated rows as scored (canonical JSON values)
+    seconds: float
+    member_seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --- input validation ---------------------------------------------------------------------------
+
+def _numeric_value(value: Any, row: int, column: str, max_abs: float) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DecisionInputError(f"row {row}, column {column!r}: expected a number, got {type(value).__name__} "
+                                 f"{value!r:.50}", row=row, column=column)
+    if isinstance(value, float) and math.isnan(value):
+        return math.nan
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (ValueError, OverflowError):
+        raise DecisionInputError(f"row {row}, column {column!r}: unparseable number {value!r:.50}",
+                                 row=row, column=column) from None
+    if not math.isfinite(number) or abs(number) > max_abs:
+        raise DecisionInputError(f"row {row}, column {column!r}: {value!r:.50} is not a finite number within "
+                                 f"+-{max_abs:g}", row=row, column=column)
+    return number
+
+
+def _categorical_value(value: Any, row: int, column: str) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecisionInputError(f"row {row}, column {column!r}: {value!r} is not a category", row=row, column=column)
+    if not isinstance(value, (str, int, float)):
+        raise DecisionInputError(f"row {row}, column {column!r}: expected text, got {type(value).__name__} "
+                                 f"{value!r:.50}", row=row, column=column)
+    return str(value)
+
+
+def validate_rows(rows: Sequence[Mapping[str, Any]], numeric: Sequence[str], categorical: Sequence[str],
+                  max_abs: float = DEFAULT_MAX_ABS_VALUE) -> list[dict[str, Any]]:
+    """The rows as canonical feature dicts (numbers as float, NaN for missing; categories as text or None).
+    Extra columns are dropped. Raises `DecisionInputError` naming the row index and the column."""
+    canonical: list[dict[str, Any]] = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DecisionInputError(f"row {index}: expected an object of column -> value, got {type(row).__name__}",
+                                     row=index)
+        clean: dict[str, Any] = {}
+        for column in (*numeric, *categorical):
+            if column not in row:
+                raise DecisionInputError(f"row {index}: missing column {column!r}", row=index, column=column)
+        for column in numeric:
+            clean[column] = _numeric_value(row[column], index, column, max_abs)
+        for column in categorical:
+            clean[column] = _categorical_value(row[column], index, column)
+        canonical.append(clean)
+    return canonical
+
+
+def features_frame(rows: Sequence[Mapping[str, Any]], numeric: Sequence[str],
+                   categorical: Sequence[str]) -> pd.DataFrame:
+    """Canonical rows as the frame the runtime scores (float64 numerics, object categoricals)."""
+    data: dict[str, Any] = {c: np.array([r[c] for r in rows], dtype="float64") for c in numeric}
+    data.update({c: pd.Series([r[c] for r in rows], dtype="object") for c in categorical})
+    return pd.DataFrame(data, index=pd.RangeIndex(len(rows)))
+
+
+def jsonable_features(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A canonical row with NaN as None (strict JSON)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+# --- exact, batch-invariant evaluation ----------------------------------------------------------
+
+def blocked(fn: Callable[[np.ndarray], np.ndarray], n: int, block: int = BLOCK_ROWS) -> np.ndarray:
+    """`fn` (row positions -> one value per position) evaluated on fixed blocks of `block` positions, the
+    last block padded by repeating its first position: every row sees the same kernel shapes in any batch."""
+    parts = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        positions = np.arange(start, stop)
+        if len(positions) < block:
+            positions = np.concatenate([positions, np.full(block - len(positions), start)])
+        parts.append(np.asarray(fn(positions), dtype=float).reshape(-1)[: stop - start])
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def is_row_exact(model: Any) -> bool:
+    return type(final_estimator(model)).__name__ in ROW_EXACT_ESTIMATORS
+
+
+def is_elementwise(step: Any) -> bool:
+    """A preprocessing step (or a ColumnTransformer / Pipeline of them) that maps each value, or each row,
+    on its own with no reduction across features: its output for a row does not depend on the batch."""
+    if isinstance(step, str):
+        return step in ("passthrough", "drop")
+    if isinstance(step, Pipeline):
+        return all(is_elementwise(inner) for _, inner in step.steps)
+    if isinstance(step, ColumnTransformer):
+        fitted = getattr(step, "transformers_", step.transformers)
+        return all(is_elementwise(inner) for _, inner, _ in fitted)
+    return type(step).__name__ in ELEMENTWISE_TRANSFORMS
+
+
+def member_probabilities(model: Any, X: pd.DataFrame) -> np.ndarray:
+    """The member's positive-class probability per row, independent of the batch the row is in: row-exact
+    members on the whole batch; others with elementwise preprocessing on the whole batch and the final
+    estimator on fixed blocks; anything else entirely on fixed blocks."""
+    if is_row_exact(model):
+        return np.asarray(positive_proba(model, X), dtype=float)
+    if isinstance(model, Pipeline) and len(model.steps) > 1 and is_elementwise(model[:-1]):
+        Z = model[:-1].transform(X)
+        estimator = model.steps[-1][1]
+        return blocked(lambda positions: positive_proba(estimator, Z[positions]), len(X))
+    return blocked(lambda positions: positive_proba(model, X.iloc[positions]), len(X))
+
+
+def majority_vote(P: np.ndarray, threshold: float, tie_breaker: int | None) -> np.ndarray:
+    """Positive vote share of the columns of P; exact ties are broken by column `tie_breaker` (or, without
+    one, by the mean probability) moving the share by `TIE_EPSILON`."""
+    votes = (P >= threshold).astype(float)
+    share = votes.mean(axis=1)
+    lean = votes[:, tie_breaker] == 1.0 if tie_breaker is not None else P.mean(axis=1) >= threshold
+    return np.where(np.isclose(share, 0.5), 0.5 + np.where(lean, TIE_EPSILON, -TIE_EPSILON), share)
+
+
+# --- the decider --------------------------------------------------------------------------------
+
+@dataclass
+class _MemberRun:
+    values: np.ndarray | None
+    error: str | None
+    reason: MemberFailure | None
+    seconds: float
+
+
+class Decider:
+    """Turns validated rows into decisions with one runtime (a verified bundle's) and its manifest."""
+
+    def __init__(self, runtime: EnsembleRuntime, manifest: Mapping[str, Any], *,
+                 member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S, min_members: int = 2,
+                 max_missing_share: float = DEFAULT_MAX_MISSING_SHARE, max_abs_value: float = DEFAULT_MAX_ABS_VALUE,
+                 member_workers: int = MEMBER_WORKERS):
+        if member_timeout_s <= 0 or min_members < 1 or not 0 <= max_missing_share <= 1:
+            raise ValueError(f"member_timeout_s must be > 0, min_members >= 1, max_missing_share in [0, 1] "
+                             f"(got {member_timeout_s}, {min_members}, {max_missing_share})")
+        self.runtime = runtime
+        self.manifest = dict(manifest)
+        self.member_timeout_s = member_timeout_s
+        self.min_members = min_members
+        self.max_missing_share = max_missing_share
+        self.max_abs_value = max_abs_value
+        listed = {m["name"]: m for m in self.manifest.get("members", [])}
+        self.member_refs = {name: (str(listed.get(name, {}).get("registered_model", name)),
+                                   str(listed.get(name, {}).get("version", "unregistered")))
+                            for name in runtime.members}
+        self._pools = {name: ThreadPoolExecutor(member_workers, thread_name_prefix=f"member-{name}")
+                       for name in runtime.members}
+        self._closed = threading.Event()
+
+    # -- identity --------------------------------------------------------------------------------
+
+    @property
+    def dataset(self) -> str:
+        return str(self.manifest.get("dataset", self.runtime.dataset))
+
+    @property
+    def ensemble_version(self) -> str:
+        return str(self.manifest.get("ensemble_version", self.runtime.version))
+
+    @property
+    def config_hash(self) -> str:
+        return str(self.manifest.get("config_hash", ""))
+
+    @property
+    def features(self) -> list[str]:
+        return self.runtime.schema.features
+
+    def close(self) -> None:
+        self._closed.set()
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- entry points ----------------------------------------------------------------------------
+
+    def validate(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        schema = self.runtime.schema
+        return validate_rows(rows, schema.numeric, schema.categorical, self.max_abs_value)
+
+    def decide(self, rows: Sequence[Mapping[str, Any]],
+               forced_exclusions: Sequence[Mapping[str, str]] | None = None) -> DecisionBatch:
+        """Decisions for `rows` (validated here). `forced_exclusions[i]` (replay) excludes those members
+        for row i with the given reason. Raises `DecisionInputError` or `RefusalError`."""
+        return self.decide_validated(self.validate(rows), forced_exclusions)
+
+    def decide_validated(self, canonical: Sequence[Mapping[str, Any]],
+                         forced_exclusions: Sequence[Mapping[str, str]] | None = None) -> DecisionBatch:
+        """`decide` for rows `validate` already returned."""
+        started = time.perf_counter()
+        if not canonical:
+            return DecisionBatch([], [], 0.0)
+        schema = self.runtime.schema
+        X = self.runtime.model_input(features_frame(canonical, schema.numeric, schema.categorical))
+        unseen = self.runtime.unseen_categories(X)
+        runs = self._run_members(X)
+        P, failures = self._member_matrix(runs, len(X), forced_exclusions)
+        self._refuse_if_too_few(P, failures, runs)
+        combined, fallback = self._combine(P, X)
+        proba = blocked(lambda positions: self.runtime.calibrator.transform(combined[positions]), len(combined))
+        decisions = self._rows(P, failures, combined, fallback, proba, unseen, X)
+        return DecisionBatch(decisions, [jsonable_features(r) for r in canonical], time.perf_counter() - started,
+                             {name: run.seconds for name, run in runs.items()})
+
+    # -- members ---------------------------------------------------------------------------------
+
+    def _run_members(self, X: pd.DataFrame) -> dict[str, _MemberRun]:
+        def timed(model: Any) -> tuple[np.ndarray, float]:
+            begun = time.perf_counter()
+            values = member_probabilities(model, X)
+            return values, time.perf_counter() - begun
+
+        submitted = time.monotonic()
+        futures: dict[str, Future] = {name: self._pools[name].submit(timed, model)
+                                      for name, model in self.runtime.members.items()}
+        runs: dict[str, _MemberRun] = {}
+        for name, future in futures.items():
+            remaining = max(0.0, submitted + self.member_timeout_s - time.monotonic())
+            try:
+                values, seconds = future.result(timeout=remaining)
+            except TimeoutError:
+                future.cancel()
+                runs[name] = _MemberRun(None, f"timeout: no answer within {self.member_timeout_s:g}s", "timeout",
+                                        self.member_timeout_s)
+                continue
+            except Exception as exc:  # a member's own failure: exclude it, keep serving
+                runs[name] = _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception",
+                                        time.monotonic() - submitted)
+                continue
+            runs[name] = _MemberRun(values, None, None, seconds)
+        return runs
+
+    def _member_matrix(self, runs: Mapping[str, _MemberRun], n: int,
+                       forced: Sequence[Mapping[str, str]] | None) -> tuple[np.ndarray, list[dict[str, tuple[str, str]]]]:
+        """(P with NaN where a member is excluded, per row: member -> (reason code, message))."""
+        P = np.full((n, len(runs)), np.nan)
+        failures: list[dict[str, tuple[str, str]]] = [{} for _ in range(n)]
+        for j, (name, run) in enumerate(runs.items()):
+            values = run.values
+            if values is not None and values.shape != (n,):
+                run = _MemberRun(None, f"bad_shape: returned shape {values.shape} for {n} rows", "bad_shape",
+                                 run.seconds)
+                values = None
+            if values is None:
+                for row in failures:
+                    row[name] = (str(run.reason), str(run.error))
+                continue
+            for i in range(n):
+                value = float(values[i])
+                if not math.isfinite(value):
+                    failures[i][name] = ("non_finite", f"non_finite: returned {value!r}")
+                elif not 0.0 <= value <= 1.0:
+                    failures[i][name] = ("out_of_range", f"out_of_range: returned {value!r}, outside [0, 1]")
+                else:
+                    P[i, j] = value
+        for i, excluded in enumerate(forced or []):
+            for name, why in excluded.items():
+                if name in runs:
+                    P[i, list(runs).index(name)] = np.nan
+                    failures[i][name] = ("excluded", str(why))
+        return P, failures
+
+    def _refuse_if_too_few(self, P: np.ndarray, failures: list[dict[str, tuple[str, str]]],
+                           runs: Mapping[str, _MemberRun]) -> None:
+        working = np.isfinite(P).sum(axis=1)
+        short = np.flatnonzero(working < self.min_members)
+        if not len(short):
+            return
+        first = int(short[0])
+        why = "; ".join(f"{name}: {message}" for name, (_, message) in failures[first].items())
+        reason = (f"{len(short)} of {len(P)} row(s) (first: row {first}) have {int(working[first])} working "
+                  f"member(s), fewer than min_members={self.min_members}: {why}")
+        members = {name: MemberOutput(*self.member_refs[name], probability=None if name in failures[first]
+                                      else float(P[first, j]), error=failures[first].get(name, (None, None))[1],
+                                      reason=failures[first].get(name, (None, None))[0])  # type: ignore[arg-type]
+                   for j, name in enumerate(runs)}
+        raise RefusalError(reason, members, [int(i) for i in short])
+
+    # -- combining -------------------------------------------------------------------------------
+
+    def _combine(self, P: np.ndarray, X: pd.DataFrame) -> tuple[np.ndarray, list[str | None]]:
+        """(combined probability before calibration, per row: the fallback reason or None)."""
+        n = len(P)
+        combined = np.full(n, np.nan)
+        fallback: list[str | None] = [None] * n
+        available = np.isfinite(P)
+        patterns: dict[tuple[int, ...], list[int]] = {}
+        for i in range(n):
+            patterns.setdefault(tuple(np.flatnonzero(available[i]).tolist()), []).append(i)
+        for columns, rows in patterns.items():
+            idx = np.array(rows)
+            values, reason = self._combine_group(P[np.ix_(idx, np.array(columns, dtype=int))], X.iloc[idx], columns)
+            combined[idx] = values
+            for i in rows:
+                fallback[i] = reason
+        return combined, fallback
+
+    def _combine_group(self, P: np.ndarray, X: pd.DataFrame, columns: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
+        combiner = self.runtime.combiner
+        if len(columns) == len(self.runtime.members):
+            try:
+                values = blocked(lambda pos: self.runtime.combined_proba(P[pos], X.iloc[pos]), len(P))
+                if np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1)):
+                    return values, None
+                problem = "returned values that are not probabilities"
+            except Exception as exc:  # the stacker itself failed: vote instead, flagged
+                problem = f"{type(exc).__name__}: {exc}"
+            return self._vote(P, columns), f"{COMBINER_FAILED}: {problem}"[:300]
+        if isinstance(combiner, WeightedAverage):  # GreedySelection included
+            weights = np.asarray(combiner.weights_, dtype=float)[list(columns)]
+            total = float(weights.sum())
+            if total <= 0:
+                return self._vote(P, columns), WEIGHT_ON_EXCLUDED
+            normalised = weights / total
+            return blocked(lambda pos: (P[pos] * normalised).sum(axis=1), len(P)), None
+        if isinstance(combiner, SoftAverage):
+            return blocked(lambda pos: P[pos].mean(axis=1), len(P)), None
+        return self._vote(P, columns), COMBINER_CANNOT_SKIP
+
+    def _vote(self, P: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
+        combiner = self.runtime.combiner
+        threshold = self.runtime.decision_threshold
+        tie_breaker = None
+        if isinstance(combiner, MajorityVote):
+            threshold = combiner.threshold
+            original = getattr(combiner, "tie_breaker_", None)
+            tie_breaker = columns.index(original) if original in columns else None
+        return majority_vote(P, threshold, tie_breaker)
+
+    # -- per-row documents -----------------------------------------------------------------------
+
+    def _rows(self, P: np.ndarray, failures: list[dict[str, tuple[str, str]]], combined: np.ndarray,
+              fallback: list[str | None], proba: np.ndarray, unseen: np.ndarray, X: pd.DataFrame) -> list[RowDecision]:
+        threshold = self.runtime.decision_threshold
+        names = list(self.runtime.members)
+        missing_share = X.isna().mean(axis=1).to_numpy()
+        rows: list[RowDecision] = []
+        for i in range(len(P)):
+            voting = np.isfinite(P[i])
+            agreement = float(vote_agreement(P[i:i + 1, voting], proba[i:i + 1], threshold)[0])
+            degraded = bool(failures[i])
+            reasons = [reason for reason, flagged in (
+                (LOW_AGREEMENT, agreement < self.runtime.agreement_threshold),
+                (UNSEEN_CATEGORY, bool(unseen[i])),
+                (DEGRADED, degraded),
+                (MISSING_FEATURES, missing_share[i] > self.max_missing_share),
+            ) if flagged]
+            members = {name: MemberOutput(*self.member_refs[name],
+                                          probability=float(P[i, j]) if voting[j] else None,
+                                          error=failures[i][name][1] if name in failures[i] else None,
+                                          reason=failures[i][name][0] if name in failures[i] else None)  # type: ignore[arg-type]
+                       for j, name in enumerate(names)}
+            rows.append(RowDecision(
+                probability=float(proba[i]), combined=float(combined[i]), decision=int(proba[i] >= threshold),
+                agreement=agreement, needs_review=bool(reasons), review_reasons=tuple(reasons), members=members,
+                degraded=degraded, excluded={name: message for name, (_, message) in failures[i].items()},
+                fallback=fallback[i] is not None, fallback_reason=fallback[i], unseen_category=bool(unseen[i]),
+                missing_share=float(missing_share[i]),
+            ))
+        return rows

@@ -1,0 +1,362 @@
+"""The decision service over real HTTP (uvicorn on 127.0.0.1) on a real production bundle: decide (batch and
+single, rows and MLflow inputs) -> show -> replay -> verify; member faults, refusal and a broken log recorded
+or refused as they must be; 422 naming the column; 401/403; a restart keeps the chain; SIGKILL under load
+loses no acknowledged decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ensemble_platform.integrity import CHECKPOINT_DIR_ENV, KEY_ENV, KEY_FILE_ENV
+from ensemble_platform.service import DecisionLog, ServerThread, TokenStore, create_app, load_verified_bundle
+from ensemble_platform.service import cli as service_cli
+from ensemble_platform.serving.decider import Decider
+from ensemble_platform.serving.parity import ParitySet
+from ensemble_platform.settings import PlatformPaths
+from ensemble_platform_tests.conftest import home_in_production
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "credit_slice"
+VERSION = "1.0.0"
+
+
+class Raising:
+    classes_ = np.array([0, 1])
+
+    def predict_proba(self, X):
+        raise RuntimeError("member backend unavailable")
+
+
+class Sleeping:
+    classes_ = np.array([0, 1])
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def predict_proba(self, X):
+        time.sleep(self.seconds)
+        return self.inner.predict_proba(X)
+
+
+@dataclasses.dataclass
+class Home:
+    paths: PlatformPaths
+    bundle: Path
+    manifest_sha256: str
+    rows: list[dict]
+    tokens: dict[str, str]
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, credit_slice):
+    root = tmp_path_factory.mktemp("service")
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in (KEY_ENV, KEY_FILE_ENV, CHECKPOINT_DIR_ENV):
+            patch.delenv(variable, raising=False)
+        patch.setenv("XDG_CONFIG_HOME", str(root / "config"))
+        paths, _, release, result = home_in_production(root, credit_slice)
+        patch.setenv("ENSEMBLE_PLATFORM_HOME", str(paths.home))
+        parity = ParitySet.read(release.paths.parity_dir(DATASET, VERSION))
+        store = TokenStore.for_home(paths)
+        tokens = {scope: store.create_token(scope, [scope]) for scope in ("decide", "read", "review")}
+        tokens["all"] = store.create_token("all", ["decide", "read", "review"])
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        yield Home(paths, Path(result.bundle["path"]), result.bundle["manifest_sha256"],
+                   json.loads(parity.rows.to_json(orient="records")), tokens, env)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m ensemble_platform.service serve` in its own process group."""
+
+    def __init__(self, home: Home, *extra: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "ensemble_platform.service", "--home", str(home.paths.home), "serve",
+                   "--bundle", str(home.bundle), "--manifest-sha256", home.manifest_sha256, "--port", str(self.port),
+                   *extra]
+        self.process = subprocess.Popen(command, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                self.process.kill()
+                pytest.fail(f"the service did not start:\n{output[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    running = Server(home)
+    yield running
+    running.stop()
+
+
+def run_cli(home: Home, *argv: str) -> int:
+    return service_cli.main(["--home", str(home.paths.home), *argv])
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+def test_decide_show_replay_verify(home, server, capsys):
+    decide = bearer(home.tokens["decide"])
+    batch = httpx.post(f"{server.url}/v1/decisions", json={"request_id": "req-batch", "rows": home.rows[:5]},
+                       headers=decide, timeout=30)
+    assert batch.status_code == 200, batch.text
+    decisions = batch.json()["decisions"]
+    assert batch.json()["request_id"] == "req-batch" and len(decisions) == 5
+    first = decisions[0]
+    assert first["ensemble_version"] == VERSION and len(first["config_hash"]) == 64
+    assert set(first["members"]) >= {"xgboost", "logistic_regression"} and first["degraded"] is False
+    columns = list(home.rows[0])
+    single = httpx.post(f"{server.url}/v1/decisions", headers=decide, timeout=30,
+                        json={"dataframe_split": {"columns": columns, "data": [[home.rows[2][c] for c in columns]]}})
+    assert single.status_code == 200, single.text
+    # A row's answer does not depend on its batch.
+    assert single.json()["decisions"][0]["probability"] == decisions[2]["probability"]
+    mlflow_style = httpx.post(f"{server.url}/invocations", json={"dataframe_records": home.rows[:2]}, headers=decide,
+                              timeout=30)
+    assert mlflow_style.status_code == 200
+    assert [p["probability"] for p in mlflow_style.json()["predictions"]] == [d["probability"] for d in decisions[:2]]
+
+    shown = httpx.get(f"{server.url}/v1/decisions/{first['decision_id']}", headers=bearer(home.tokens["read"]))
+    record = shown.json()
+    assert shown.status_code == 200 and record["kind"] == "decision" and record["request_id"] == "req-batch"
+    assert record["probability"] == first["probability"] and record["manifest_sha256"] == home.manifest_sha256
+    assert record["members"]["xgboost"]["version"] == "1" and len(record["input_sha256"]) == 64
+    assert "Age" not in record["features"] and "Income" in record["features"]  # sensitive columns are not stored
+    assert record["seq"] >= 1 and record["mac"]
+
+    review = httpx.post(f"{server.url}/v1/decisions/{first['decision_id']}/reviews", headers=bearer(home.tokens["review"]),
+                        json={"reviewer": "ana", "outcome": "confirm", "note": "checked"})
+    assert review.status_code == 200 and review.json()["kind"] == "review"
+
+    capsys.readouterr()
+    assert run_cli(home, "decisions", "show", first["decision_id"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == first["decision_id"]
+    for decision in (decisions[0], decisions[4], single.json()["decisions"][0]):
+        assert run_cli(home, "decisions", "replay", decision["decision_id"]) == 0
+        assert "identical to the bit" in capsys.readouterr().out
+    assert run_cli(home, "decisions", "verify") == 0
+    assert "verified" in capsys.readouterr().out
+    out = home.paths.home / "export" / "decisions.jsonl"
+    assert run_cli(home, "decisions", "export", "--since", "2000-01-01T00:00:00+00:00", "--output", str(out)) == 0
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {d["decision_id"] for d in decisions} <= {e["id"] for e in exported}
+    parquet = home.paths.home / "export" / "decisions.parquet"
+    assert run_cli(home, "decisions", "export", "--format", "parquet", "--output", str(parquet)) == 0
+
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["ready"] and ready["auth_enabled"] and ready["bundle"]["verified"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in ("ensemble_service_requests_total", "ensemble_service_decisions_total{outcome=",
+                 "ensemble_service_member_duration_seconds_bucket", "ensemble_service_decision_log_write_seconds",
+                 "ensemble_service_agreement_bucket", "ensemble_service_request_duration_seconds"):
+        assert name in metrics, name
+
+
+def test_a_changed_record_does_not_replay(home, server, capsys):
+    response = httpx.post(f"{server.url}/v1/decisions", json={"rows": home.rows[:1]},
+                          headers=bearer(home.tokens["decide"]), timeout=30)
+    decision_id = response.json()["decisions"][0]["decision_id"]
+    log = DecisionLog.for_home(home.paths)
+    entry = log.get(decision_id)
+    log.close()
+    from ensemble_platform.service.replay import replay_record
+
+    entry["probability"] = float(np.nextafter(entry["probability"], 1.0))
+    result = replay_record(entry, home.paths)
+    assert not result.identical and result.differences[0].startswith("probability: recorded")
+
+
+def test_bad_input_is_422_naming_the_column(home, server):
+    decide = bearer(home.tokens["decide"])
+    rows = [dict(r) for r in home.rows[:2]]
+    del rows[1]["Income"]
+    missing = httpx.post(f"{server.url}/v1/decisions", json={"rows": rows}, headers=decide)
+    assert missing.status_code == 422 and missing.json()["detail"]["column"] == "Income"
+    assert "row 1: missing column 'Income'" in missing.json()["detail"]["error"]
+    body = json.dumps({"rows": [{**home.rows[0], "Amount": float("inf")}]})  # Python's json writes Infinity
+    infinite = httpx.post(f"{server.url}/v1/decisions", content=body, headers={**decide, "Content-Type": "application/json"})
+    assert infinite.status_code == 422 and infinite.json()["detail"]["column"] == "Amount"
+    empty = httpx.post(f"{server.url}/v1/decisions", json={"rows": []}, headers=decide)
+    assert empty.status_code == 200 and empty.json()["decisions"] == []
+    neither = httpx.post(f"{server.url}/v1/decisions", json={"request_id": "x"}, headers=decide)
+    assert neither.status_code == 422
+
+
+def test_auth_401_and_403(home, server):
+    url = f"{server.url}/v1/decisions"
+    body = {"rows": home.rows[:1]}
+    assert httpx.post(url, json=body).status_code == 401
+    assert httpx.post(url, json=body, headers=bearer("ept_not-a-token")).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": home.tokens["decide"]}).status_code == 401
+    assert httpx.post(url, json=body, headers=bearer(home.tokens["read"])).status_code == 403
+    assert httpx.get(f"{url}/anything", headers=bearer(home.tokens["decide"])).status_code == 403
+    stored = (home.paths.home / "service" / "tokens.json").read_text()
+    assert all(token not in stored for token in home.tokens.values())
+
+
+# --- faults, refusal and the log, on an in-process server ---------------------------------------
+
+@pytest.fixture
+def fault_server(home, tmp_path):
+    """A server whose runtime has a raising and a slow member, logging into its own store."""
+    manifest, runtime, sha = load_verified_bundle(home.bundle, home.manifest_sha256)
+    members = dict(runtime.members)
+    members["xgboost"] = Raising()
+    members["random_forest"] = Sleeping(members["random_forest"], 2.0)
+    decider = Decider(dataclasses.replace(runtime, members=members), manifest, member_timeout_s=0.4, min_members=4)
+    log = DecisionLog(home.paths.home / "decisions" / f"faults-{tmp_path.name}.sqlite", paths=home.paths,
+                      name=f"faults-{tmp_path.name}")
+    app = create_app(decider, log, TokenStore.for_home(home.paths), manifest_sha256=sha)
+    with ServerThread(app) as running:
+        yield running, decider, log
+    decider.close()
+    log.close()
+
+
+def test_degraded_decisions_refusals_and_a_broken_log(home, fault_server):
+    running, decider, log = fault_server
+    decide = bearer(home.tokens["all"])
+    response = httpx.post(f"{running.url}/v1/decisions", json={"rows": home.rows[:3]}, headers=decide, timeout=30)
+    assert response.status_code == 200, response.text
+    for row in response.json()["decisions"]:
+        assert row["degraded"] and row["needs_review"] and "degraded" in row["review_reasons"]
+        assert set(row["excluded_members"]) == {"xgboost", "random_forest"}
+        assert row["members"]["random_forest"]["reason"] == "timeout"
+        assert row["members"]["xgboost"]["reason"] == "exception"
+    record = log.get(response.json()["decisions"][0]["decision_id"])
+    assert record["degraded"] and "member backend unavailable" in record["excluded_members"]["xgboost"]
+    # The degraded decision replays to the same bits through the real bundle, with the same exclusions.
+    from ensemble_platform.service.replay import replay_record
+
+    assert replay_record(record, home.paths).identical
+
+    decider.min_members = 5
+    refused = httpx.post(f"{running.url}/v1/decisions", json={"request_id": "r1", "rows": home.rows[:2]},
+                         headers=decide, timeout=30)
+    assert refused.status_code == 503 and "fewer than min_members=5" in refused.json()["detail"]["reason"]
+    refusal = log.get(refused.json()["detail"]["refusal_id"])
+    assert refusal["kind"] == "refusal" and refusal["request_id"] == "r1" and len(refusal["input_sha256"]) == 2
+    metrics = httpx.get(f"{running.url}/metrics").text
+    assert 'ensemble_service_member_failures_total{member="random_forest",reason="timeout"}' in metrics
+    assert "ensemble_service_refusals_total 1.0" in metrics
+    assert "ensemble_service_degraded_decisions_total 3.0" in metrics
+
+    decider.min_members = 4
+    count = log.count()
+    log.store.close()  # the log can no longer be written
+    broken = httpx.post(f"{running.url}/v1/decisions", json={"rows": home.rows[:1]}, headers=decide, timeout=30)
+    assert broken.status_code == 503 and "decision log not writable" in broken.json()["detail"]["error"]
+    assert httpx.get(f"{running.url}/ready").status_code == 503
+    assert "ensemble_service_decision_log_failures_total 1.0" in httpx.get(f"{running.url}/metrics").text
+    reopened = DecisionLog(log.path, paths=home.paths, name=log.store.name)
+    assert reopened.count() == count
+    reopened.close()
+
+
+def test_no_auth_is_loud(home, tmp_path):
+    manifest, runtime, sha = load_verified_bundle(home.bundle, home.manifest_sha256)
+    decider = Decider(runtime, manifest)
+    log = DecisionLog(tmp_path / "d.sqlite", paths=home.paths, name=f"noauth-{tmp_path.name}")
+    with ServerThread(create_app(decider, log, None, auth=False, manifest_sha256=sha)) as running:
+        ready = httpx.get(f"{running.url}/ready")
+        assert "AUTHENTICATION DISABLED" in ready.json()["auth"] and ready.json()["warnings"]
+        assert ready.headers["X-Auth-Disabled"] == "true"
+        assert httpx.post(f"{running.url}/v1/decisions", json={"rows": home.rows[:1]}).status_code == 200
+        assert "ensemble_service_auth_disabled 1.0" in httpx.get(f"{running.url}/metrics").text
+    decider.close()
+    log.close()
+
+
+# --- restart and SIGKILL under load -------------------------------------------------------------
+
+def test_restart_keeps_the_chain_and_sigkill_loses_no_acknowledged_decision(home, server):
+    server.stop()  # the module's server: a graceful stop
+    log = DecisionLog.for_home(home.paths)
+    before = log.verify()
+    log.close()
+
+    running = Server(home)
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        with httpx.Client(headers=bearer(home.tokens["decide"]), timeout=30) as http:
+            for i in range(50):
+                if stop.is_set():
+                    return
+                row = home.rows[(worker * 50 + i) % len(home.rows)]
+                try:
+                    response = http.post(f"{running.url}/v1/decisions", json={"rows": [row]})
+                except httpx.HTTPError:
+                    return  # the server died under us
+                if response.status_code == 200:
+                    with lock:
+                        acked.append(response.json()["decisions"][0]["decision_id"])
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 80 and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+        time.sleep(0.01)
+    running.stop(signal.SIGKILL)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert len(acked) >= 80
+
+    restarted = Server(home)  # opens the store: its tail check runs against the checkpoint
+    try:
+        after = DecisionLog.for_home(home.paths)
+        total = after.verify()
+        stored = {e["id"] for e in after.entries() if e["kind"] == "decision"}
+        after.close()
+        assert set(acked) <= stored
+        # Each unacknowledged request held one row: at most one durable-but-unanswered record per client.
+        assert len(acked) <= total - before <= len(acked) + 4
+        response = httpx.post(f"{restarted.url}/v1/decisions", json={"rows": home.rows[:1]},
+                              headers=bearer(home.tokens["decide"]), timeout=30)
+        assert response.status_code == 200
+    finally:
+        restarted.stop()
+    final = DecisionLog.for_home(home.paths)
+    assert final.verify() == total + 1
+    final.close()
