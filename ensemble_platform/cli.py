@@ -241,7 +241,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if result.bundle:
         print(f"  serving bundle : {result.bundle['path']}")
         print(f"  archive        : {result.bundle['archive']} (sha256 {result.bundle['archive_sha256']})")
-        print(f"  serve it       : mlflow models serve -m {result.bundle['path']} --env-manager local")
+        print(f"  serve it       : ensemble-platform serve --dataset {dataset}   (decisions recorded; "
+              "create a token first: ensemble-platform tokens create --scope decide --name NAME)")
     return 0
 
 
