@@ -34,6 +34,7 @@ def test_shifted_columns_and_predictions_drift_and_trigger(split):
     snapshots, summary = drift_report(_inputs(split, shifted, reference_prediction=validated,
                                               current_prediction=pd.Series([0.95] * len(shifted))), DriftPolicy())
     assert set(SHIFTED) <= set(summary["drifted_columns"])
+    assert all(summary["columns"][c]["test_drifted"] and summary["columns"][c]["effect"] >= 0.1 for c in SHIFTED)
     assert summary["drifted_share"] == pytest.approx(summary["drifted_count"] / len(split.schema.features))
     assert summary["target"] is None  # no labels in the batch: no target drift, and no error
     assert summary["prediction"]["drifted"] and summary["prediction"]["method"] == "ks"
@@ -96,3 +97,94 @@ def test_the_default_spec_retrains_weekly_and_reads_automation():
     automation = load_spec().automation
     assert automation.retrain_cron == "0 3 * * 1" and automation.include_batches == "labelled"
     assert automation.drift.num_method == "ks" and automation.drift.cat_method == "chisquare"
+    assert automation.drift.num_effect_floor == 0.1 and automation.drift.cat_effect_floor == 0.1
+
+
+# --- effect-size floor: p-value tests on large batches -------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_split():
+    """The whole default dataset (4,454 rows): training rows are the reference, as in monitoring."""
+    from ensemble_platform.data.loading import load_dataset
+    from ensemble_platform.data.splitting import split_dataset
+
+    spec = load_spec()
+    return split_dataset(load_dataset(spec), spec)
+
+
+def _test_rejects(reference: pd.Series, current: pd.Series, numeric: bool) -> bool:
+    """The policy's default tests at p < 0.05, as Evidently runs them: K-S for numbers, chi-square of
+    the current counts against the reference shares for categories."""
+    from scipy.stats import chisquare, ks_2samp
+
+    if numeric:
+        return bool(ks_2samp(reference.dropna(), current.dropna()).pvalue < 0.05)
+    shares = reference.value_counts(normalize=True)
+    observed = current.value_counts().reindex(shares.index, fill_value=0)
+    return bool(chisquare(observed, shares * observed.sum()).pvalue < 0.05)
+
+
+def _verdicts(split, current: pd.DataFrame, policy: DriftPolicy) -> dict[str, tuple[bool, float, bool]]:
+    from ensemble_platform.evaluation.drift import counts_as_drifted, effect_floor, effect_size
+
+    result = {}
+    for column in split.schema.features:
+        numeric = column in split.schema.numeric
+        reference = split.train[column] if numeric else split.train[column].astype(str)
+        batch = current[column] if numeric else current[column].astype(str)
+        rejects = _test_rejects(reference, batch, numeric)
+        measure, effect = effect_size(reference, batch, numeric)
+        result[column] = (rejects, effect, counts_as_drifted(rejects, effect, effect_floor(measure, policy)))
+    return result
+
+
+def test_a_large_resample_of_the_same_distribution_is_not_drifted(default_split):
+    batch = default_split.holdout.sample(200_000, replace=True, random_state=0).reset_index(drop=True)
+    verdicts = _verdicts(default_split, batch, DriftPolicy())
+    assert any(rejects for rejects, _, _ in verdicts.values())  # the tests alone flag it...
+    assert not any(drifted for _, _, drifted in verdicts.values()), verdicts  # ...the floor does not
+    assert all(effect < 0.1 for _, effect, _ in verdicts.values())
+    # Without floors the verdict is the tests' alone: the old behaviour.
+    no_floor = DriftPolicy(num_effect_floor=0.0, cat_effect_floor=0.0)
+    assert [d for _, _, d in _verdicts(default_split, batch, no_floor).values()] == [r for r, _, _ in verdicts.values()]
+
+
+def test_a_genuinely_shifted_column_of_a_large_batch_still_drifts(default_split):
+    batch = default_split.holdout.sample(200_000, replace=True, random_state=1).reset_index(drop=True)
+    batch["Income"] = batch["Income"] * 1.3
+    batch.loc[batch.index % 3 == 0, "Job"] = "freelance"
+    verdicts = _verdicts(default_split, batch, DriftPolicy())
+    assert {c for c, (_, _, drifted) in verdicts.items() if drifted} == {"Income", "Job"}
+
+
+def test_effect_sizes_known_answers():
+    import numpy as np
+
+    from ensemble_platform.evaluation.drift import jensen_shannon, normed_wasserstein
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 2, 50_000)
+    assert normed_wasserstein(x, x) == 0.0
+    assert normed_wasserstein(x, x + 1.0) == pytest.approx(0.5, rel=0.02)  # a shift of half a std
+    assert jensen_shannon(["a", "b"] * 10, ["b", "a"] * 10) == pytest.approx(0.0)
+    assert jensen_shannon(["a"] * 10, ["b"] * 10) == pytest.approx(np.sqrt(np.log(2)))
+    assert jensen_shannon(["a", None], ["a", "a"]) > 0  # missing is a category of its own
+
+
+def test_summary_applies_the_floor_and_keeps_the_tests_verdict():
+    from ensemble_platform.evaluation.drift import JENSEN_SHANNON, WASSERSTEIN, summarise
+
+    def drift(column, method, rejects, value):
+        return ({"metric_config": {"params": {"type": "evidently:metric_v2:ValueDrift", "column": column}},
+                 "status": "FAIL" if rejects else "SUCCESS"},
+                {"config": {"type": "evidently:metric_v2:ValueDrift", "column": column, "method": method,
+                            "threshold": 0.05}, "value": value})
+
+    pairs = [drift("a", "ks", True, 0.001), drift("b", "ks", True, 0.001), drift("＜c＞", "chisquare", True, 0.0)]
+    document = {"tests": [t for t, _ in pairs], "metrics": [m for _, m in pairs]}
+    effects = {"a": (WASSERSTEIN, 0.02), "b": (WASSERSTEIN, 0.4), "<c>": (JENSEN_SHANNON, 0.3)}
+    summary = summarise(document, ["a", "b", "<c>"], None, 100, 1_000_000, effects=effects, policy=DriftPolicy(),
+                        names={"＜c＞": "<c>"})
+    assert summary["drifted_columns"] == ["b", "<c>"]
+    assert summary["columns"]["a"]["test_drifted"] is True and summary["columns"]["a"]["drifted"] is False
+    assert summary["columns"]["a"]["effect_floor"] == 0.1 and summary["columns"]["<c>"]["effect_measure"] == JENSEN_SHANNON

@@ -7,6 +7,7 @@ worker) and saved as PNG without a Software stamp, so the same numbers give the 
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
@@ -102,25 +103,33 @@ def matrix_figure(name: str, title: str, matrix: Sequence[Sequence[float | None]
 
 
 def fairness_gap_figure(attribute: str, gaps: Mapping[str, Mapping[str, Gap]]) -> Figure:
-    """Each difference-type gap per model (ensemble first), coloured by status, for one attribute."""
+    """Each gap per model (ensemble first), coloured by status, for one attribute: the differences
+    on the left, the ratios (demographic parity ratio; lower is worse) on their own 0-1 scale."""
     models = list(gaps)
-    gap_names = [g for g in next(iter(gaps.values())) if g.endswith("difference")]
+    names = list(next(iter(gaps.values())))
+    differences = [g for g in names if g.endswith("difference")]
+    ratios = [g for g in names if not g.endswith("difference")]
     fig = MplFigure(figsize=(8, 3.8))
-    ax = fig.subplots()
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(len(differences), 1), max(len(ratios), 1) * 0.8]}) \
+        if ratios else [fig.subplots()]
     width = 0.8 / len(models)
-    for i, model in enumerate(models):
-        xs = np.arange(len(gap_names)) + i * width
-        values = [gaps[model][g]["value"] for g in gap_names]
-        colours = [_STATUS_COLOURS[gaps[model][g]["status"]] for g in gap_names]
-        ax.bar(xs, [0.0 if v is None else v for v in values], width=width * 0.95, color=colours,
-               edgecolor=_ENSEMBLE_COLOUR if i == 0 else "none", linewidth=1.5)
-        for x, v in zip(xs, values):
-            ax.text(x, (v or 0.0) + 0.003, "E" if i == 0 else str(i), ha="center", fontsize=6)
-    ax.set_xticks(np.arange(len(gap_names)) + 0.4 - width / 2,
-                  labels=[g.replace("_", " ") for g in gap_names], fontsize=8)
-    ax.set_ylabel("gap (absolute difference)")
+    for ax, gap_names, offset in ((axes[0], differences, 0.003), *(((axes[1], ratios, 0.01),) if ratios else ())):
+        for i, model in enumerate(models):
+            xs = np.arange(len(gap_names)) + i * width
+            values = [gaps[model][g]["value"] for g in gap_names]
+            colours = [_STATUS_COLOURS[gaps[model][g]["status"]] for g in gap_names]
+            ax.bar(xs, [0.0 if v is None else v for v in values], width=width * 0.95, color=colours,
+                   edgecolor=_ENSEMBLE_COLOUR if i == 0 else "none", linewidth=1.5)
+            for x, v in zip(xs, values):
+                ax.text(x, (v or 0.0) + offset, "E" if i == 0 else str(i), ha="center", fontsize=6)
+        ax.set_xticks(np.arange(len(gap_names)) + 0.4 - width / 2,
+                      labels=[textwrap.fill(g.replace("_", " "), 16) for g in gap_names], fontsize=8)
+    axes[0].set_ylabel("gap (absolute difference)")
+    if ratios:
+        axes[1].set_ylim(0, 1.1)
+        axes[1].set_ylabel("ratio (lower is worse)")
     legend = ", ".join(f"{i}={m}" for i, m in enumerate(models) if i) or "ensemble only"
-    ax.set_title(f"Fairness gaps by {attribute}: E=ensemble, {legend}", fontsize=8)
+    fig.suptitle(f"Fairness gaps by {attribute}: E=ensemble, {legend}", fontsize=8)
     return Figure(f"fairness_gaps_{_slug(attribute)}",
                   f"Fairness gaps by {attribute} (green pass, amber warn, red fail, grey thin)", _png(fig))
 

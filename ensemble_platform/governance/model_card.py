@@ -19,7 +19,16 @@ from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.files import write_json
 from ensemble_platform.governance.figures import reliability_figure, vote_share_figure
-from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, metrics_table, percent
+from ensemble_platform.governance.rendering import (
+    ReportDocument,
+    Section,
+    fmt,
+    md_inert,
+    md_table,
+    md_text,
+    metrics_table,
+    percent,
+)
 from ensemble_platform.governance.reports import (
     ENSEMBLE,
     AgreementData,
@@ -181,7 +190,7 @@ def _evaluation(inputs: ModelCardInputs) -> Section:
     lift = v["lift_over_best_member"]
     return Section("Evaluation", (
         "Holdout metrics (rows no fit and no choice has seen):\n\n" + metrics_table(rows, highlight=ENSEMBLE)
-        + f"\n\nLift over the best member ({best}): AUC {lift['roc_auc']:+.4f}, log loss {lift['log_loss']:+.4f} "
+        + f"\n\nLift over the best member ({md_text(best)}): AUC {lift['roc_auc']:+.4f}, log loss {lift['log_loss']:+.4f} "
         "(positive is better)."
     ))
 
@@ -226,8 +235,8 @@ def _agreement(inputs: ModelCardInputs) -> Section:
 def _intended_use(inputs: ModelCardInputs) -> Section:
     spec = inputs.spec
     return Section("Intended use and limitations", (
-        "**Intended use.** " + (spec.intended_use.strip() if spec.intended_use else NOT_PROVIDED)
-        + "\n\n**Limitations.** " + (spec.limitations.strip() if spec.limitations else NOT_PROVIDED)
+        "**Intended use.** " + (md_inert(spec.intended_use.strip()) if spec.intended_use else NOT_PROVIDED)
+        + "\n\n**Limitations.** " + (md_inert(spec.limitations.strip()) if spec.limitations else NOT_PROVIDED)
     ))
 
 
@@ -239,7 +248,7 @@ def _gates(inputs: ModelCardInputs) -> Section:
     latest = inputs.approvals[-1] if inputs.approvals else None
     waived = set(latest["waived"]) if latest and latest["decision"] == "approve" else set()
     verdict = ("**All gates pass.**" if not failing else
-               f"**{len(failing)} gate(s) fail:** {', '.join(failing)}. A version is approved only when each "
+               f"**{len(failing)} gate(s) fail:** {md_text(', '.join(failing))}. A version is approved only when each "
                "failing gate is waived by the reviewer, on the record.")
     rows = [[g["name"], g["threshold"], g["value"],
              "pass" if g["passed"] else ("WAIVED" if g["name"] in waived else "FAIL"),
@@ -256,7 +265,7 @@ def _approval(inputs: ModelCardInputs) -> Section:
             "promoted to production."))
     latest = records[-1]
     verdict = ("**Approved**" if latest["decision"] == "approve" else "**Rejected**") + (
-        f" by {latest['reviewer']} on {latest['decided_at']} for config `{latest['config_hash'][:12]}`.")
+        f" by {md_text(latest['reviewer'])} on {md_text(latest['decided_at'])} for config `{latest['config_hash'][:12]}`.")
     history = md_table(["#", "decision", "reviewer", "decided at", "waived gates", "note"],
                        [[r["seq"], r["decision"], r["reviewer"], r["decided_at"], ", ".join(r["waived"]) or "none",
                          r["note"]] for r in records])

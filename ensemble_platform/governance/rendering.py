@@ -5,6 +5,13 @@ as files beside it, or left out for the Dagster UI) and to one self-contained HT
 CSS, figures embedded as base64 PNG, no network URL, so it opens offline and can be archived or
 mailed as is. Markdown is rendered with markdown-it (raw HTML disabled, so values taken from
 the data cannot inject markup).
+
+The Markdown files are read elsewhere too (MLflow, a repository viewer, another renderer that
+passes raw HTML through), so every value taken from the data (category and group values, column
+and member names: table cells via `fmt`, headings, captions, `md_text` in running text) is made
+inert in the Markdown itself: nothing in it can open an HTML tag, comment or autolink, spell a
+character reference or start an inline link. Text without `<` + letter, `&name;` or `](` is left
+byte for byte as it was, and the HTML rendered from it is the same either way.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +71,13 @@ class ReportDocument:
 
     def markdown(self, figure_dir: str | None = "figures") -> str:
         """Markdown; figures link to `figure_dir/<name>.png`, or are left out when None."""
-        parts = [f"# {self.title}", f"_{self.subtitle}_"]
+        parts = [f"# {_heading(self.title)}", f"_{_heading(self.subtitle)}_"]
         for section in self.sections:
-            parts.append(f"## {section.heading}")
+            parts.append(f"## {_heading(section.heading)}")
             if section.body:
                 parts.append(section.body.strip())
             if figure_dir is not None:
-                parts += [f"![{f.caption}]({figure_dir}/{f.name}.png)" for f in section.figures]
+                parts += [f"![{_caption(f.caption)}]({figure_dir}/{f.name}.png)" for f in section.figures]
         return "\n\n".join(parts) + "\n"
 
     def html(self) -> str:
@@ -93,6 +101,16 @@ class ReportDocument:
         )
 
 
+def _heading(text: str) -> str:
+    """Titles and headings name data (a column, a dataset): one line, inert."""
+    return md_text(_one_line(text))
+
+
+def _caption(text: str) -> str:
+    """A figure caption is an image's alt text: brackets would end it early."""
+    return _heading(text).replace("[", "\\[").replace("]", "\\]")
+
+
 def write_report(
     document: ReportDocument, directory: Path, stem: str, data: Mapping[str, object] | None = None
 ) -> dict[str, Path]:
@@ -111,19 +129,45 @@ def write_report(
     return paths
 
 
+# What could turn text into markup in some Markdown renderer: `<` opening a tag, closing tag,
+# comment, declaration or autolink; `&` starting a character reference; `](` starting a link.
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
+_CHAR_REF = re.compile(r"&(?=#[0-9]+;|#[xX][0-9A-Fa-f]+;|[A-Za-z][A-Za-z0-9]*;)")
+_TRAILING_BACKSLASHES = re.compile(r"\\+(?=\||$)")
+
+
+def md_inert(text: str) -> str:
+    """Markdown written by a person (spec text) with raw HTML made inert (shown as text, as the
+    HTML report shows it); the rest of its Markdown is kept."""
+    return _TAG_OPEN.sub("&lt;", text)
+
+
+def md_text(value: object) -> str:
+    """A value from the data as literal Markdown text that no renderer turns into markup."""
+    text = _CHAR_REF.sub("&amp;", str(value))  # first: the references written below stay intact
+    return _TAG_OPEN.sub("&lt;", text).replace("](", "]\\(")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
 def fmt(value: object, digits: int = 4) -> str:
-    """A table cell: floats rounded, missing values as an en dash, pipes escaped."""
+    """A table cell: floats rounded, missing values as an en dash, pipes escaped, text made
+    inert (`md_text`)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    # A backslash just before a pipe or the cell's end would escape the delimiter: keep it literal.
+    text = _TRAILING_BACKSLASHES.sub(lambda m: m.group(0) * 2, _one_line(str(value)))
+    return md_text(text.replace("|", "\\|"))
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], digits: int = 4) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(fmt(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(cell, digits) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from ensemble_platform.governance.figures import (
     reliability_figure,
     vote_share_figure,
 )
-from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, percent
+from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, md_text, percent
 
 ENSEMBLE = "ensemble"
 UNCALIBRATED = "ensemble (before calibration)"
@@ -288,9 +288,11 @@ def fairness_document(data: FairnessData, context: ReportContext) -> ReportDocum
     summary = data["summary"]
     sections = [Section("Summary", (
         f"Worst status over the ensemble's gaps: **{summary['ensemble_worst_status']}**; over all models: "
-        f"{summary['worst_status']}. Decisions at probability ≥ {data['decision_threshold']:g}. Status counts "
+        f"{summary['worst_status']}. Decisions at probability ≥ {data['decision_threshold']:g}. Gap statuses "
         "over every model, attribute and gap: "
-        + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()) + "."
+        + ", ".join(f"{k} {v}" if k != "thin" else f"not judged (fewer than two judged groups) {v}"
+                    for k, v in summary["status_counts"].items()) + "."
+        + _thin_groups_text(data)
     )), Section("Thresholds", _policy_table(data["policy"]))]
     for attribute, block in data["attributes"].items():
         groups = block["groups"][ENSEMBLE]
@@ -308,7 +310,7 @@ def fairness_document(data: FairnessData, context: ReportContext) -> ReportDocum
         )
         dominant = summary.get("dominant_member", {}).get(attribute, {})
         dominant_text = (
-            "\n\nMember with the largest gap: " + "; ".join(f"{gap}: {member}" for gap, member in dominant.items())
+            "\n\nMember with the largest gap: " + "; ".join(f"{gap}: {md_text(member)}" for gap, member in dominant.items())
             if dominant else ""
         )
         sections.append(Section(
@@ -319,6 +321,16 @@ def fairness_document(data: FairnessData, context: ReportContext) -> ReportDocum
         ))
     return ReportDocument(f"Fairness report: {context.dataset} ensemble {context.version}", context.subtitle(),
                           sections)
+
+
+def _thin_groups_text(data: FairnessData) -> str:
+    """How many groups per attribute are too thin to judge (listed in the tables, not judged)."""
+    counts = [(attribute, sum(g["thin"] for g in block["groups"][ENSEMBLE]), len(block["groups"][ENSEMBLE]))
+              for attribute, block in data["attributes"].items()]
+    if not counts:
+        return ""
+    return (" Statistically thin groups (shown, not judged): "
+            + ", ".join(f"{md_text(attribute)} {thin} of {total}" for attribute, thin, total in counts) + ".")
 
 
 def _policy_table(policy: dict[str, object]) -> str:
@@ -351,7 +363,8 @@ def agreement_document(data: AgreementData, context: ReportContext) -> ReportDoc
         )),
         Section("Vote share", levels, [vote_share_figure(data["vote_share"]["levels"], data["review_threshold"])]),
         Section("Spread of member probabilities", (
-            "Coefficient of variation (std / mean) of the members' probabilities per row: "
+            # A Markdown table needs a blank line before it, or it is read as the sentence's text.
+            "Coefficient of variation (std / mean) of the members' probabilities per row:\n\n"
             + md_table(["mean", *cv["quantiles"]], [[cv["mean"], *cv["quantiles"].values()]], digits=3)
         )),
         Section("Where members disagree", (

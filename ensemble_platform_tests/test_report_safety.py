@@ -1,0 +1,337 @@
+"""Reports cannot run script: values from the data (category and group values, column, member and
+batch names, a reviewer's note) are inert in every report, in our Markdown and HTML and in
+Evidently's drift HTML; a headless Chromium confirms that a payload setting `document.title` never
+runs (and, as a control, that it does run where nothing escapes it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import warnings
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from markdown_it import MarkdownIt
+
+from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.data.spec import DatasetSpec
+from ensemble_platform.ensemble.calibrators import select_calibrator
+from ensemble_platform.ensemble.config import EnsembleConfig, MemberRef
+from ensemble_platform.evaluation.agreement_report import agreement_report
+from ensemble_platform.evaluation.drift import (
+    DriftInputs,
+    drift_report,
+    escape_embedded_data,
+    safe_labels,
+)
+from ensemble_platform.evaluation.fairness import fairness_report
+from ensemble_platform.evaluation.metrics import METRIC_NAMES
+from ensemble_platform.governance.model_card import REPORT_FILES, MemberEntry, ModelCardInputs, model_card
+from ensemble_platform.governance.monitoring import PerformanceHistory
+from ensemble_platform.governance.rendering import ReportDocument, fmt, md_table, md_text
+from ensemble_platform.governance.reports import (
+    ENSEMBLE,
+    ReportContext,
+    agreement_document,
+    calibration_data,
+    calibration_document,
+    fairness_document,
+)
+from ensemble_platform.policy import DriftPolicy, FairnessPolicy
+from ensemble_platform.settings import PlatformPaths
+
+# The title a payload sets: built by concatenation, so the text "pwned-by-data" is never in a
+# page's source, only in a DOM where the payload ran.
+TITLE_SET = "document.title='pwned'+'-by-data'"
+PWNED = "pwned-by-data"
+SCRIPT = f"</script><script>{TITLE_SET}</script>"
+IMG = f'<img src=x onerror="{TITLE_SET}">'
+HOSTILE = [SCRIPT, IMG, "<svg onload=alert(1)>", "&lt;script&gt;x", "[click](javascript:alert(1))", "a|b\\"]
+
+CONTEXT = ReportContext("credit_slice", "1.0.0", "c" * 64, 240)
+N = 240
+
+
+# --- what "inert" means -------------------------------------------------------------------------
+
+class _Tags(HTMLParser):
+    """Every element and attribute a browser would build from the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+def assert_inert_html(html: str) -> None:
+    for tag, attrs in _tags(html):
+        assert tag not in ("script", "svg", "iframe", "object", "embed"), (tag, attrs)
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "img":  # only our figures: embedded PNGs (HTML) or the PNG files beside the Markdown
+            src = attrs.get("src") or ""
+            assert src.startswith("data:image/png;base64,") or (src.startswith("figures/") and src.endswith(".png")), attrs
+        if tag == "a":
+            assert not (attrs.get("href") or "").lower().startswith(("javascript:", "data:", "vbscript:")), attrs
+
+
+# A renderer that passes raw HTML through (as some Markdown viewers do): the Markdown itself must be inert.
+_PERMISSIVE = MarkdownIt("commonmark", {"html": True}).enable("table")
+
+
+def assert_inert_markdown(markdown: str) -> None:
+    lowered = markdown.lower()
+    assert "<script" not in lowered and "<img" not in lowered and "<svg" not in lowered
+    assert "](javascript:" not in lowered
+    assert_inert_html(_PERMISSIVE.render(markdown))
+
+
+def assert_inert(document: ReportDocument) -> None:
+    assert_inert_markdown(document.markdown())
+    assert_inert_markdown(document.markdown(figure_dir=None))
+    html = document.html()
+    assert_inert_html(html)
+    assert "<script" not in html.lower() and "onerror=\"" not in html
+
+
+# --- Markdown escaping -----------------------------------------------------------------------------
+
+def test_cells_and_text_from_the_data_are_inert_and_normal_text_is_unchanged():
+    for value in ["married", "no_rec", "< 28", "28 – 35", ">= 50", "failing: ['Age']", "R&D", "p<0.05",
+                  "hist_gradient_boosting", "**ensemble**", "`abc`", "2024-01-01T00:00:00Z"]:
+        assert fmt(value) == value and md_text(value) == value
+    assert fmt("a|b") == "a\\|b" and fmt("line\nbreak") == "line break"
+    assert fmt("<script>x</script>") == "&lt;script>x&lt;/script>"
+    assert fmt("&lt;b&gt;") == "&amp;lt;b&amp;gt;"  # shown as typed, not decoded into markup
+    assert fmt("[x](javascript:alert(1))") == "[x]\\(javascript:alert(1))"
+    table = md_table([IMG, "v"], [[v, 1.0] for v in HOSTILE])
+    assert_inert_markdown(table)
+    rendered = MarkdownIt("commonmark", {"html": False}).enable("table").render(table)
+    # Each hostile value stays in its own cell: no pipe or trailing backslash splits or merges cells.
+    assert rendered.count("<tr>") == len(HOSTILE) + 1 and rendered.count("<td>") == 2 * len(HOSTILE)
+
+
+# --- our reports with hostile values in every text position ---------------------------------------
+
+def _hostile_members() -> list[str]:
+    return [f"member {IMG}", f"member {SCRIPT}", "plain_member"]
+
+
+def _arrays(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=N) < 0.4).astype(int)
+    P = np.clip(0.3 * y[:, None] + rng.uniform(0.05, 0.7, size=(N, 3)), 0.01, 0.99)
+    return y, P, P.mean(axis=1)
+
+
+def _groups() -> pd.Series:
+    return pd.Series([HOSTILE[i % 4] for i in range(N)])
+
+
+def test_fairness_report_is_inert():
+    y, P, ensemble = _arrays()
+    members = dict(zip(_hostile_members(), P.T))
+    numbers = fairness_report(y, {ENSEMBLE: ensemble, **members}, {f"attr {SCRIPT}": _groups(), IMG: _groups()},
+                              FairnessPolicy(min_group_size=10, min_group_class_count=2))
+    data = {**CONTEXT.header(), "binning": {}, **numbers}
+    assert_inert(fairness_document(data, CONTEXT))
+
+
+def test_agreement_report_is_inert():
+    y, P, ensemble = _arrays(1)
+    numbers = agreement_report(P, _hostile_members(), y, ensemble, 0.6, 0.5,
+                               {f"column {IMG}": _groups(), SCRIPT: _groups()}, min_segment_rows=10)
+    assert_inert(agreement_document({**CONTEXT.header(), **numbers}, CONTEXT))
+
+
+def _calibration(members: dict[str, np.ndarray], y: np.ndarray, ensemble: np.ndarray):
+    choice = select_calibrator(ensemble, y, np.arange(N) % 3)
+    return calibration_data(CONTEXT, y, ensemble, choice.calibrator.transform(ensemble), members, choice, 10)
+
+
+def test_calibration_report_is_inert():
+    y, P, ensemble = _arrays(2)
+    data = _calibration(dict(zip(_hostile_members(), P.T)), y, ensemble)
+    assert_inert(calibration_document(data, CONTEXT))
+
+
+def test_model_card_is_inert(tmp_path):
+    y, P, ensemble = _arrays(3)
+    names = _hostile_members()
+    members = dict(zip(names, P.T))
+    metrics = {k: 0.5 for k in METRIC_NAMES}
+    config = EnsembleConfig(dataset="credit_slice", version="1.0.0", strategy="soft_average",
+                            members=tuple(MemberRef(name=n, family="logistic_regression", registered_model=f"rm {IMG}",
+                                                    version="1", run_id="r" * 32) for n in names))
+    spec = DatasetSpec(name="credit_slice", source=f"data {IMG}.csv", target=f"Status {SCRIPT}",
+                       positive_label=f"bad {IMG}", sensitive=(f"attr {SCRIPT}",),
+                       intended_use=f"Use {IMG} with care.", limitations=SCRIPT)
+    validation = {
+        "lineage": {"holdout_rows": N, "train_rows": 3 * N, "folds": 3, "data_hash": "d", "train_hash": "t",
+                    "holdout_hash": "h"},
+        "members": {n: metrics for n in names}, "ensemble": metrics, "best_member": names[0],
+        "lift_over_best_member": {"roc_auc": 0.01, "log_loss": 0.01}, "selection": {"folds": 3},
+    }
+    fairness = {**CONTEXT.header(), "binning": {}, **fairness_report(
+        y, {ENSEMBLE: ensemble, **members}, {f"attr {SCRIPT}": _groups()}, FairnessPolicy(min_group_size=10))}
+    agreement = {**CONTEXT.header(), **agreement_report(P, names, y, ensemble, 0.6, 0.5, {IMG: _groups()})}
+    gates = {"gates": [{"name": f"gate {IMG}", "threshold": 0.1, "value": 0.2, "passed": False, "waivable": True,
+                        "detail": f"failing: [{SCRIPT!r}]"}]}
+    approvals = [{"seq": 1, "decision": "approve", "reviewer": f"bob {IMG}", "decided_at": "2024-01-01",
+                  "waived": [f"gate {IMG}"], "note": f"ok {SCRIPT} [x](javascript:alert(1))",
+                  "config_hash": config.config_hash}]
+    inputs = ModelCardInputs(
+        config=config, spec=spec,
+        members=[MemberEntry(n, "logistic_regression", f"rm {IMG}", "1", "r" * 32, {"C": SCRIPT}) for n in names],
+        validation=validation, calibration=_calibration(members, y, ensemble),
+        fairness=fairness, agreement=agreement,
+        data_validation={"success": True, "successful": 1, "evaluated": 1},
+        report_files=REPORT_FILES, gates=gates, approvals=approvals)
+    assert_inert(model_card(inputs))
+
+
+def test_performance_page_is_inert(tmp_path):
+    history = PerformanceHistory(PlatformPaths.from_env(tmp_path / "home"), "credit_slice")
+    metrics = {"rows": 50, "positive_rate": 0.3, "accuracy": 0.8, "log_loss": 0.5, "brier": 0.2, "roc_auc": 0.8}
+    for i, batch in enumerate(["week-1", f"week {IMG}"]):
+        history.record({"batch_id": batch.replace("/", "_"), "received_at": f"2024-01-0{i + 1} {SCRIPT}",
+                        "scored_by": f"1.0.0 {IMG}",
+                        "performance": {"ensemble": metrics, **{m: metrics for m in _hostile_members()}}})
+    paths = history.publish()
+    assert_inert_markdown(paths["markdown"].read_text())
+    assert_inert_html(paths["html"].read_text())
+
+
+# --- Evidently's drift HTML --------------------------------------------------------------------------
+
+NUMERIC_COLUMN = f"income {IMG}"
+CATEGORICAL_COLUMN = f"job {SCRIPT}"
+
+
+def _drift_frames(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSchema]:
+    rng = np.random.default_rng(seed)
+    categories = ["fixed", SCRIPT, IMG, "a&b", "＜already fullwidth＞"]
+
+    def frame(shift: float) -> pd.DataFrame:
+        return pd.DataFrame({NUMERIC_COLUMN: rng.normal(shift, 1, n), "plain": rng.normal(0, 1, n),
+                             CATEGORICAL_COLUMN: rng.choice(categories, n),
+                             "Status": rng.choice(["good", SCRIPT], n)})
+
+    return frame(0.0), frame(1.0), FeatureSchema((NUMERIC_COLUMN, "plain"), (CATEGORICAL_COLUMN,))
+
+
+@pytest.fixture(scope="module")
+def drift_html(tmp_path_factory) -> dict[str, Path]:
+    reference, current, schema = _drift_frames()
+    snapshots, summary = drift_report(DriftInputs(
+        reference, current, schema, "Status", reference_prediction=pd.Series(np.linspace(0, 1, 300)),
+        current_prediction=pd.Series(np.linspace(0.5, 1, 300))), DriftPolicy())
+    # The summary names the columns as they are in the data, and found the shifted one.
+    assert set(summary["columns"]) == {NUMERIC_COLUMN, "plain", CATEGORICAL_COLUMN}
+    assert NUMERIC_COLUMN in summary["drifted_columns"] and summary["target"] is not None
+    directory = tmp_path_factory.mktemp("drift")
+    paths = {}
+    for name, snapshot in snapshots.items():
+        paths[name] = directory / f"{name}_drift.html"
+        snapshot.save_html(str(paths[name]))
+        snapshot.save_json(str(directory / f"{name}_drift.json"))
+    return paths
+
+
+def test_evidently_html_carries_no_markup_from_the_data(drift_html):
+    html = drift_html["data"].read_text(encoding="utf-8")
+    assert "income" in html and "job" in html  # the columns are there, under their safe names
+    for payload in (SCRIPT, IMG, "</script><script>", "<img src=x", "onerror=\"document", "a&b"):
+        assert payload not in html
+    # The category value is there, with fullwidth lookalikes (JSON-escaped by Evidently).
+    assert "\\uff1c/script\\uff1e\\uff1cscript\\uff1e" in html
+    assert drift_html["prediction"].is_file()
+
+
+def test_safe_labels_are_one_to_one_and_leave_clean_text_alone():
+    mapping = safe_labels(["fixed", "<a>", "＜a＞", "a&b"])
+    assert mapping["fixed"] == "fixed" and mapping["＜a＞"] == "＜a＞"
+    assert len(set(mapping.values())) == 4 and not any(c in v for v in mapping.values() for c in "<>&")
+
+
+def test_evidently_html_is_escaped_even_when_the_data_reaches_it_raw():
+    """The second line of defence alone: Evidently run on the raw hostile values, then escaped."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    reference, current, schema = _drift_frames(200)
+    definition = DataDefinition(numerical_columns=list(schema.numeric), categorical_columns=list(schema.categorical))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        snapshot = Report([DataDriftPreset(columns=schema.features)]).run(
+            current_data=Dataset.from_pandas(current, data_definition=definition),
+            reference_data=Dataset.from_pandas(reference, data_definition=definition))
+    raw = snapshot.get_html_str(as_iframe=False)
+    assert SCRIPT in raw  # Evidently embeds it as is: the reason for all this
+    escaped = escape_embedded_data(raw)
+    assert SCRIPT not in escaped and "</script><script>document" not in escaped
+    assert "\\u003c/script\\u003e\\u003cscript\\u003e" in escaped
+    assert escaped.count("<script") == raw.count("<script") - raw.count(SCRIPT)
+    with pytest.raises(ValueError, match="Evidently"):
+        escape_embedded_data("<html><body>no dashboard</body></html>")
+
+
+# --- in a real browser -------------------------------------------------------------------------------
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def dump_dom(tmp_path_factory):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("ENSEMBLE_PLATFORM_REQUIRE_BROWSER") == "1":
+            pytest.fail("no Chromium found but ENSEMBLE_PLATFORM_REQUIRE_BROWSER=1 (CI installs it)")
+        pytest.skip("no Chromium on this machine and it could not be installed (make browser)")
+    profile = tmp_path_factory.mktemp("profile")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--hide-scrollbars"]
+
+    def dump(path: Path) -> str:
+        return subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+
+    return dump
+
+
+def test_the_browser_runs_an_unescaped_payload(dump_dom, tmp_path):
+    """Control: in this browser setup the payload does run when nothing escapes it."""
+    page = tmp_path / "control.html"
+    page.write_text(f"<!DOCTYPE html><html><head><title>t</title><script>var x = {{\"v\": \"{SCRIPT}\"}};"
+                    "</script></head><body>x</body></html>")
+    assert f"<title>{PWNED}</title>" in dump_dom(page)
+
+
+def test_evidently_drift_html_does_not_run_data_in_a_browser(dump_dom, drift_html):
+    dom = dump_dom(drift_html["data"])
+    assert PWNED not in dom
+    assert len(dom) > 100_000 and "root_metric_" in dom  # the dashboard did render
+
+
+def test_our_html_report_does_not_run_data_in_a_browser(dump_dom, tmp_path):
+    y, P, ensemble = _arrays()
+    numbers = fairness_report(y, {ENSEMBLE: ensemble, **dict(zip(_hostile_members(), P.T))},
+                              {f"attr {SCRIPT}": _groups()}, FairnessPolicy(min_group_size=10))
+    page = tmp_path / "fairness.html"
+    page.write_text(fairness_document({**CONTEXT.header(), "binning": {}, **numbers},
+                                      CONTEXT).html())
+    dom = dump_dom(page)
+    assert PWNED not in dom and "<table>" in dom and "By attr" in dom
