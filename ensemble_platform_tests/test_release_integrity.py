@@ -76,6 +76,23 @@ def test_a_shortened_log_is_detected(production, audit, log, cut):
         release.status(dataset)
 
 
+def test_a_shortened_approvals_log_with_a_reanchored_checkpoint_is_caught_by_the_registry(production, audit):
+    """Checkpoint lost and re-anchored after the last line was dropped: the registry's numbered
+    approval tags still name the missing decision."""
+    release, dataset = production
+    path = audit / "approvals.jsonl"
+    original = path.read_bytes()
+    log = Approvals(release.paths, dataset).log
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    log.reanchor()
+    try:
+        with pytest.raises(Exception, match="approvals.jsonl has no such entry"):
+            release.status(dataset)
+    finally:
+        path.write_bytes(original)
+        log.reanchor()  # the checkpoint follows the restored log again
+
+
 def test_a_log_without_its_final_newline_is_refused_before_anything_is_written(production, audit):
     release, dataset = production
     path = audit / "approvals.jsonl"

@@ -408,10 +408,31 @@ class Release:
         with self._locked(dataset):
             return self._status(dataset)
 
+    def cross_check_approvals(self, dataset: str) -> int:
+        """Every decision the registry's numbered tags record must be the same entry of the
+        approvals log: a log shortened or rewritten together with its checkpoint (a lost checkpoint
+        re-anchored after the fact) is still caught. Returns how many tags were checked."""
+        entries = {e["seq"]: e for e in Approvals(self.paths, dataset).log.verify()}
+        checked = 0
+        for version in self.registry.model_versions(ensemble_model_name(dataset)):
+            for key, value in version.tags.items():
+                if not key.startswith(APPROVAL_TAG + "."):
+                    continue
+                mirrored, seq = json.loads(value), int(key.rsplit(".", 1)[1])
+                entry = entries.get(seq)
+                if entry is None or entry.get("sha256") != mirrored.get("sha256"):
+                    raise ReleaseRefused(
+                        f"the registry records approval {seq} of {dataset} ({mirrored.get('decision')} by "
+                        f"{mirrored.get('reviewer')}) but approvals.jsonl "
+                        + ("has no such entry (shortened)" if entry is None else "holds a different entry (rewritten)"))
+                checked += 1
+        return checked
+
     def _status(self, dataset: str) -> dict:
         store = ConfigStore(self.paths.configs_dir(dataset))
         stages = self.registry.stage_state(dataset)
         approvals = Approvals(self.paths, dataset)
+        self.cross_check_approvals(dataset)
         rows = []
         for version in store.versions():
             config = store.load(version)
