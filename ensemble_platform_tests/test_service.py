@@ -27,28 +27,11 @@ from ensemble_platform.serving.decider import Decider
 from ensemble_platform.serving.parity import ParitySet
 from ensemble_platform.settings import PlatformPaths
 from ensemble_platform_tests.conftest import home_in_production
+from ensemble_platform_tests.test_decider import Raising, Sleeping
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "credit_slice"
 VERSION = "1.0.0"
-
-
-class Raising:
-    classes_ = np.array([0, 1])
-
-    def predict_proba(self, X):
-        raise RuntimeError("member backend unavailable")
-
-
-class Sleeping:
-    classes_ = np.array([0, 1])
-
-    def __init__(self, inner, seconds: float):
-        self.inner, self.seconds = inner, seconds
-
-    def predict_proba(self, X):
-        time.sleep(self.seconds)
-        return self.inner.predict_proba(X)
 
 
 @dataclasses.dataclass
