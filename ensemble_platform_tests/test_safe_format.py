@@ -22,13 +22,11 @@ import skops.io as sio
 
 from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
+from ensemble_platform.ensemble.runtime import OWN_TYPES
 from ensemble_platform.ensemble.strategies import (
     Combiner,
-    GreedySelection,
     MajorityVote,
-    SoftAverage,
-    Stacking,
-    WeightedAverage,
     strategy_catalogue,
 )
 from ensemble_platform.errors import PlatformError
@@ -42,13 +40,8 @@ from ensemble_platform.safe_format import (
     loads,
 )
 
-try:  # being moved by the ongoing refactor
-    from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
-except ImportError:  # pragma: no cover
-    from ensemble_platform.evaluation.calibration import ProbabilityCalibrator
-
-OURS = allowed_names(MajorityVote, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema,
-                     ProbabilityCalibrator)
+# The allow-list the runtime loads with: the tests exercise exactly what serving trusts.
+OURS = OWN_TYPES
 SCHEMA = FeatureSchema(("a", "b", "c"), ("d", "e"), {"d": ("x", "y", "z"), "e": ("p", "q")})
 ROWS = 400
 

@@ -93,16 +93,20 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_decisions_show(args: argparse.Namespace) -> int:
+def _record(args: argparse.Namespace) -> dict[str, Any]:
+    """The stored record `args.id`; a platform error naming it when the log has none."""
     decision_log = _decision_log(args)
     try:
         entry = decision_log.get(args.id)
     finally:
         decision_log.close()
     if entry is None:
-        print(f"error: no record {args.id!r} in the decision log", file=sys.stderr)
-        return 2
-    print(json.dumps(entry, indent=2, sort_keys=True))
+        raise PlatformError(f"no record {args.id!r} in the decision log")
+    return entry
+
+
+def cmd_decisions_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_record(args), indent=2, sort_keys=True))
     return 0
 
 
@@ -150,16 +154,7 @@ def cmd_decisions_export(args: argparse.Namespace) -> int:
 def cmd_decisions_replay(args: argparse.Namespace) -> int:
     from ensemble_platform.service.replay import replay_record
 
-    paths = _paths(args)
-    decision_log = _decision_log(args)
-    try:
-        entry = decision_log.get(args.id)
-    finally:
-        decision_log.close()
-    if entry is None:
-        print(f"error: no record {args.id!r} in the decision log", file=sys.stderr)
-        return 2
-    result = replay_record(entry, paths)
+    result = replay_record(_record(args), _paths(args))
     if not result.identical:
         print(f"MISMATCH: decision {args.id} replayed through {result.bundle} differs:", file=sys.stderr)
         for line in result.differences:

@@ -145,11 +145,10 @@ class DecisionResponse(_Frozen):
     decisions: list[DecisionDocument]
 
 
-class DecisionRecord(_Frozen):
-    """What the decision log stores for one decided row."""
+class _RecordHeader(_Frozen):
+    """What every decision-log record says about when, for whom and by which exact version."""
 
     id: str
-    kind: Literal["decision"] = KIND_DECISION
     created_at: str
     request_id: str | None
     dataset: str
@@ -157,6 +156,12 @@ class DecisionRecord(_Frozen):
     config_hash: str
     manifest_sha256: str
     code_version: str
+
+
+class DecisionRecord(_RecordHeader):
+    """What the decision log stores for one decided row."""
+
+    kind: Literal["decision"] = KIND_DECISION
     row_index: int
     batch_size: int
     members: dict[str, MemberDocument]
@@ -180,18 +185,10 @@ class DecisionRecord(_Frozen):
     features: dict[str, Any]
 
 
-class RefusalRecord(_Frozen):
+class RefusalRecord(_RecordHeader):
     """A request refused for lack of working members."""
 
-    id: str
     kind: Literal["refusal"] = KIND_REFUSAL
-    created_at: str
-    request_id: str | None
-    dataset: str
-    ensemble_version: str
-    config_hash: str
-    manifest_sha256: str
-    code_version: str
     reason: str
     batch_size: int
     refused_rows: list[int]
