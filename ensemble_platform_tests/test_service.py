@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -288,6 +289,43 @@ def test_no_auth_is_loud(home, tmp_path):
 
 
 # --- restart and SIGKILL under load -------------------------------------------------------------
+
+@pytest.mark.parametrize("attack, reason", [
+    ("edit", "edited|forged"),
+    ("truncate", "truncated|checkpoint"),
+    ("delete-middle", "deleted, inserted or reordered"),
+], ids=["edited-record", "dropped-last-record", "deleted-record"])
+def test_decisions_verify_catches_a_tampered_log(home, server, capsys, attack, reason):
+    """Someone with write access to decisions.sqlite (no key): `decisions verify` names the damage."""
+    import sqlite3
+
+    response = httpx.post(f"{server.url}/v1/decisions", json={"rows": home.rows[:3]},
+                          headers=bearer(home.tokens["decide"]), timeout=30)
+    assert response.status_code == 200
+    log = DecisionLog.for_home(home.paths)
+    db_path = log.path
+    log.close()
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT seq, record_id, kind, created_at, entry FROM entries ORDER BY seq").fetchall()
+        last, middle = rows[-1], rows[len(rows) // 2]
+        if attack == "edit":
+            flipped = re.sub(r'"decision":(\d)', lambda m: f'"decision":{1 - int(m.group(1))}', middle[4], count=1)
+            assert flipped != middle[4]
+            db.execute("UPDATE entries SET entry = ? WHERE seq = ?", (flipped, middle[0]))
+        else:
+            victim = last if attack == "truncate" else middle
+            db.execute("DELETE FROM entries WHERE seq = ?", (victim[0],))
+    try:
+        capsys.readouterr()
+        assert run_cli(home, "decisions", "verify") == 2
+        err = capsys.readouterr().err
+        assert re.search(reason, err), err
+    finally:
+        with sqlite3.connect(db_path) as db:
+            db.execute("DELETE FROM entries")
+            db.executemany("INSERT INTO entries (seq, record_id, kind, created_at, entry) VALUES (?, ?, ?, ?, ?)", rows)
+    assert run_cli(home, "decisions", "verify") == 0
+
 
 def test_restart_keeps_the_chain_and_sigkill_loses_no_acknowledged_decision(home, server):
     server.stop()  # the module's server: a graceful stop
