@@ -164,3 +164,44 @@ class AutomationPolicy(BaseModel):
         if value is not None and len(value.split()) != 5:
             raise ValueError(f"must be a 5-field cron expression (minute hour day month weekday), got {value!r}")
         return value
+
+
+class ShadowGatePolicy(BaseModel):
+    """What production needs from a candidate's shadow scoring (`serve --shadow`) before promotion.
+    Off by default: with both limits null, no shadow evidence is required."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The candidate must have shadowed production for at least this many days (null: not required).
+    min_days: float | None = Field(default=None, ge=0.0)
+    # ... and on at least this many production decisions (counted when a limit above is set).
+    min_decisions: int = Field(default=100, ge=1)
+    # Share of shadowed decisions whose class the candidate flips (null: no ceiling).
+    max_flip_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @property
+    def required(self) -> bool:
+        return self.min_days is not None or self.max_flip_rate is not None
+
+
+class OperationsPolicy(BaseModel):
+    """The `operations:` block: the review queue's SLA and the production alerts read from the decision log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # An item open longer than this breaches the review SLA.
+    review_sla_hours: float = Field(default=24.0, gt=0.0)
+    # A stored feature whose value names a queue item's segment (filters, and "segments most often
+    # sent to review"); null: no segments.
+    segment_column: str | None = None
+    # Alert when a day's mean agreement falls below the validated holdout's by more than this.
+    agreement_drop: float = Field(default=0.05, gt=0.0, le=1.0)
+    # Alert when a day's share of fallback (degraded) decisions exceeds this.
+    max_fallback_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Alert when a day's share of refused requests exceeds this.
+    max_refusal_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Alert when more than this many queue items are past the SLA.
+    max_sla_breaches: int = Field(default=0, ge=0)
+    # Days with fewer decisions are reported, never alerted on.
+    min_daily_decisions: int = Field(default=30, ge=1)
+    shadow: ShadowGatePolicy = ShadowGatePolicy()

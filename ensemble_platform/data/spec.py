@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ensemble_platform.errors import DatasetSpecError
-from ensemble_platform.policy import AutomationPolicy, GovernancePolicy
+from ensemble_platform.policy import AutomationPolicy, GovernancePolicy, OperationsPolicy
 from ensemble_platform.settings import DATASET_ENV
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
@@ -39,6 +39,7 @@ class DatasetSpec(BaseModel):
     limitations: str | None = None
     governance: GovernancePolicy = GovernancePolicy()
     automation: AutomationPolicy = AutomationPolicy()
+    operations: OperationsPolicy = OperationsPolicy()
     # The directory of the spec file: relative `source` paths resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
     # Where the spec was read from (None for specs built in code): sensors and schedules launch
@@ -70,6 +71,10 @@ class DatasetSpec(BaseModel):
         both = set(self.numeric) & set(self.categorical)
         if both:
             raise ValueError(f"columns {sorted(both)} are listed as both 'numeric' and 'categorical'")
+        segment = self.operations.segment_column
+        if segment is not None and (segment in self.sensitive or segment in self.drop or segment == self.target):
+            raise ValueError(f"operations.segment_column {segment!r} must be a stored feature: not the target, "
+                             f"dropped or sensitive (sensitive attributes are not kept in the decision log)")
         return self
 
     @property

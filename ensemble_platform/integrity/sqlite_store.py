@@ -26,7 +26,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_created_at ON {TABLE} (created_at);
+CREATE INDEX IF NOT EXISTS {TABLE}_kind ON {TABLE} (kind, seq);
 """
 BUSY_TIMEOUT_MS = 30_000
 STREAM_CHUNK = 1_000
@@ -189,6 +190,25 @@ class SqliteChainStore:
         finally:
             conn.close()
 
+    def iter_kinds(self, kinds: Sequence[str], since_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """Entries of the given kinds with seq > `since_seq`, in order, each checked like `get` (columns,
+        hash, MAC; not its place in the chain: `verify()` finds a deleted row)."""
+        self._ensure_open()
+        marks = ",".join("?" * len(kinds))
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            cursor = conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE kind IN ({marks}) AND seq > ? ORDER BY seq",
+                                  [*kinds, since_seq])
+            while rows := cursor.fetchmany(STREAM_CHUNK):
+                for row in rows:
+                    entry = _entry_of_row(row, self.label)
+                    check_entry(entry, self.key, position=row[0], expected_seq=row[0],
+                                prev_sha256=str(entry.get(PREV)), name=self.label)
+                    yield entry
+        finally:
+            conn.close()
+
     def verify(self) -> int:
         """Check every entry in order (seq, link, hash, MAC, columns) and the store against its
         checkpoint; returns the number of entries. Raises `ChainError` naming the first bad seq,
@@ -210,11 +230,18 @@ class SqliteChainStore:
         not verify), `StoreClosedError` or the database's own error (e.g. disk full); in every case
         nothing was stored and the head is unchanged."""
         records = list(records)
-        if not records:
-            return []
-        self._check_records(records)
+        return self.append_checked(lambda: records)
+
+    def append_checked(self, build: Callable[[], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Append what `build()` returns, with no other writer (thread or process) in between: `build` reads
+        the store's current state, refuses by raising, or returns the records to seal. Read-check-append
+        in one critical section, e.g. claiming a review item nobody else claimed meanwhile."""
         with self._lock, exclusive(self.lock_path):
             self._ensure_open()
+            records = list(build())
+            if not records:
+                return []
+            self._check_records(records)
             entries, last_text = self._commit(records)
             self._checkpoint_or_undo(entries)
             self._head, self._head_text = entries[-1], last_text

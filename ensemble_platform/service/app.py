@@ -25,14 +25,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from ensemble_platform.decisions.log import DecisionLogLike
 from ensemble_platform.errors import DataError
-from ensemble_platform.service.decision_log import DecisionLogLike
 from ensemble_platform.service.documents import (
     DecisionRequest,
     DecisionResponse,
     InvocationRequest,
-    ReviewRecord,
-    ReviewRequest,
 )
 from ensemble_platform.service.metrics import ServiceMetrics
 from ensemble_platform.service.recording import (
@@ -40,8 +38,6 @@ from ensemble_platform.service.recording import (
     decision_document,
     decision_records,
     default_store_columns,
-    new_id,
-    now_iso,
     refusal_record,
 )
 from ensemble_platform.service.tokens import TokenInfo, TokenStore
@@ -205,16 +201,6 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
         if entry is None:
             raise HTTPException(404, {"error": f"no decision {decision_id!r} in the decision log"})
         return JSONResponse(entry)
-
-    @app.post("/v1/decisions/{decision_id}/reviews")
-    async def post_review(decision_id: str, body: ReviewRequest, token: TokenInfo | None = review) -> JSONResponse:
-        entry = await run_in_threadpool(state.decision_log.get, decision_id)
-        if entry is None or entry.get("kind") != "decision":
-            raise HTTPException(404, {"error": f"no decision {decision_id!r} in the decision log"})
-        record = ReviewRecord(id=new_id(), created_at=now_iso(), decision_id=decision_id, reviewer=body.reviewer,
-                              outcome=body.outcome, note=body.note, token_name=token.name if token else None)
-        await _persist(state, [record])
-        return JSONResponse(record.model_dump(mode="json"))
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -25,7 +25,7 @@ def _paths(args: argparse.Namespace) -> PlatformPaths:
 
 
 def _decision_log(args: argparse.Namespace):
-    from ensemble_platform.service.decision_log import DecisionLog
+    from ensemble_platform.decisions.log import DecisionLog
 
     return DecisionLog.for_home(_paths(args))
 

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ensemble_platform import __version__
-from ensemble_platform.service.documents import (
-    DecisionDocument,
+from ensemble_platform.decisions.records import (
     DecisionRecord,
     MemberDocument,
     RefusalRecord,
     input_sha256,
     stored_subset,
 )
+from ensemble_platform.service.documents import DecisionDocument
 from ensemble_platform.serving.decider import Decider, DecisionBatch, MemberOutput, RefusalError, RowDecision
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ensemble_platform.errors import PlatformError
-from ensemble_platform.service.documents import (
+from ensemble_platform.decisions.records import (
     AGREEMENT,
     COMBINED,
     DATASET,
@@ -32,6 +31,7 @@ from ensemble_platform.service.documents import (
     STORED_COLUMNS,
     input_sha256,
 )
+from ensemble_platform.errors import PlatformError
 from ensemble_platform.service.runner import load_verified_bundle
 from ensemble_platform.serving.decider import Decider, RowDecision, jsonable_features
 from ensemble_platform.settings import PlatformPaths

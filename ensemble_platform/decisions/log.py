@@ -11,8 +11,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
+from ensemble_platform.decisions.records import CREATED_AT
 from ensemble_platform.integrity import GroupCommitWriter, SqliteChainStore
-from ensemble_platform.service.documents import CREATED_AT
 from ensemble_platform.settings import PlatformPaths
 
 STORE_NAME = "decisions"

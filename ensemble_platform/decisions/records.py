@@ -1,0 +1,160 @@
+"""The records of the decision log (frozen pydantic models) and the names of their stored fields, which the
+service writes and the CLI, the review queue, the outcome joins and the Dagster monitoring assets read back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ensemble_platform.integrity import canonical_json
+
+# Stored field names (read back by `show`, `export`, `replay`, `verify`, the queue and the monitoring assets).
+ID = "id"
+KIND = "kind"
+CREATED_AT = "created_at"
+REQUEST_ID = "request_id"
+DATASET = "dataset"
+ENSEMBLE_VERSION = "ensemble_version"
+CONFIG_HASH = "config_hash"
+MANIFEST_SHA256 = "manifest_sha256"
+MEMBERS = "members"
+COMBINED = "combined_uncalibrated"
+PROBABILITY = "probability"
+DECISION = "decision"
+AGREEMENT = "agreement"
+NEEDS_REVIEW = "needs_review"
+REVIEW_REASONS = "review_reasons"
+DEGRADED = "degraded"
+EXCLUDED = "excluded_members"
+FALLBACK = "fallback"
+FALLBACK_REASON = "fallback_reason"
+INPUT_SHA256 = "input_sha256"
+FEATURES = "features"
+STORED_COLUMNS = "stored_columns"
+LATENCY_MS = "latency_ms"
+DECISION_ID = "decision_id"
+
+KIND_DECISION: Final = "decision"
+KIND_REFUSAL: Final = "refusal"
+KIND_REVIEW_ITEM: Final = "review_item"
+KIND_REVIEW_CLAIM: Final = "review_claim"
+KIND_REVIEW_RELEASE: Final = "review_release"
+KIND_REVIEW_RESOLVE: Final = "review_resolve"
+KIND_OUTCOME: Final = "outcome"
+KIND_SHADOW: Final = "shadow"
+REVIEW_KINDS: Final = (KIND_REVIEW_ITEM, KIND_REVIEW_CLAIM, KIND_REVIEW_RELEASE, KIND_REVIEW_RESOLVE)
+
+MAX_ROWS = 10_000
+
+
+def input_sha256(features: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of one validated input row (every feature, NaN as null)."""
+    return hashlib.sha256(canonical_json(dict(features))).hexdigest()
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MemberDocument(_Frozen):
+    registered_model: str
+    version: str
+    probability: float | None
+    error: str | None = None
+    reason: str | None = None
+
+
+class _RecordHeader(_Frozen):
+    """What every decision-log record says about when, for whom and by which exact version."""
+
+    id: str
+    created_at: str
+    request_id: str | None
+    dataset: str
+    ensemble_version: str
+    config_hash: str
+    manifest_sha256: str
+    code_version: str
+
+
+class DecisionRecord(_RecordHeader):
+    """What the decision log stores for one decided row."""
+
+    kind: Literal["decision"] = KIND_DECISION
+    row_index: int
+    batch_size: int
+    members: dict[str, MemberDocument]
+    combined_uncalibrated: float
+    probability: float
+    decision: int
+    decision_threshold: float
+    agreement: float
+    needs_review: bool
+    review_reasons: list[str]
+    degraded: bool
+    excluded_members: dict[str, str]
+    fallback: bool
+    fallback_reason: str | None
+    unseen_category: bool
+    missing_share: float
+    max_missing_share: float
+    latency_ms: float
+    input_sha256: str
+    stored_columns: list[str]
+    features: dict[str, Any]
+
+
+class RefusalRecord(_RecordHeader):
+    """A request refused for lack of working members."""
+
+    kind: Literal["refusal"] = KIND_REFUSAL
+    reason: str
+    batch_size: int
+    refused_rows: list[int]
+    min_members: int
+    members: dict[str, MemberDocument]
+    input_sha256: list[str]
+    latency_ms: float
+
+
+class ReviewItemRecord(_Frozen):
+    """A decision routed to human review: written in the same commit as its decision record, so no
+    routed decision exists without its queue item. Holds what the reviewer needs to work it."""
+
+    id: str
+    kind: Literal["review_item"] = KIND_REVIEW_ITEM
+    created_at: str
+    decision_id: str
+    request_id: str | None
+    dataset: str
+    ensemble_version: str
+    reasons: list[str]
+    segment: str | None
+    probability: float
+    decision: int
+    agreement: float
+    degraded: bool
+    members: dict[str, MemberDocument]
+    features: dict[str, Any]
+
+
+class ReviewActionRecord(_Frozen):
+    """A reviewer's claim, release or resolution of the queue item of `decision_id`. A resolution's
+    `decision` is the reviewer's outcome, recorded next to the ensemble's, never over it."""
+
+    id: str
+    kind: Literal["review_claim", "review_release", "review_resolve"]
+    created_at: str
+    decision_id: str
+    reviewer: str
+    token_name: str | None
+    note: str = ""
+    decision: int | None = None
+    forced: bool = False
+
+
+def stored_subset(features: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    return {c: features[c] for c in columns if c in features}
