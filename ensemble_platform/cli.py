@@ -257,6 +257,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
 
     status = _release(args).status(_dataset_name(args.dataset))
+    status["review_queue"] = _review_sla(args, status["dataset"])
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
@@ -269,7 +270,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in status["promotions"][-5:]:
         print(f"  #{p['seq']} {p['promoted_at']} {p['kind']}: {p['version']} {p['from']} -> {p['to']}"
               f" by {p['requested_by']}")
+    if status["review_queue"] is not None:
+        from ensemble_platform.service.cli import review_sla_line
+
+        print(review_sla_line(status["review_queue"]))
     return 0
+
+
+def _review_sla(args: argparse.Namespace, dataset: str) -> dict | None:
+    """The review queue against the dataset's SLA (None when nothing was decided in this home yet)."""
+    from ensemble_platform.data.catalog import DatasetCatalog
+    from ensemble_platform.decisions.log import decision_log_path
+    from ensemble_platform.decisions.queue import ReviewQueue
+
+    paths = PlatformPaths.from_env(args.home)
+    if not decision_log_path(paths).exists():
+        return None
+    sla_hours = DatasetCatalog(paths).spec(dataset).operations.review_sla_hours
+    with ReviewQueue.for_home(paths, sla_hours=sla_hours) as queue:
+        return queue.sla(dataset).document()
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -103,9 +103,12 @@ class Server:
         self.process.wait(timeout=30)
 
 
+SLA_HOURS = 0.0003  # ~1 s: the review SLA test waits it out
+
+
 @pytest.fixture(scope="module")
 def server(home):
-    running = Server(home)
+    running = Server(home, "--segment-column", "Home", "--review-sla-hours", str(SLA_HOURS))
     yield running
     running.stop()
 
@@ -145,10 +148,6 @@ def test_decide_show_replay_verify(home, server, capsys):
     assert "Age" not in record["features"] and "Income" in record["features"]  # sensitive columns are not stored
     assert record["seq"] >= 1 and record["mac"]
 
-    review = httpx.post(f"{server.url}/v1/decisions/{first['decision_id']}/reviews", headers=bearer(home.tokens["review"]),
-                        json={"reviewer": "ana", "outcome": "confirm", "note": "checked"})
-    assert review.status_code == 200 and review.json()["kind"] == "review"
-
     capsys.readouterr()
     assert run_cli(home, "decisions", "show", first["decision_id"]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == first["decision_id"]
@@ -171,6 +170,71 @@ def test_decide_show_replay_verify(home, server, capsys):
                  "ensemble_service_member_duration_seconds_bucket", "ensemble_service_decision_log_write_seconds",
                  "ensemble_service_agreement_bucket", "ensemble_service_request_duration_seconds"):
         assert name in metrics, name
+
+
+def test_review_queue_over_http(home, server, capsys):
+    """Routed decisions become queue items; claim / release / resolve with every refusal; the SLA breach shows in
+    /metrics, /v1/reviews/sla and the CLI while /ready stays up; every action is in the verified chain."""
+    decide, reviewer = bearer(home.tokens["decide"]), bearer(home.tokens["review"])
+    rows = [dict(home.rows[i], Home="castle") for i in range(3)]  # an unseen category routes a row to review
+    answer = httpx.post(f"{server.url}/v1/decisions", json={"request_id": "req-review", "rows": rows},
+                        headers=decide, timeout=30).json()["decisions"]
+    ids = [d["decision_id"] for d in answer]
+    assert all(d["needs_review"] and "unseen_category" in d["review_reasons"] for d in answer)
+    listed = httpx.get(f"{server.url}/v1/reviews", params={"segment": "castle"}, headers=reviewer).json()["items"]
+    assert [i["decision_id"] for i in listed] == ids  # oldest first (one request: in row order)
+    assert listed[0]["ensemble"]["decision"] == answer[0]["decision"] and "xgboost" in listed[0]["members"]
+    assert "Income" in listed[0]["features"] and "Age" not in listed[0]["features"]
+    assert httpx.get(f"{server.url}/v1/reviews", params={"reason": "no_such_reason"},
+                     headers=reviewer).json()["items"] == []
+    assert httpx.get(f"{server.url}/v1/reviews", headers=bearer(home.tokens["decide"])).status_code == 403
+
+    def act(action: str, decision_id: str, **body):
+        return httpx.post(f"{server.url}/v1/reviews/{decision_id}/{action}", json=body, headers=reviewer, timeout=30)
+
+    first = ids[0]
+    assert act("resolve", first, reviewer="ana", decision=1, note="x").status_code == 409  # not claimed
+    assert act("claim", first, reviewer="  ").status_code == 422  # blank reviewer
+    claimed = act("claim", first, reviewer="ana")
+    assert claimed.status_code == 200 and claimed.json()["claimed_by"] == "ana"
+    assert act("claim", first, reviewer="ana").status_code == 200  # one's own claim again: a no-op
+    taken = act("claim", first, reviewer="ben")
+    assert taken.status_code == 409 and "claimed by 'ana'" in taken.json()["detail"]["error"]
+    assert act("release", first, reviewer="ben").status_code == 409
+    assert act("resolve", first, reviewer="ben", decision=0, note="no").status_code == 409
+    assert act("resolve", first, reviewer="ana", decision=0, note=" ").status_code == 422  # blank note
+    assert act("resolve", first, reviewer="ana", decision=2, note="why").status_code == 422
+    resolved = act("resolve", first, reviewer="ana", decision=1 - answer[0]["decision"], note="income verified")
+    assert resolved.status_code == 200 and resolved.json()["status"] == "resolved"
+    assert act("resolve", first, reviewer="ana", decision=1, note="again").status_code == 409  # resolving twice
+    assert act("claim", ids[1], reviewer="ben").status_code == 200
+    assert act("release", ids[1], reviewer="ana", force=True, note="").status_code == 422  # force needs a note
+    assert act("release", ids[1], reviewer="ana", force=True, note="ben is away").status_code == 200
+    assert act("claim", "no-such-id", reviewer="ana").status_code == 404
+
+    # The automated decision is still what the ensemble said; the outcome sits next to it.
+    record = httpx.get(f"{server.url}/v1/decisions/{first}", headers=bearer(home.tokens["read"])).json()
+    assert record["decision"] == answer[0]["decision"] and record["kind"] == "decision"
+
+    time.sleep(SLA_HOURS * 3600 + 0.2)
+    sla = httpx.get(f"{server.url}/v1/reviews/sla", headers=reviewer).json()
+    assert sla["breached"] and sla["past_sla"] >= 2 and sla["resolved"] >= 1
+    assert httpx.get(f"{server.url}/ready").status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "ensemble_service_review_sla_breached 1.0" in metrics
+    assert re.search(r"ensemble_service_review_past_sla [1-9]", metrics)
+    assert "ensemble_service_review_resolution_seconds_count 1.0" in metrics
+
+    capsys.readouterr()
+    assert run_cli(home, "reviews", "sla", "--sla-hours", str(SLA_HOURS), "--exit-code") == 1
+    assert "SLA BREACHED" in capsys.readouterr().out
+    assert run_cli(home, "reviews", "list", "--status", "resolved", "--json") == 0
+    assert first in {i["decision_id"] for i in json.loads(capsys.readouterr().out)}
+    assert run_cli(home, "reviews", "resolve", ids[2], "--reviewer", "cy", "--decision", "1", "--note", "n") == 2
+    assert "not claimed" in capsys.readouterr().err
+    assert run_cli(home, "decisions", "verify") == 0
+    verified = capsys.readouterr().out
+    assert "review_claim" in verified and "review_resolve" in verified and "review_release" in verified
 
 
 def test_a_changed_record_does_not_replay(home, server, capsys):

@@ -3,8 +3,16 @@
     POST /v1/decisions              scope decide   rows -> decisions, each recorded before the answer
     POST /invocations               scope decide   MLflow scoring-server input/output, recorded the same way
     GET  /v1/decisions/{id}         scope read     a stored decision-log entry
-    POST /v1/decisions/{id}/reviews scope review   a reviewer's outcome for a decision, recorded
+    GET  /v1/reviews                scope review   the review queue, oldest first (?status= &reason= &segment= &limit=)
+    GET  /v1/reviews/sla            scope review   queue depth, oldest open age, items past the SLA, resolution times
+    GET  /v1/reviews/{id}           scope review   one item: reasons, the members' outputs, the stored input
+    POST /v1/reviews/{id}/claim     scope review   {reviewer}: claim an open item
+    POST /v1/reviews/{id}/release   scope review   {reviewer, note, force}: give a claim back
+    POST /v1/reviews/{id}/resolve   scope review   {reviewer, decision, note}: the reviewer's outcome, next to the ensemble's
     GET  /health, /ready, /metrics                 liveness; readiness (bundle, log, auth mode); Prometheus
+
+A decision routed to review is recorded with its queue item (submitted together, answered after both are
+durable); claims and resolutions are appended to the same chain (`decisions.queue`).
 
 Nothing is answered without a record: the response is sent only after the group-commit future of every
 record of the request resolved (durable + checkpointed); a log that cannot be written answers 503.
@@ -26,11 +34,15 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ensemble_platform.decisions.log import DecisionLogLike
+from ensemble_platform.decisions.queue import ReviewError, ReviewQueue
 from ensemble_platform.errors import DataError
 from ensemble_platform.service.documents import (
+    ClaimRequest,
     DecisionRequest,
     DecisionResponse,
     InvocationRequest,
+    ReleaseRequest,
+    ResolveRequest,
 )
 from ensemble_platform.service.metrics import ServiceMetrics
 from ensemble_platform.service.recording import (
@@ -39,6 +51,7 @@ from ensemble_platform.service.recording import (
     decision_records,
     default_store_columns,
     refusal_record,
+    review_items,
 )
 from ensemble_platform.service.tokens import TokenInfo, TokenStore
 from ensemble_platform.serving.decider import Decider, DecisionInputError, RefusalError, jsonable_features
@@ -62,23 +75,31 @@ class ServiceState:
     auth: bool
     identity: Identity
     store_columns: list[str]
+    queue: ReviewQueue | None = None
+    segment_column: str | None = None
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     bundle_path: str | None = None
 
 
 def create_app(decider: Decider, decision_log: DecisionLogLike, tokens: TokenStore | None, *, auth: bool = True,
                manifest_sha256: str = "", store_columns: Sequence[str] | None = None,
-               bundle_path: str | None = None) -> FastAPI:
+               bundle_path: str | None = None, review_sla_hours: float = 24.0,
+               segment_column: str | None = None) -> FastAPI:
     """The app serving `decider`, recording into `decision_log`, authenticating against `tokens`.
-    `store_columns`: input columns kept in each record (default: every feature but the sensitive ones)."""
+    `store_columns`: input columns kept in each record (default: every feature but the sensitive ones);
+    `segment_column`: the feature naming a review item's segment; `review_sla_hours`: the queue's SLA."""
     if auth and tokens is None:
         raise ValueError("auth=True needs a token store")
     columns = list(store_columns) if store_columns is not None else default_store_columns(decider)
     unknown = sorted(set(columns) - set(decider.features))
     if unknown:
         raise ValueError(f"store_columns {unknown} are not features of the ensemble ({decider.features})")
+    if segment_column is not None and segment_column not in decider.features:
+        raise ValueError(f"segment_column {segment_column!r} is not a feature of the ensemble ({decider.features})")
+    store = getattr(decision_log, "store", None)
+    queue = ReviewQueue(store, sla_hours=review_sla_hours) if decision_log.enabled and store is not None else None
     state = ServiceState(decider, decision_log, tokens, auth, Identity.of(decider, manifest_sha256), columns,
-                         bundle_path=bundle_path)
+                         queue=queue, segment_column=segment_column, bundle_path=bundle_path)
     state.metrics.auth_disabled.set(0 if auth else 1)
     if not auth:
         log.warning(NO_AUTH_WARNING)
@@ -107,6 +128,10 @@ def _install_handlers(app: FastAPI, state: ServiceState) -> None:
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": exc.detail})
+
+    @app.exception_handler(ReviewError)
+    async def refused(_: Request, exc: ReviewError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": {"error": str(exc)}})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -164,7 +189,7 @@ async def _decide(state: ServiceState, rows: list[dict[str, Any]], request_id: s
     if not batch.rows:
         return []
     records = decision_records(decider, batch, state.identity, request_id, state.store_columns, batch.seconds * 1000)
-    await _persist(state, records)
+    await _persist(state, [*records, *review_items(records, batch.features, state.segment_column)])
     state.metrics.observe_batch(batch)
     return [decision_document(record, row) for record, row in zip(records, batch.rows, strict=True)]
 
@@ -202,6 +227,53 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
             raise HTTPException(404, {"error": f"no decision {decision_id!r} in the decision log"})
         return JSONResponse(entry)
 
+    def queue() -> ReviewQueue:
+        if state.queue is None:
+            raise HTTPException(404, {"error": "no review queue: the decision log is disabled"})
+        return state.queue
+
+    def view(item: Any) -> JSONResponse:
+        q = queue()
+        return JSONResponse(item.document(q.clock(), q.sla_hours * 3600))
+
+    @app.get("/v1/reviews")
+    async def list_reviews(status: str = "unresolved", reason: str | None = None, segment: str | None = None,
+                           limit: int = 100, _: TokenInfo | None = review) -> JSONResponse:
+        if status not in ("open", "claimed", "resolved", "unresolved", "all"):
+            raise HTTPException(422, {"error": f"status must be open, claimed, resolved, unresolved or all; "
+                                               f"got {status!r}"})
+        if not 1 <= limit <= 10_000:
+            raise HTTPException(422, {"error": f"limit must be between 1 and 10000, got {limit}"})
+        q = queue()
+        items = await run_in_threadpool(q.items, status, reason, segment, limit)  # type: ignore[arg-type]
+        now, sla = q.clock(), q.sla_hours * 3600
+        return JSONResponse({"items": [item.document(now, sla) for item in items]})
+
+    @app.get("/v1/reviews/sla")
+    async def review_sla(_: TokenInfo | None = review) -> JSONResponse:
+        return JSONResponse((await run_in_threadpool(queue().sla)).document())
+
+    @app.get("/v1/reviews/{decision_id}")
+    async def get_review(decision_id: str, _: TokenInfo | None = review) -> JSONResponse:
+        return view(await run_in_threadpool(queue().get, decision_id))
+
+    @app.post("/v1/reviews/{decision_id}/claim")
+    async def claim(decision_id: str, body: ClaimRequest, token: TokenInfo | None = review) -> JSONResponse:
+        return view(await run_in_threadpool(lambda: queue().claim(decision_id, body.reviewer,
+                                                                  token_name=token.name if token else None)))
+
+    @app.post("/v1/reviews/{decision_id}/release")
+    async def release(decision_id: str, body: ReleaseRequest, token: TokenInfo | None = review) -> JSONResponse:
+        return view(await run_in_threadpool(lambda: queue().release(
+            decision_id, body.reviewer, note=body.note, force=body.force, token_name=token.name if token else None)))
+
+    @app.post("/v1/reviews/{decision_id}/resolve")
+    async def resolve(decision_id: str, body: ResolveRequest, token: TokenInfo | None = review) -> JSONResponse:
+        item = await run_in_threadpool(lambda: queue().resolve(
+            decision_id, body.reviewer, body.decision, body.note, token_name=token.name if token else None))
+        state.metrics.observe_resolution(item)
+        return view(item)
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -213,6 +285,8 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if state.queue is not None:
+            state.metrics.observe_queue(await run_in_threadpool(state.queue.sla))
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -228,8 +302,12 @@ def readiness(state: ServiceState) -> dict[str, Any]:
         "manifest_sha256": state.identity.manifest_sha256, "members": list(decider.runtime.members),
         "min_members": decider.min_members, "member_timeout_s": decider.member_timeout_s,
     }
+    queue = state.queue.sla().document() if state.queue is not None else None
+    if queue is not None and queue["breached"]:
+        warnings.append(f"REVIEW SLA BREACHED: {queue['past_sla']} item(s) open longer than {queue['sla_hours']} h")
     return {
-        "ready": log_ok,
+        "ready": log_ok,  # a breached review SLA is an alert, not a reason to stop deciding
+        "review_queue": queue,
         "bundle": bundle,
         "decision_log": {"writable": log_ok, "enabled": state.decision_log.enabled, "detail": log_detail},
         "auth": "bearer tokens (scopes decide, read, review)" if state.auth else NO_AUTH_WARNING,

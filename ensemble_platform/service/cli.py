@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.policy import GovernancePolicy
+from ensemble_platform.policy import GovernancePolicy, OperationsPolicy
 from ensemble_platform.settings import HOME_ENV, PlatformPaths
 
 DEFAULT_PORT = 8080
@@ -49,13 +49,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     min_members = args.min_members or int(governance.get("min_members", GovernancePolicy().min_members))
     decider = Decider(runtime, manifest, member_timeout_s=args.member_timeout, min_members=min_members,
                       max_missing_share=args.max_missing_share)
+    operations = _operations(paths, decider.dataset)
+    sla_hours = args.review_sla_hours or operations.review_sla_hours
+    segment = args.segment_column if args.segment_column is not None else operations.segment_column
     decision_log = _decision_log(args)
     tokens = TokenStore.for_home(paths)
-    app = create_app(decider, decision_log, tokens, auth=not args.no_auth, manifest_sha256=manifest_sha256,
-                     store_columns=args.store_columns, bundle_path=str(Path(args.bundle).resolve()))
+    try:
+        app = create_app(decider, decision_log, tokens, auth=not args.no_auth, manifest_sha256=manifest_sha256,
+                         store_columns=args.store_columns, bundle_path=str(Path(args.bundle).resolve()),
+                         review_sla_hours=sla_hours, segment_column=segment or None)
+    except ValueError as exc:
+        decision_log.close()
+        raise PlatformError(str(exc)) from exc
     print(f"verified {args.bundle}: {decider.dataset} {decider.ensemble_version} (manifest {manifest_sha256[:16]}...), "
           f"{len(runtime.members)} members, min_members {min_members}", flush=True)
-    print(f"decision log: {decision_log.path} ({decision_log.count()} entries)", flush=True)
+    print(f"decision log: {decision_log.path} ({decision_log.count()} entries); review SLA {sla_hours:g} h"
+          + (f", segments by {segment}" if segment else ""), flush=True)
     if args.no_auth:
         print(f"WARNING: {NO_AUTH_WARNING}", file=sys.stderr, flush=True)
     elif not tokens.tokens():
@@ -66,6 +75,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         decision_log.close()
         decider.close()
     return 0
+
+
+def _operations(paths: PlatformPaths, dataset: str) -> OperationsPolicy:
+    """The `operations:` policy of `dataset`'s spec when this home knows the dataset, else the defaults."""
+    from ensemble_platform.data.catalog import DatasetCatalog
+
+    if dataset not in DatasetCatalog(paths).entries():
+        return OperationsPolicy()
+    return DatasetCatalog(paths).spec(dataset).operations
 
 
 def _production_bundle(paths: PlatformPaths, dataset: str | None) -> tuple[str, str]:
@@ -164,8 +182,128 @@ def cmd_decisions_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the review queue -----------------------------------------------------------------------------
+
+def _queue(args: argparse.Namespace):
+    """The home's review queue, its SLA from --sla-hours, else the --dataset spec's, else the default."""
+    from ensemble_platform.decisions.log import decision_log_path
+    from ensemble_platform.decisions.queue import ReviewQueue
+
+    paths = _paths(args)
+    if not decision_log_path(paths).exists():
+        raise PlatformError(f"no decision log in {paths.home} yet ({decision_log_path(paths)}): nothing was decided")
+    sla = args.sla_hours or (_operations(paths, args.dataset).review_sla_hours if args.dataset
+                             else OperationsPolicy().review_sla_hours)
+    return ReviewQueue.for_home(paths, sla_hours=sla)
+
+
+def _print_item(document: dict[str, Any]) -> None:
+    ensemble = document["ensemble"]
+    claim = f", claimed by {document['claimed_by']}" if document["claimed_by"] else ""
+    done = (f", resolved by {document['resolved_by']}: decision {document['reviewer_decision']}"
+            if document["resolved_by"] else "")
+    print(f"{document['decision_id']}  {document['status']}{claim}{done}  age {document['age_hours']:.1f} h"
+          + ("  PAST SLA" if document["past_sla"] else ""))
+    print(f"  reasons {', '.join(document['reasons'])}; segment {document['segment']}; ensemble decision "
+          f"{ensemble['decision']} (p={ensemble['probability']:.4f}, agreement {ensemble['agreement']:.2f})")
+
+
+def cmd_reviews_list(args: argparse.Namespace) -> int:
+    with _queue(args) as queue:
+        items = queue.items(args.status, args.reason, args.segment, args.limit)
+        now, sla = queue.clock(), queue.sla_hours * 3600
+        documents = [item.document(now, sla) for item in items]
+    if args.json:
+        print(json.dumps(documents, indent=2, sort_keys=True))
+        return 0
+    for document in documents:
+        _print_item(document)
+    print(f"{len(documents)} item(s) ({args.status}" + (f", reason {args.reason}" if args.reason else "")
+          + (f", segment {args.segment}" if args.segment else "") + "), oldest first")
+    return 0
+
+
+def cmd_reviews_show(args: argparse.Namespace) -> int:
+    with _queue(args) as queue:
+        document = queue.get(args.id).document(queue.clock(), queue.sla_hours * 3600)
+    print(json.dumps(document, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_reviews_act(args: argparse.Namespace) -> int:
+    with _queue(args) as queue:
+        if args.reviews_command == "claim":
+            item = queue.claim(args.id, args.reviewer)
+        elif args.reviews_command == "release":
+            item = queue.release(args.id, args.reviewer, note=args.note, force=args.force)
+        else:
+            item = queue.resolve(args.id, args.reviewer, args.decision, args.note)
+        document = item.document(queue.clock(), queue.sla_hours * 3600)
+    print(f"{args.reviews_command}: recorded in the decision log")
+    _print_item(document)
+    return 0
+
+
+def cmd_reviews_sla(args: argparse.Namespace) -> int:
+    with _queue(args) as queue:
+        sla = queue.sla().document()
+    if args.json:
+        print(json.dumps(sla, indent=2, sort_keys=True))
+    else:
+        print(review_sla_line(sla))
+    return 1 if sla["breached"] and args.exit_code else 0
+
+
+def review_sla_line(sla: dict[str, Any]) -> str:
+    oldest = "none open" if sla["oldest_open_age_hours"] is None else f"oldest open {sla['oldest_open_age_hours']:.1f} h"
+    median = sla["median_resolution_hours"]
+    return (f"review queue: {sla['depth']} unresolved ({sla['open']} open, {sla['claimed']} claimed), {oldest}, "
+            f"{sla['past_sla']} past the {sla['sla_hours']:g} h SLA"
+            + (" -- SLA BREACHED" if sla["breached"] else "")
+            + f"; {sla['resolved']} resolved" + (f" (median {median:.1f} h)" if median is not None else ""))
+
+
+def _add_review_commands(sub: Any) -> None:
+    reviews = sub.add_parser("reviews", help="the human review queue: list, show, claim, release, resolve, sla")
+    reviews_sub = reviews.add_subparsers(dest="reviews_command", required=True)
+
+    def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        parser = reviews_sub.add_parser(name, help=help_text)
+        parser.add_argument("--dataset", help="read the review SLA from this dataset's spec (operations:)")
+        parser.add_argument("--sla-hours", type=float, help="the review SLA in hours (overrides the spec)")
+        parser.set_defaults(func=func)
+        return parser
+
+    listing = command("list", "items oldest first", cmd_reviews_list)
+    listing.add_argument("--status", default="unresolved",
+                         choices=["open", "claimed", "resolved", "unresolved", "all"])
+    listing.add_argument("--reason", help="only items routed for this reason (e.g. low_agreement)")
+    listing.add_argument("--segment", help="only items of this segment")
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--json", action="store_true")
+    show = command("show", "one item: reasons, the members' outputs, the stored input", cmd_reviews_show)
+    show.add_argument("id", help="the decision id")
+    claim = command("claim", "claim an open item", cmd_reviews_act)
+    claim.add_argument("id", help="the decision id")
+    claim.add_argument("--reviewer", required=True)
+    release = command("release", "give a claim back", cmd_reviews_act)
+    release.add_argument("id", help="the decision id")
+    release.add_argument("--reviewer", required=True)
+    release.add_argument("--note", default="")
+    release.add_argument("--force", action="store_true", help="release another reviewer's claim (needs --note)")
+    resolve = command("resolve", "record the reviewer's outcome next to the ensemble's", cmd_reviews_act)
+    resolve.add_argument("id", help="the decision id")
+    resolve.add_argument("--reviewer", required=True)
+    resolve.add_argument("--decision", type=int, required=True, choices=[0, 1],
+                         help="the class the reviewer decides (1: the positive label)")
+    resolve.add_argument("--note", required=True)
+    sla = command("sla", "queue depth, oldest open item, items past the SLA, resolution times", cmd_reviews_sla)
+    sla.add_argument("--json", action="store_true")
+    sla.add_argument("--exit-code", action="store_true", help="exit 1 while the SLA is breached (for cron/alerts)")
+
+
 def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> None:
-    """Add `<serve_command>`, `tokens create` and `decisions show|verify|export|replay` to `sub` (the main
+    """Add `<serve_command>`, `tokens create`, `decisions show|verify|export|replay` and `reviews ...` to `sub` (the main
     parser's `add_subparsers()`), each with `func` set like the platform's other commands."""
     serve = sub.add_parser(serve_command, help="serve decisions from a verified bundle (FastAPI, decision log)")
     serve.add_argument("--dataset", help="serve this dataset's production bundle, verified against the manifest "
@@ -182,6 +320,10 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
                        help="route rows missing more than this share of features to review")
     serve.add_argument("--store-columns", nargs="*", metavar="COLUMN",
                        help="input columns kept in each record (default: every feature but the sensitive ones)")
+    serve.add_argument("--review-sla-hours", type=float,
+                       help="the review queue's SLA (default: the spec's operations.review_sla_hours, 24)")
+    serve.add_argument("--segment-column", help="the feature naming a review item's segment "
+                                                "(default: the spec's operations.segment_column; '' for none)")
     serve.set_defaults(func=cmd_serve)
 
     tokens = sub.add_parser("tokens", help="bearer tokens of the decision service")
@@ -207,6 +349,8 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
     replay = decisions_sub.add_parser("replay", help="re-score a decision through its bundle; exit 1 on any difference")
     replay.add_argument("id")
     replay.set_defaults(func=cmd_decisions_replay)
+
+    _add_review_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@ stores are `ensemble_platform.decisions.records`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -68,10 +68,22 @@ class InvocationRequest(_Frozen):
         return self.dataframe_records if self.dataframe_records is not None else list(self.instances or [])
 
 
-class ReviewRequest(_Frozen):
-    reviewer: str = Field(min_length=1, max_length=200)
-    outcome: Literal["confirm", "overturn", "escalate"]
+class ClaimRequest(_Frozen):
+    reviewer: str = Field(max_length=200)
+
+
+class ReleaseRequest(_Frozen):
+    reviewer: str = Field(max_length=200)
     note: str = Field(default="", max_length=5000)
+    force: bool = False
+
+
+class ResolveRequest(_Frozen):
+    """The reviewer's outcome: the class they decide (0 or 1), with a note saying why."""
+
+    reviewer: str = Field(max_length=200)
+    decision: int
+    note: str = Field(max_length=5000)
 
 
 # --- responses and records ----------------------------------------------------------------------

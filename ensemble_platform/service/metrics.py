@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ensemble_platform.decisions.queue import QueueItem, SlaStatus
 from ensemble_platform.serving.decider import DecisionBatch
 
 PREFIX = "ensemble_service"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 AGREEMENT_BUCKETS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
+RESOLUTION_BUCKETS = tuple(h * 3600.0 for h in (0.25, 0.5, 1, 2, 4, 8, 12, 24, 48, 72, 168))
 
 
 class ServiceMetrics:
@@ -40,6 +42,18 @@ class ServiceMetrics:
                                            "a request's records", buckets=WRITE_BUCKETS, registry=r)
         self.log_failures = Counter(f"{PREFIX}_decision_log_failures", "Requests whose records could not be written "
                                     "(answered 503)", registry=r)
+        self.queue_depth = Gauge(f"{PREFIX}_review_queue_depth", "Review items not yet resolved, by status",
+                                 ["status"], registry=r)
+        self.queue_oldest = Gauge(f"{PREFIX}_review_oldest_open_age_seconds", "Age of the oldest unresolved review "
+                                  "item (0 when none)", registry=r)
+        self.queue_past_sla = Gauge(f"{PREFIX}_review_past_sla", "Unresolved review items older than the SLA",
+                                    registry=r)
+        self.queue_breached = Gauge(f"{PREFIX}_review_sla_breached", "1 while any review item is past the SLA",
+                                    registry=r)
+        self.queue_sla = Gauge(f"{PREFIX}_review_sla_seconds", "The review SLA", registry=r)
+        self.resolution_seconds = Histogram(f"{PREFIX}_review_resolution_seconds", "Time from a decision to its "
+                                            "review's resolution (resolutions through this service)",
+                                            buckets=RESOLUTION_BUCKETS, registry=r)
         self.auth_disabled = Gauge(f"{PREFIX}_auth_disabled", "1 when the service runs with --no-auth", registry=r)
 
     def observe_batch(self, batch: DecisionBatch) -> None:
@@ -64,6 +78,20 @@ class ServiceMetrics:
         for name, reason in members.items():
             if reason:
                 self.member_failures.labels(name, reason).inc()
+
+    def observe_queue(self, sla: SlaStatus) -> None:
+        """Set the queue gauges (called at scrape time: the queue is shared with the CLI)."""
+        self.queue_depth.labels("open").set(sla.open)
+        self.queue_depth.labels("claimed").set(sla.claimed)
+        self.queue_oldest.set(sla.oldest_open_age_s or 0.0)
+        self.queue_past_sla.set(sla.past_sla)
+        self.queue_breached.set(1 if sla.breached else 0)
+        self.queue_sla.set(sla.sla_hours * 3600)
+
+    def observe_resolution(self, item: QueueItem) -> None:
+        seconds = item.resolution_seconds()
+        if seconds is not None:
+            self.resolution_seconds.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ from ensemble_platform.decisions.records import (
     DecisionRecord,
     MemberDocument,
     RefusalRecord,
+    ReviewItemRecord,
     input_sha256,
     stored_subset,
 )
@@ -86,6 +87,24 @@ def refusal_record(decider: Decider, error: RefusalError, features: Sequence[Map
         members=member_documents(error.members), input_sha256=[input_sha256(f) for f in features],
         latency_ms=latency_ms,
     )
+
+
+def review_items(records: Sequence[DecisionRecord], features: Sequence[Mapping[str, Any]],
+                 segment_column: str | None) -> list[ReviewItemRecord]:
+    """The queue item of every record routed to review; `segment_column`'s value names its segment."""
+    return [ReviewItemRecord(
+        id=new_id(), created_at=record.created_at, decision_id=record.id, request_id=record.request_id,
+        dataset=record.dataset, ensemble_version=record.ensemble_version, reasons=list(record.review_reasons),
+        segment=_segment(row, segment_column), probability=record.probability, decision=record.decision,
+        agreement=record.agreement, degraded=record.degraded, members=record.members, features=record.features,
+    ) for record, row in zip(records, features, strict=True) if record.needs_review]
+
+
+def _segment(features: Mapping[str, Any], column: str | None) -> str | None:
+    if column is None:
+        return None
+    value = features.get(column)
+    return None if value is None or value != value else str(value)  # NaN: no segment
 
 
 def decision_document(record: DecisionRecord, row: RowDecision) -> DecisionDocument:
