@@ -232,6 +232,10 @@ def test_review_queue_over_http(home, server, capsys):
     assert first in {i["decision_id"] for i in json.loads(capsys.readouterr().out)}
     assert run_cli(home, "reviews", "resolve", ids[2], "--reviewer", "cy", "--decision", "1", "--note", "n") == 2
     assert "not claimed" in capsys.readouterr().err
+    from ensemble_platform import cli
+
+    assert cli.main(["--home", str(home.paths.home), "status", "--dataset", DATASET]) == 0
+    assert re.search(r"review queue: \d+ unresolved .* past the 24 h SLA", capsys.readouterr().out)
     assert run_cli(home, "decisions", "verify") == 0
     verified = capsys.readouterr().out
     assert "review_claim" in verified and "review_resolve" in verified and "review_release" in verified
