@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ensemble_platform.decisions.log import DecisionLogLike
 from ensemble_platform.decisions.queue import ReviewError, ReviewQueue
+from ensemble_platform.decisions.records import DecisionRecord
 from ensemble_platform.errors import DataError
 from ensemble_platform.service.documents import (
     ClaimRequest,
@@ -62,6 +63,15 @@ NO_AUTH_WARNING = ("AUTHENTICATION DISABLED (--no-auth): every endpoint, decidin
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class ShadowLike(Protocol):
+    """A candidate scoring the same requests off the response path (`service.shadow.ShadowScorer`):
+    `submit` returns at once and never raises; `close` drains it."""
+
+    def submit(self, rows: Sequence[Mapping[str, Any]], records: Sequence[DecisionRecord]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ServiceUnavailable(Exception):
     def __init__(self, detail: dict[str, Any]):
         self.detail = detail
@@ -77,6 +87,7 @@ class ServiceState:
     store_columns: list[str]
     queue: ReviewQueue | None = None
     segment_column: str | None = None
+    shadow: ShadowLike | None = None
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     bundle_path: str | None = None
 
@@ -84,10 +95,11 @@ class ServiceState:
 def create_app(decider: Decider, decision_log: DecisionLogLike, tokens: TokenStore | None, *, auth: bool = True,
                manifest_sha256: str = "", store_columns: Sequence[str] | None = None,
                bundle_path: str | None = None, review_sla_hours: float = 24.0,
-               segment_column: str | None = None) -> FastAPI:
+               segment_column: str | None = None, shadow: ShadowLike | None = None) -> FastAPI:
     """The app serving `decider`, recording into `decision_log`, authenticating against `tokens`.
     `store_columns`: input columns kept in each record (default: every feature but the sensitive ones);
-    `segment_column`: the feature naming a review item's segment; `review_sla_hours`: the queue's SLA."""
+    `segment_column`: the feature naming a review item's segment; `review_sla_hours`: the queue's SLA;
+    `shadow`: a candidate scoring every decided request after it is recorded, off the response path."""
     if auth and tokens is None:
         raise ValueError("auth=True needs a token store")
     columns = list(store_columns) if store_columns is not None else default_store_columns(decider)
@@ -99,7 +111,7 @@ def create_app(decider: Decider, decision_log: DecisionLogLike, tokens: TokenSto
     store = getattr(decision_log, "store", None)
     queue = ReviewQueue(store, sla_hours=review_sla_hours) if decision_log.enabled and store is not None else None
     state = ServiceState(decider, decision_log, tokens, auth, Identity.of(decider, manifest_sha256), columns,
-                         queue=queue, segment_column=segment_column, bundle_path=bundle_path)
+                         queue=queue, segment_column=segment_column, shadow=shadow, bundle_path=bundle_path)
     state.metrics.auth_disabled.set(0 if auth else 1)
     if not auth:
         log.warning(NO_AUTH_WARNING)
@@ -191,6 +203,8 @@ async def _decide(state: ServiceState, rows: list[dict[str, Any]], request_id: s
     records = decision_records(decider, batch, state.identity, request_id, state.store_columns, batch.seconds * 1000)
     await _persist(state, [*records, *review_items(records, batch.features, state.segment_column)])
     state.metrics.observe_batch(batch)
+    if state.shadow is not None:
+        state.shadow.submit(rows, records)  # returns at once; its failures never reach this answer
     return [decision_document(record, row) for record, row in zip(records, batch.rows, strict=True)]
 
 
