@@ -61,6 +61,14 @@ def test_unreadable_yaml_names_the_file(tmp_path):
         load_spec(path)
 
 
+def test_a_sensitive_segment_column_is_refused(tmp_path, credit_slice):
+    """Segments are read from the decision log's stored features, which never hold sensitive attributes."""
+    path = write_spec(tmp_path, credit_slice, operations={"segment_column": "Age"})
+    with pytest.raises(DatasetSpecError, match="operations.segment_column 'Age'.*sensitive"):
+        load_spec(path)
+    assert load_spec().operations.segment_column == "Home"
+
+
 def test_split_is_stratified_disjoint_and_seeded(slice_spec):
     table = load_dataset(slice_spec)
     a, b = split_dataset(table, slice_spec), split_dataset(table, slice_spec)
