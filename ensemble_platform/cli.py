@@ -381,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ensemble_platform.service.cli import add_subcommands
 
-    add_subcommands(sub)  # serve (the decision service), tokens, decisions
+    add_subcommands(sub)  # serve (the decision service), tokens, decisions, reviews
+    from ensemble_platform.service.outcomes_cli import add_outcome_commands
+
+    add_outcome_commands(sub)  # outcomes register / report / export-batch
 
     args = parser.parse_args(argv)
     try:

@@ -187,6 +187,16 @@ class BatchStore:
         return [(folder.name, next(folder.glob("source.*"))) for folder in sorted(root.iterdir())
                 if (folder / ACCEPTED).is_file() and any(folder.glob("source.*"))]
 
+    def sources(self, dataset: str) -> list[Path]:
+        """The file of every batch of the dataset wherever it stands: in the inbox, received, accepted or
+        quarantined (what a producer checks to avoid sending the same rows twice)."""
+        found = [arrival.path for arrival in self.pending(dataset)]
+        for root in (self.home / "batches" / dataset, self.home / "quarantine" / dataset):
+            if root.is_dir():
+                found += [source for folder in sorted(root.iterdir()) if folder.is_dir()
+                          for source in sorted(folder.glob("source.*"))]
+        return found
+
     def training_additions(self, spec: DatasetSpec) -> list[pd.DataFrame]:
         """The accepted batches a retraining adds under the spec's policy: the labelled rows of
         every accepted batch that carries the target (or none)."""

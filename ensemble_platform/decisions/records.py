@@ -158,3 +158,81 @@ class ReviewActionRecord(_Frozen):
 
 def stored_subset(features: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
     return {c: features[c] for c in columns if c in features}
+
+
+# Outcomes: the observed label of a decision, joined to it by `decision_id` (`decisions.outcomes`).
+LABEL = "label"
+LABEL_SOURCE_REGISTERED: Final = "registered"
+LABEL_SOURCE_REVIEWER: Final = "reviewer"
+OUTCOME_ID_PREFIX: Final = "outcome-"
+
+
+def outcome_id(decision_id: str) -> str:
+    """One outcome per decision: the store's unique record id refuses a second one even in a race."""
+    return f"{OUTCOME_ID_PREFIX}{decision_id}"
+
+
+class OutcomeRecord(_Frozen):
+    """The observed outcome (label 1: the dataset's positive class) of one decision, registered from a
+    file (`outcomes register`): which file (name, SHA-256), which line, by whom. Never overwritten."""
+
+    id: str
+    kind: Literal["outcome"] = KIND_OUTCOME
+    created_at: str
+    decision_id: str
+    request_id: str | None
+    dataset: str
+    label: Literal[0, 1]
+    source: Literal["registered"] = LABEL_SOURCE_REGISTERED
+    source_file: str
+    source_sha256: str
+    line: int
+    registered_by: str | None = None
+
+
+# Shadow scoring: a staging candidate's output for a production decision (`serve --shadow`), never answered.
+PRODUCTION_VERSION = "production_version"
+PRODUCTION_PROBABILITY = "production_probability"
+PRODUCTION_DECISION = "production_decision"
+PRODUCTION_AGREEMENT = "production_agreement"
+CANDIDATE_VERSION = "candidate_version"
+ERROR = "error"
+LAG_MS = "lag_ms"
+ERROR_KIND = "error_kind"
+SHADOW_INVALID_INPUT: Final = "invalid_input"
+SHADOW_REFUSED: Final = "refused"
+SHADOW_EXCEPTION: Final = "exception"
+ShadowErrorKind = Literal["invalid_input", "refused", "exception"]
+
+
+class ShadowRecord(_Frozen):
+    """A staging candidate's output for the production decision `decision_id`, scored off the response path
+    and never answered. The production outputs are copied beside it (one scan of the `shadow` kind compares
+    the pair). A candidate that failed on the row (input its schema refuses, too few working members, any
+    exception, a non-finite output) has `error` and `error_kind` and no output."""
+
+    id: str
+    kind: Literal["shadow"] = KIND_SHADOW
+    created_at: str
+    decision_id: str
+    request_id: str | None
+    dataset: str
+    production_version: str
+    production_probability: float
+    production_decision: int
+    production_agreement: float
+    candidate_version: str
+    config_hash: str
+    manifest_sha256: str
+    code_version: str
+    probability: float | None
+    decision: int | None
+    agreement: float | None
+    needs_review: bool | None
+    degraded: bool | None
+    members: dict[str, MemberDocument]
+    error: str | None
+    error_kind: ShadowErrorKind | None
+    input_sha256: str | None
+    latency_ms: float  # the candidate's scoring time of the batch that held this row
+    lag_ms: float  # from the production answer to this record's creation (queueing + scoring)

@@ -24,8 +24,11 @@ revalidation_job = dg.define_asset_job(
                 "versions named in ops.oof_predictions.config.member_versions (what the member-version "
                 "sensor requests); ends with a new candidate.",
 )
+# The batch-partitioned assets only: the monitoring group also holds the decision-log assets (partitioned
+# by day and dataset) and production performance, which a batch does not run.
+BATCH_ASSETS = ("data_batch", "batch_drift_report", "batch_performance")
 batch_job = dg.define_asset_job(
-    "batch_job", selection=dg.AssetSelection.groups("monitoring"),
+    "batch_job", selection=dg.AssetSelection.assets(*BATCH_ASSETS),
     description="Take in one data batch (a partition): validate it (quarantine on failure), report its drift, "
                 "score it when it carries labels.",
 )
