@@ -70,6 +70,11 @@ class DecisionLog:
             if since is None or str(entry.get(CREATED_AT, "")) >= since:
                 yield entry
 
+    def entries_between(self, start: str, end: str, kinds: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Entries with `start` <= created_at < `end` (optionally only of `kinds`) in created_at order, each
+        checked like `get` (see `SqliteChainStore.iter_created`); `("2026-01-01", "2026-01-02")` is one UTC day."""
+        return self.store.iter_created(start, end, kinds)
+
     def count(self) -> int:
         return self.store.count()
 

@@ -1,15 +1,19 @@
 """Sensors: re-validate when a member model gets a new version; take in data batches from the
-inboxes; retrain when a batch drifts past the dataset's thresholds. What they decide is decided
-by the core (`automation.member_watch`, `data.batches`, `evaluation.drift`); they only ask."""
+inboxes; retrain when a batch drifts past the dataset's thresholds; alert (and re-validate) when the
+decision log's agreement drops below the validated baseline. What they decide is decided by the core
+(`automation.member_watch`, `data.batches`, `evaluation.drift`, `automation.decision_alerts`); they only ask."""
 
 import json
 import warnings
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from ensemble_platform.automation.decision_alerts import DecisionAlerts, read_cursor
 from ensemble_platform.automation.member_watch import MemberWatch
 from ensemble_platform.data.batches import BatchStore, split_partition_key
 from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.defs.assets.decision_log import dataset_partitions, decision_log_job, partition_key
 from ensemble_platform.defs.assets.monitoring import batch_drift_report, batch_partitions
 from ensemble_platform.defs.jobs import batch_job, revalidation_job
 from ensemble_platform.defs.resources import PlatformResource
@@ -96,4 +100,37 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext, platform: Platf
     return dg.SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip)
 
 
-SENSORS = [member_version_sensor, batch_inbox_sensor, drift_retraining_sensor]
+@dg.sensor(jobs=[revalidation_job, decision_log_job], minimum_interval_seconds=600, default_status=automation_status(),
+           description="A day of the decision log crossed its dataset's operations policy (mean agreement below "
+                       "the validated baseline by more than agreement_drop, fallback rate, refusal rate, review-SLA "
+                       "breaches): refresh that day's decision_log_daily so its check fails; on an agreement drop, "
+                       "fallback or SLA breach also re-validate the dataset. Once per breach. Also materialises each "
+                       "completed day once.")
+def agreement_drop_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
+    tick = DecisionAlerts(platform.paths).tick(read_cursor(context.cursor), datetime.now(UTC))
+    for reason in tick.skipped:
+        context.log.warning(reason)
+    for breach in tick.breaches:
+        context.log.warning(f"{breach.dataset} {breach.day}: {breach.alert.message}")
+    requests = [
+        dg.RunRequest(job_name=revalidation_job.name, run_key=request.run_key,
+                      tags={DATASET_TAG: request.spec_path, TRIGGER_TAG: "decision_alert",
+                            "ensemble_platform/decision_alerts": ",".join(f"{b.day}:{b.alert.key}"
+                                                                          for b in request.breaches)})
+        for request in tick.revalidations
+    ] + [
+        dg.RunRequest(job_name=decision_log_job.name, partition_key=partition_key(day.dataset, day.day),
+                      run_key=day.run_key,
+                      tags={DATASET_TAG: day.spec_path, TRIGGER_TAG: "decision_alert" if day.breaches else "daily"})
+        for day in tick.days
+    ]
+    known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
+    unknown = sorted(set(tick.datasets) - known)
+    skip = None if requests else ("; ".join(tick.skipped) or "no new breach and no completed day to report")
+    return dg.SensorResult(
+        run_requests=requests, skip_reason=skip, cursor=json.dumps(tick.cursor, sort_keys=True),
+        dynamic_partitions_requests=[dataset_partitions.build_add_request(unknown)] if unknown else [],
+    )
+
+
+SENSORS = [member_version_sensor, batch_inbox_sensor, drift_retraining_sensor, agreement_drop_sensor]

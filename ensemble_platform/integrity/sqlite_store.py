@@ -193,15 +193,35 @@ class SqliteChainStore:
     def iter_kinds(self, kinds: Sequence[str], since_seq: int = 0) -> Iterator[dict[str, Any]]:
         """Entries of the given kinds with seq > `since_seq`, in order, each checked like `get` (columns,
         hash, MAC; not its place in the chain: `verify()` finds a deleted row)."""
-        self._ensure_open()
         marks = ",".join("?" * len(kinds))
+        yield from self._iter_checked(f"SELECT {COLUMNS} FROM {TABLE} INDEXED BY {TABLE}_kind "
+                                      f"WHERE kind IN ({marks}) AND seq > ? ORDER BY kind, seq", [*kinds, since_seq],
+                                      by_seq=len(kinds) > 1)
+
+    def iter_created(self, start: str, end: str, kinds: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Entries with `start` <= created_at < `end` (text comparison of ISO-8601 UTC times, so
+        `("2026-01-01", "2026-01-02")` is one UTC day), optionally of `kinds`, in created_at order (ties in
+        seq order), found by the created_at index and each checked like `get`."""
+        where = "created_at >= ? AND created_at < ?" + (f" AND kind IN ({','.join('?' * len(kinds))})" if kinds else "")
+        yield from self._iter_checked(f"SELECT {COLUMNS} FROM {TABLE} INDEXED BY {TABLE}_created_at WHERE {where} "
+                                      f"ORDER BY created_at, seq", [start, end, *(kinds or ())])
+
+    def _iter_checked(self, query: str, params: Sequence[Any], *, by_seq: bool = False) -> Iterator[dict[str, Any]]:
+        """Rows of `query`, streamed on a connection of their own, each checked (columns, hash, MAC).
+        `by_seq`: the query yields several seq-ordered runs (one per kind): merge them into seq order."""
+        self._ensure_open()
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         try:
             conn.execute("PRAGMA query_only = ON")
-            cursor = conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE kind IN ({marks}) AND seq > ? ORDER BY seq",
-                                  [*kinds, since_seq])
-            while rows := cursor.fetchmany(STREAM_CHUNK):
-                for row in rows:
+            rows = conn.execute(query, list(params)).fetchall() if by_seq else None
+            if rows is not None:
+                rows.sort(key=lambda row: row[0])
+                chunks: Iterator[list[Row]] = iter([rows])
+            else:
+                cursor = conn.execute(query, list(params))
+                chunks = iter(lambda: cursor.fetchmany(STREAM_CHUNK), [])
+            for chunk in chunks:
+                for row in chunk:
                     entry = _entry_of_row(row, self.label)
                     check_entry(entry, self.key, position=row[0], expected_seq=row[0],
                                 prev_sha256=str(entry.get(PREV)), name=self.label)
