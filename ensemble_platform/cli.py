@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     from ensemble_platform.service.outcomes_cli import add_outcome_commands
 
     add_outcome_commands(sub)  # outcomes register / report / export-batch
+    from ensemble_platform.service.shadow_cli import add_shadow_commands
+
+    add_shadow_commands(sub)  # shadow report
 
     args = parser.parse_args(argv)
     try:

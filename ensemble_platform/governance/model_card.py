@@ -37,6 +37,7 @@ from ensemble_platform.governance.reports import (
     ReportContext,
     calibration_metrics_table,
 )
+from ensemble_platform.governance.shadow_report import evidence_section, shadow_documents
 from ensemble_platform.settings import PlatformPaths
 
 NOT_PROVIDED = "_Not provided in the dataset spec._"
@@ -69,6 +70,7 @@ class ModelCardInputs:
     report_files: dict[str, str]  # report name -> file name beside the card
     gates: dict | None = None  # the release gates (GateReport as JSON)
     approvals: list[dict] = field(default_factory=list)  # decisions recorded for this config, oldest first
+    shadow: list[dict] = field(default_factory=list)  # shadow comparisons of this version (governance.shadow_report)
 
 
 def write_card_inputs(directory: Path, members: list[MemberEntry], spec: DatasetSpec) -> Path:
@@ -110,6 +112,7 @@ def load_card_inputs(paths: PlatformPaths, config: EnsembleConfig, approvals: li
         report_files=REPORT_FILES,
         gates=read("gates.json"),
         approvals=approvals,
+        shadow=shadow_documents(paths, config.dataset, config.version, config.config_hash),
     )
 
 
@@ -118,6 +121,8 @@ def model_card(inputs: ModelCardInputs) -> ReportDocument:
     sections = [_identity(inputs), _constituents(inputs), _combination(inputs), _lineage(inputs),
                 _evaluation(inputs), _calibration(inputs), _fairness(inputs), _agreement(inputs),
                 _intended_use(inputs), _gates(inputs), _approval(inputs)]
+    if inputs.shadow:  # only once the version has shadowed production (`shadow report`)
+        sections.insert(-1, evidence_section(inputs.shadow))
     return ReportDocument(f"Model card: {context.dataset} ensemble {context.version}", context.subtitle(), sections)
 
 

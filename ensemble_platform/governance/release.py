@@ -22,6 +22,8 @@ from mlflow.entities.model_registry import ModelVersion
 from pydantic import ValidationError
 
 from ensemble_platform import __version__
+from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.decisions.shadow import read_evidence, shadow_gate
 from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.errors import PlatformError
@@ -212,6 +214,8 @@ class Release:
             planned, kind = plan_promotion(stages, str(state.registered.version), to, members, version)
             if kind == "unchanged":
                 return PromotionResult(None, to)
+            shadow = self._shadow_evidence(state, stages.aliases.get("production")) \
+                if to == "production" and kind == "promotion" else None
             bundle, created = ({}, False) if to != "production" else self._export(state, approval)
             record = {
                 "kind": kind, "dataset": dataset, "version": version, "to": to,
@@ -221,6 +225,7 @@ class Release:
                 "registered_model": state.registered.name, "registered_version": str(state.registered.version),
                 "approval_sha256": approval.sha256 if approval else None,
                 "bundle": bundle, "requested_by": requested_by or getpass.getuser(), "promoted_at": utc_now(),
+                **({"shadow": shadow} if shadow is not None else {}),
             }
             log = self.promotions_log(dataset)
             entry = log.draft(record)
@@ -290,6 +295,33 @@ class Release:
         if approval is not None:
             self._check_mirrored(state, approval)
         return approval
+
+    def _shadow_evidence(self, state: VersionState, production: str | None) -> dict | None:
+        """The shadow evidence production needs when the dataset's `operations.shadow` policy requires it
+        (None when it does not: the default): the decision log's comparison of this version (its config)
+        beside the version now in production. Refused naming what is missing. A first production version
+        has nothing to be compared with; a rollback returns to a version production already served."""
+        catalog = DatasetCatalog(self.paths)
+        if state.dataset not in catalog.entries():
+            return None
+        policy = catalog.spec(state.dataset).operations.shadow
+        if not policy.required:
+            return None
+        current = _semver_of(self.registry, state.dataset, production)
+        if current is None:
+            return {"required": True, "production_version": None, "passed": True,
+                    "reasons": ["nothing in production to shadow"]}
+        evidence = read_evidence(self.paths, state.dataset, current, state.version, state.config.config_hash)
+        passed, reasons = shadow_gate(evidence, policy)
+        if not passed:
+            raise ReleaseRefused(
+                f"{state.dataset} {state.version} lacks the shadow evidence production requires "
+                f"(operations.shadow: min_days {policy.min_days}, min_decisions {policy.min_decisions}, "
+                f"max_flip_rate {policy.max_flip_rate}) beside production {current}: " + "; ".join(reasons))
+        assert evidence is not None
+        return {"required": True, "production_version": current, "passed": True, "reasons": [],
+                "shadowed": evidence.shadowed, "scored": evidence.scored, "days": evidence.days,
+                "flip_rate": evidence.flip_rate, "first_at": evidence.first_at, "last_at": evidence.last_at}
 
     def _check_mirrored(self, state: VersionState, approval: ApprovalRecord) -> None:
         """The decision in force must stand, identical, in the registry's numbered approval tags too:

@@ -67,9 +67,11 @@ class ShadowLike(Protocol):
     """A candidate scoring the same requests off the response path (`service.shadow.ShadowScorer`):
     `submit` returns at once and never raises; `close` drains it."""
 
-    def submit(self, rows: Sequence[Mapping[str, Any]], records: Sequence[DecisionRecord]) -> None: ...
+    def submit(self, rows: Sequence[Mapping[str, Any]], records: Sequence[DecisionRecord]) -> object: ...
 
-    def close(self) -> None: ...
+    def stats(self) -> Any: ...
+
+    def close(self) -> object: ...
 
 
 class ServiceUnavailable(Exception):
@@ -322,6 +324,7 @@ def readiness(state: ServiceState) -> dict[str, Any]:
     return {
         "ready": log_ok,  # a breached review SLA is an alert, not a reason to stop deciding
         "review_queue": queue,
+        "shadow": state.shadow.stats().document() if state.shadow is not None else None,
         "bundle": bundle,
         "decision_log": {"writable": log_ok, "enabled": state.decision_log.enabled, "detail": log_detail},
         "auth": "bearer tokens (scopes decide, read, review)" if state.auth else NO_AUTH_WARNING,

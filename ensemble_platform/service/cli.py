@@ -6,6 +6,7 @@ read `args.home` (the platform's global `--home`) like the other commands. Also 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -54,13 +55,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     segment = args.segment_column if args.segment_column is not None else operations.segment_column
     decision_log = _decision_log(args)
     tokens = TokenStore.for_home(paths)
+    shadow = None
     try:
+        if args.shadow:
+            from ensemble_platform.service.shadow import ShadowCollector, open_shadow
+
+            shadow = open_shadow(paths, args.shadow, decider, decision_log, member_timeout_s=args.member_timeout,
+                                 max_missing_share=args.max_missing_share)
         app = create_app(decider, decision_log, tokens, auth=not args.no_auth, manifest_sha256=manifest_sha256,
                          store_columns=args.store_columns, bundle_path=str(Path(args.bundle).resolve()),
-                         review_sla_hours=sla_hours, segment_column=segment or None)
-    except ValueError as exc:
+                         review_sla_hours=sla_hours, segment_column=segment or None, shadow=shadow)
+    except BaseException as exc:
+        if shadow is not None:
+            shadow.close()
         decision_log.close()
-        raise PlatformError(str(exc)) from exc
+        if isinstance(exc, ValueError):
+            raise PlatformError(str(exc)) from exc
+        raise
+    if shadow is not None:
+        from ensemble_platform.service.metrics import PREFIX
+
+        app.state.service.metrics.registry.register(ShadowCollector(shadow, PREFIX))
+        print(f"shadow: {args.shadow} scores every request off the response path (recorded as kind 'shadow')",
+              flush=True)
     print(f"verified {args.bundle}: {decider.dataset} {decider.ensemble_version} (manifest {manifest_sha256[:16]}...), "
           f"{len(runtime.members)} members, min_members {min_members}", flush=True)
     print(f"decision log: {decision_log.path} ({decision_log.count()} entries); review SLA {sla_hours:g} h"
@@ -69,9 +86,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"WARNING: {NO_AUTH_WARNING}", file=sys.stderr, flush=True)
     elif not tokens.tokens():
         print(f"no tokens yet: create one with `tokens create --scope decide --name NAME` ({tokens.path})", flush=True)
+    # A full GC pass over the ~700k objects loaded so far stalls a request for ~400 ms now and then
+    # (bench/README.md, shadow section): move them to the permanent generation once, before serving.
+    gc.collect()
+    gc.freeze()
     try:
         serve(app, args.host, args.port)
     finally:
+        if shadow is not None:
+            shadow.close()
         decision_log.close()
         decider.close()
     return 0
@@ -320,6 +343,9 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
                        help="route rows missing more than this share of features to review")
     serve.add_argument("--store-columns", nargs="*", metavar="COLUMN",
                        help="input columns kept in each record (default: every feature but the sensitive ones)")
+    serve.add_argument("--shadow", metavar="VERSION",
+                       help="also score every request with this approved staging version, off the response path "
+                            "(recorded as kind 'shadow'; compare with `shadow report`)")
     serve.add_argument("--review-sla-hours", type=float,
                        help="the review queue's SLA (default: the spec's operations.review_sla_hours, 24)")
     serve.add_argument("--segment-column", help="the feature naming a review item's segment "
