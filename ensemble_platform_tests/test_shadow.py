@@ -363,26 +363,6 @@ def test_report_and_model_card_show_the_evidence(setup, capsys):
     assert "## Shadow evidence" not in (setup.paths.version_reports_dir(DATASET, PRODUCTION) / "model_card.md").read_text()
 
 
-def test_the_gate_refuses_production_with_the_policy_on_and_not_with_it_off(setup):
-    release = setup.release
-    evidence = read_evidence(setup.paths, DATASET, PRODUCTION, CANDIDATE)
-    assert evidence is not None and evidence.flip_rate > 0
-    before = release.registry.snapshot(DATASET), [e["sha256"] for e in release.promotions_log(DATASET).verify()]
-    write_spec(setup.spec_path.parent, setup.table,
-               operations={"shadow": {"min_days": 7, "min_decisions": 100_000, "max_flip_rate": 0.0}})
-    try:
-        with pytest.raises(ReleaseRefused) as refused:
-            release.promote(DATASET, CANDIDATE, "production")
-    finally:
-        write_spec(setup.spec_path.parent, setup.table)
-    message = str(refused.value)
-    assert "shadowed 0.0 of 7 days" in message and "of 100000 decisions" in message
-    assert f"flip rate {evidence.flip_rate:.3g} > 0" in message
-    assert (release.registry.snapshot(DATASET), [e["sha256"] for e in release.promotions_log(DATASET).verify()]) == before
-    result = release.promote(DATASET, CANDIDATE, "production")  # the policy off: promoted as before
-    assert result.record["kind"] == "promotion" and "shadow" not in result.record
-
-
 # --- end to end: `serve --shadow` over real HTTP -------------------------------------------------
 
 def test_serve_with_shadow_over_http_answers_as_without_and_records_the_shadow(setup, baseline):
@@ -417,3 +397,24 @@ def test_serve_with_shadow_over_http_answers_as_without_and_records_the_shadow(s
         assert "ensemble_service_shadow_rows_total" in httpx.get(f"{server.url}/metrics").text
     finally:
         server.stop()
+
+
+
+def test_the_gate_refuses_production_with_the_policy_on_and_not_with_it_off(setup):
+    release = setup.release
+    evidence = read_evidence(setup.paths, DATASET, PRODUCTION, CANDIDATE)
+    assert evidence is not None and evidence.flip_rate > 0
+    before = release.registry.snapshot(DATASET), [e["sha256"] for e in release.promotions_log(DATASET).verify()]
+    write_spec(setup.spec_path.parent, setup.table,
+               operations={"shadow": {"min_days": 7, "min_decisions": 100_000, "max_flip_rate": 0.0}})
+    try:
+        with pytest.raises(ReleaseRefused) as refused:
+            release.promote(DATASET, CANDIDATE, "production")
+    finally:
+        write_spec(setup.spec_path.parent, setup.table)
+    message = str(refused.value)
+    assert "shadowed 0.0 of 7 days" in message and "of 100000 decisions" in message
+    assert f"flip rate {evidence.flip_rate:.3g} > 0" in message
+    assert (release.registry.snapshot(DATASET), [e["sha256"] for e in release.promotions_log(DATASET).verify()]) == before
+    result = release.promote(DATASET, CANDIDATE, "production")  # the policy off: promoted as before
+    assert result.record["kind"] == "promotion" and "shadow" not in result.record

@@ -302,8 +302,21 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         if state.queue is not None:
-            state.metrics.observe_queue(await run_in_threadpool(state.queue.sla))
+            try:
+                state.metrics.observe_queue(await run_in_threadpool(state.queue.sla))
+            except Exception as exc:  # a broken log: the other metrics still say so
+                log.error("review queue not readable for /metrics: %s", exc)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _queue_sla(state: ServiceState) -> dict[str, Any] | None:
+    """The review queue against its SLA, or why it cannot be read (a broken log is /ready's own finding)."""
+    if state.queue is None:
+        return None
+    try:
+        return state.queue.sla().document()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def readiness(state: ServiceState) -> dict[str, Any]:
@@ -318,8 +331,8 @@ def readiness(state: ServiceState) -> dict[str, Any]:
         "manifest_sha256": state.identity.manifest_sha256, "members": list(decider.runtime.members),
         "min_members": decider.min_members, "member_timeout_s": decider.member_timeout_s,
     }
-    queue = state.queue.sla().document() if state.queue is not None else None
-    if queue is not None and queue["breached"]:
+    queue = _queue_sla(state)
+    if queue is not None and queue.get("breached"):
         warnings.append(f"REVIEW SLA BREACHED: {queue['past_sla']} item(s) open longer than {queue['sla_hours']} h")
     return {
         "ready": log_ok,  # a breached review SLA is an alert, not a reason to stop deciding
