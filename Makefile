@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/bench_lifecycle.py
 	$(BIN)/python bench/bench_release.py
 	$(BIN)/python bench/bench_sensors.py
+	$(BIN)/python bench/bench_shadow.py --gc-freeze
 
 clean:
 	rm -rf $(ENSEMBLE_PLATFORM_HOME)
