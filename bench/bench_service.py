@@ -37,18 +37,9 @@ TARGET_LOG_P50_MS = 1.0
 
 
 def build_home(root: Path) -> tuple[Path, Path, str]:
-    import numpy as np
-    import pandas as pd
+    from ensemble_platform_tests.conftest import home_in_production, slice_table
 
-    from ensemble_platform.data.loading import read_source
-    from ensemble_platform.data.spec import load_spec
-    from ensemble_platform_tests.conftest import SLICE_ROWS, home_in_production
-
-    raw = read_source(load_spec())
-    rng = np.random.default_rng(0)
-    parts = [group.iloc[rng.permutation(len(group))[: int(round(SLICE_ROWS * len(group) / len(raw)))]]
-             for _, group in raw.groupby("Status", sort=True)]
-    table = pd.concat(parts).sort_values("rownames").reset_index(drop=True)
+    table = slice_table()
     paths, _, _, result = home_in_production(root, table)
     return paths.home, Path(result.bundle["path"]), result.bundle["manifest_sha256"]
 

@@ -46,6 +46,8 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
+from bench_service import percentile  # noqa: E402  (bench/ is the script's own directory on sys.path)
+
 DEFAULT_OUT = BENCH_DIR / "results" / "shadow.json"
 DATASET = "credit_slice"
 PRODUCTION, CANDIDATE = "1.0.0", "1.0.1"
@@ -56,19 +58,10 @@ MODES = ("off", "process", "thread")
 
 def build_home(root: Path) -> tuple[Any, Path, str]:
     """(paths, production bundle, its manifest SHA-256) of a home whose 1.0.1 is approved and in staging."""
-    import numpy as np
-    import pandas as pd
-
     from ensemble_platform import cli
-    from ensemble_platform.data.loading import read_source
-    from ensemble_platform.data.spec import load_spec
-    from ensemble_platform_tests.conftest import SLICE_ROWS, home_in_production, write_spec
+    from ensemble_platform_tests.conftest import home_in_production, slice_table, write_spec
 
-    raw = read_source(load_spec())
-    rng = np.random.default_rng(0)
-    parts = [group.iloc[rng.permutation(len(group))[: int(round(SLICE_ROWS * len(group) / len(raw)))]]
-             for _, group in raw.groupby("Status", sort=True)]
-    table = pd.concat(parts).sort_values("rownames").reset_index(drop=True)
+    table = slice_table()
     paths, spec_path, release, result = home_in_production(root, table)
     write_spec(root / "dataset", table, governance={"decision_threshold": 0.35})
     assert cli.main(["--home", str(paths.home), "demo", "--dataset", str(spec_path)]) == 0
@@ -76,11 +69,6 @@ def build_home(root: Path) -> tuple[Any, Path, str]:
                     release.state(DATASET, CANDIDATE).gates.failing)
     release.promote(DATASET, CANDIDATE, "staging")
     return paths, Path(result.bundle["path"]), result.bundle["manifest_sha256"]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def cpu_seconds() -> float:

@@ -31,7 +31,11 @@ SLICE_ROWS = 600
 
 @pytest.fixture(scope="session")
 def credit_slice() -> pd.DataFrame:
-    """A stratified, seeded slice of modeldata::credit_data (the default dataset)."""
+    return slice_table()
+
+
+def slice_table() -> pd.DataFrame:
+    """A stratified, seeded slice of modeldata::credit_data (the default dataset); also the benchmarks' data."""
     raw = read_source(load_spec())
     rng = np.random.default_rng(0)
     parts = [

@@ -18,7 +18,7 @@ from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.loading import load_dataset, read_source
 from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.validation import validate_table
-from ensemble_platform.decisions.log import DecisionLog, decision_log_path
+from ensemble_platform.decisions.log import DecisionLog, decision_log_path, open_decision_store
 from ensemble_platform.decisions.outcomes import (
     EXPORT_ID_COLUMN,
     LabelledDecision,
@@ -26,7 +26,6 @@ from ensemble_platform.decisions.outcomes import (
     OutcomeError,
     export_training_batch,
     labelled_decisions,
-    open_decision_store,
     register_outcomes,
 )
 from ensemble_platform.decisions.production_performance import production_performance
@@ -42,7 +41,7 @@ from ensemble_platform.decisions.records import (
 from ensemble_platform.defs.assets.production_performance import production_performance as performance_asset
 from ensemble_platform.defs.resources import DatasetStorage, PlatformResource
 from ensemble_platform.governance.production_report import write_production_report
-from ensemble_platform.service import outcomes_cli
+from ensemble_platform.service import cli as service_cli
 from ensemble_platform.settings import PlatformPaths
 
 DATASET = "credit_slice"
@@ -140,7 +139,7 @@ def test_a_file_with_refused_lines_records_nothing_and_reports_every_line(world,
 
     # The command line: exit 2, the cause with every refused line, no traceback.
     capsys.readouterr()
-    assert outcomes_cli.main(["--home", str(paths.home), "outcomes", "register", str(file)]) == 2
+    assert service_cli.main(["--home", str(paths.home), "outcomes", "register", str(file)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert all(f"line {n}:" in err for n in (3, 4, 5, 7, 8)) and _outcomes(paths) == {}
@@ -178,7 +177,7 @@ def test_good_outcomes_are_recorded_once_and_never_overwritten(world, tmp_path, 
     good = _write(tmp_path / "good.csv", "decision_id,request_id,row_index,label\nd0,,,bad\n,req-multi,1,good\n"
                                          ",req-single,,1\nd6,,,0\n")
     home = ["--home", str(paths.home), "outcomes", "register"]
-    assert outcomes_cli.main([*home, str(good), "--by", "olga"]) == 0
+    assert service_cli.main([*home, str(good), "--by", "olga"]) == 0
     assert "4 outcome(s) recorded" in capsys.readouterr().out
     stored = _outcomes(paths)
     assert {k: v["label"] for k, v in stored.items()} == {"d0": 1, "d3": 0, "d4": 1, "d6": 0}
@@ -197,13 +196,13 @@ def test_good_outcomes_are_recorded_once_and_never_overwritten(world, tmp_path, 
         register_outcomes(store, paths, conflict)
     assert "d1" not in _outcomes(paths)
     capsys.readouterr()
-    assert outcomes_cli.main([*home, str(conflict), "--skip-refused"]) == 1
+    assert service_cli.main([*home, str(conflict), "--skip-refused"]) == 1
     out, err = capsys.readouterr()
     assert "1 outcome(s) recorded" in out and "line 1: label:" in err and "never overwritten" in err
     assert {k: v["label"] for k, v in _outcomes(paths).items()}["d1"] == 0 and _outcomes(paths)["d0"]["label"] == 1
     # Decisions of another dataset are refused when --dataset names one.
     other = _write(tmp_path / "other.csv", "decision_id,label\nd5,1\n")
-    assert outcomes_cli.main([*home, str(other), "--dataset", DATASET]) == 2
+    assert service_cli.main([*home, str(other), "--dataset", DATASET]) == 2
     assert "is of dataset 'other', not 'credit_slice'" in capsys.readouterr().err
 
 
@@ -336,6 +335,6 @@ def test_labelled_decisions_join_the_next_retraining_through_the_batch_path(worl
 
     # Exported once: the next export finds nothing new (the CLI says so).
     capsys.readouterr()
-    assert outcomes_cli.main(["--home", str(paths.home), "outcomes", "export-batch", "--dataset", DATASET]) == 0
+    assert service_cli.main(["--home", str(paths.home), "outcomes", "export-batch", "--dataset", DATASET]) == 0
     out = capsys.readouterr().out
     assert "0 labelled decision(s) exported" in out and "3 exported before" in out and "1 not joinable" in out

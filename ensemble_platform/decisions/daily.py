@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from ensemble_platform.decisions.log import DecisionLog
 from ensemble_platform.decisions.records import (
     AGREEMENT,
+    BATCH_SIZE,
     CREATED_AT,
     DATASET,
     DECISION_ID,
@@ -41,21 +42,19 @@ from ensemble_platform.decisions.records import (
     KIND_REFUSAL,
     KIND_REVIEW_ITEM,
     KIND_REVIEW_RESOLVE,
+    MEMBER_PROBABILITY,
+    MEMBER_REASON,
     MEMBERS,
+    REASONS,
     REVIEW_REASONS,
+    ROW_INDEX,
+    SEGMENT,
+    UNSEEN_CATEGORY,
+    stored_time,
 )
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.policy import OperationsPolicy
-
-# Stored fields read here that records.py names only inside its models.
-ROW_INDEX: Final = "row_index"
-BATCH_SIZE: Final = "batch_size"
-REASONS: Final = "reasons"
-SEGMENT: Final = "segment"
-MEMBER_PROBABILITY: Final = "probability"
-MEMBER_REASON: Final = "reason"
-UNSEEN_CATEGORY: Final = "unseen_category"
-LOW_AGREEMENT: Final = "low_agreement"  # the decider's review reason (serving.decider.LOW_AGREEMENT)
+from ensemble_platform.serving.decider import LOW_AGREEMENT
 
 DAY_KINDS: Final = (KIND_DECISION, KIND_REFUSAL, KIND_REVIEW_ITEM)
 QUANTILES: Final = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -221,11 +220,6 @@ def day_entries(log: DecisionLog, day: date, now: datetime) -> Iterator[dict[str
     yield from log.entries_between(start, day_bounds(max(day, _utc(now).date()))[1], (KIND_REVIEW_RESOLVE,))
 
 
-def parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -290,7 +284,7 @@ class _DayTally:
             return
         if kind not in DAY_KINDS or entry.get(DATASET) != self.dataset:
             return
-        if _utc(parse_time(str(_field(entry, CREATED_AT)))).date() != self.day:
+        if stored_time(str(_field(entry, CREATED_AT))).date() != self.day:
             return
         if kind == KIND_DECISION:
             self._decision(entry)
@@ -327,14 +321,14 @@ class _DayTally:
         decision_id = str(_field(entry, DECISION_ID))
         if decision_id in self.opened:
             return
-        self.opened[decision_id] = _utc(parse_time(str(entry[CREATED_AT])))
+        self.opened[decision_id] = stored_time(str(entry[CREATED_AT]))
         self.review_reasons.update(str(r) for r in (_field(entry, REASONS) or ()))
         segment = entry.get(SEGMENT)
         self._count_segment(self.review_segments, None if segment is None else str(segment))
 
     def _resolution(self, entry: Mapping[str, Any]) -> None:
         decision_id = str(entry.get(DECISION_ID))
-        at = _utc(parse_time(str(_field(entry, CREATED_AT))))
+        at = stored_time(str(_field(entry, CREATED_AT)))
         if decision_id in self.opened and decision_id not in self.resolved and at <= self.now:
             self.resolved[decision_id] = at
 

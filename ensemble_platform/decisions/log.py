@@ -23,6 +23,12 @@ def decision_log_path(paths: PlatformPaths) -> Path:
     return paths.home / "decisions" / STORE_FILE
 
 
+def open_decision_store(paths: PlatformPaths) -> SqliteChainStore:
+    """The home's decision-log store on its own (tail checked on open; no group-commit writer): for readers
+    and for the CLI's read-check-append actions. Close it."""
+    return SqliteChainStore(decision_log_path(paths), STORE_NAME, paths=paths)
+
+
 class DecisionLogLike(Protocol):
     enabled: bool
 

@@ -40,7 +40,7 @@ from ensemble_platform.data.batches import BatchStore, read_batch
 from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.spec import DatasetSpec
-from ensemble_platform.decisions.log import STORE_NAME, DecisionLog, decision_log_path
+from ensemble_platform.decisions.log import DecisionLog
 from ensemble_platform.decisions.records import (
     CREATED_AT,
     DATASET,
@@ -59,15 +59,16 @@ from ensemble_platform.decisions.records import (
     MEMBERS,
     PROBABILITY,
     REQUEST_ID,
+    ROW_INDEX,
     STORED_COLUMNS,
     OutcomeRecord,
+    now_iso,
     outcome_id,
 )
 from ensemble_platform.errors import DataError, DatasetSpecError, PlatformError
 from ensemble_platform.integrity import SqliteChainStore
 from ensemble_platform.settings import PlatformPaths
 
-ROW_INDEX = "row_index"
 DECISION_THRESHOLD = "decision_threshold"
 COLUMNS = (DECISION_ID, REQUEST_ID, ROW_INDEX, LABEL)
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -442,17 +443,8 @@ def _existing_outcomes(store: SqliteChainStore, decision_ids: Sequence[str]) -> 
     return found
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 def _store_of(log: DecisionLog | SqliteChainStore) -> SqliteChainStore:
     return log.store if isinstance(log, DecisionLog) else log
-
-
-def open_decision_store(paths: PlatformPaths) -> SqliteChainStore:
-    """The home's decision log store, opened (and its tail checked) for reading and outcome appends; close it."""
-    return SqliteChainStore(decision_log_path(paths), STORE_NAME, paths=paths)
 
 
 def register_outcomes(log: DecisionLog | SqliteChainStore, paths: PlatformPaths, file: Path, *,
@@ -543,14 +535,19 @@ def parse_time(text: str, what: str = "time") -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _labels(store: SqliteChainStore) -> tuple[dict[str, int], dict[str, int]]:
-    """(registered outcome, reviewer's resolution) by decision id; the last resolution of a decision counts."""
+LABEL_KINDS = (KIND_OUTCOME, KIND_REVIEW_RESOLVE)
+
+
+def decision_labels(entries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(registered outcome, reviewer's resolution) by decision id, from `outcome` and `review_resolve`
+    entries (others are skipped); the last resolution of a decision counts. Where both exist the registered
+    outcome is the label (`LabelledDecision.label`, shadow comparisons)."""
     registered: dict[str, int] = {}
     reviewer: dict[str, int] = {}
-    for entry in store.iter_kinds([KIND_OUTCOME, KIND_REVIEW_RESOLVE]):
+    for entry in entries:
         if entry.get(KIND) == KIND_OUTCOME:
             registered[str(entry[DECISION_ID])] = int(entry[LABEL])
-        elif entry.get(DECISION) is not None:
+        elif entry.get(KIND) == KIND_REVIEW_RESOLVE and entry.get(DECISION) is not None:
             reviewer[str(entry[DECISION_ID])] = int(entry[DECISION])
     return registered, reviewer
 
@@ -579,7 +576,7 @@ def labelled_decisions(log: DecisionLog | SqliteChainStore, dataset: str, since:
     store = _store_of(log)
     start = parse_time(since, "since") if since else None
     end = parse_time(until, "until") if until else None
-    registered, reviewer = _labels(store)
+    registered, reviewer = decision_labels(store.iter_kinds(LABEL_KINDS))
     rows: list[tuple[datetime, LabelledDecision]] = []
     for entry in store.iter_kinds([KIND_DECISION]):
         decision_id = str(entry[ID])

@@ -20,10 +20,10 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
-from ensemble_platform.decisions.log import STORE_NAME, decision_log_path
+from ensemble_platform.decisions.log import open_decision_store
 from ensemble_platform.decisions.records import (
     KIND_REVIEW_CLAIM,
     KIND_REVIEW_ITEM,
@@ -31,6 +31,8 @@ from ensemble_platform.decisions.records import (
     KIND_REVIEW_RESOLVE,
     REVIEW_KINDS,
     ReviewActionRecord,
+    stored_time,
+    utc_now,
 )
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.integrity import SqliteChainStore
@@ -53,15 +55,6 @@ class ReviewError(PlatformError):
         self.status = status
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class QueueItem:
     """One decision's review item and where it stands."""
@@ -80,12 +73,12 @@ class QueueItem:
     note: str | None = None
 
     def age_seconds(self, now: datetime) -> float:
-        return max(0.0, (now - parse_time(self.created_at)).total_seconds())
+        return max(0.0, (now - stored_time(self.created_at)).total_seconds())
 
     def resolution_seconds(self) -> float | None:
         if self.resolved_at is None:
             return None
-        return max(0.0, (parse_time(self.resolved_at) - parse_time(self.created_at)).total_seconds())
+        return max(0.0, (stored_time(self.resolved_at) - stored_time(self.created_at)).total_seconds())
 
     def document(self, now: datetime, sla_seconds: float) -> dict[str, Any]:
         """JSON-ready view for the API and the CLI."""
@@ -171,6 +164,12 @@ def sla_status(items: Iterable[QueueItem], now: datetime, sla_hours: float) -> S
                      _quantile(durations, 0.5), _quantile(durations, 0.9))
 
 
+def _refuse_if_resolved(item: QueueItem) -> None:
+    if item.status == RESOLVED:
+        raise ReviewError(f"decision {item.decision_id!r} was already resolved by {item.resolved_by!r} at "
+                          f"{item.resolved_at}; a resolution is final", 409)
+
+
 def _text(value: str | None, field: str, *, required: bool) -> str:
     text = (value or "").strip()
     if required and not text:
@@ -198,7 +197,7 @@ class ReviewQueue:
     @classmethod
     def for_home(cls, paths: PlatformPaths, *, sla_hours: float = 24.0) -> ReviewQueue:
         """The queue of the home's decision log, on a store of its own (close it)."""
-        return cls(SqliteChainStore(decision_log_path(paths), STORE_NAME, paths=paths), sla_hours=sla_hours)
+        return cls(open_decision_store(paths), sla_hours=sla_hours)
 
     def close(self) -> None:
         self.store.close()
@@ -233,13 +232,8 @@ class ReviewQueue:
         return chosen[:limit] if limit is not None else chosen
 
     def get(self, decision_id: str) -> QueueItem:
-        self.refresh()
         with self._lock:
-            item = self._items.get(decision_id)
-        if item is None:
-            raise ReviewError(f"decision {decision_id!r} is not in the review queue (it was not routed to review, "
-                              f"or is not in this decision log)", 404)
-        return item
+            return self._current(decision_id)
 
     def sla(self, dataset: str | None = None) -> SlaStatus:
         """The queue (of one dataset, or all) against the SLA, now."""
@@ -253,9 +247,7 @@ class ReviewQueue:
 
         def build() -> list[dict[str, Any]]:
             item = self._current(decision_id)
-            if item.status == RESOLVED:
-                raise ReviewError(f"decision {decision_id!r} was already resolved by {item.resolved_by!r} at "
-                                  f"{item.resolved_at}", 409)
+            _refuse_if_resolved(item)
             if item.status == CLAIMED:
                 if item.claimed_by == reviewer:
                     return []
@@ -292,9 +284,7 @@ class ReviewQueue:
 
         def build() -> list[dict[str, Any]]:
             item = self._current(decision_id)
-            if item.status == RESOLVED:
-                raise ReviewError(f"decision {decision_id!r} was already resolved by {item.resolved_by!r} at "
-                                  f"{item.resolved_at}; a resolution is final", 409)
+            _refuse_if_resolved(item)
             if item.status == OPEN:
                 raise ReviewError(f"decision {decision_id!r} is not claimed; claim it before resolving it", 409)
             if item.claimed_by != reviewer:
@@ -314,7 +304,8 @@ class ReviewQueue:
             return self._items[decision_id]
 
     def _current(self, decision_id: str) -> QueueItem:
-        """Inside the store's critical section: catch up with the chain, then the item as it stands."""
+        """Catch up with the chain, then the item as it stands (inside the store's critical section when
+        acting); 404 when the decision has no queue item."""
         self.refresh()
         item = self._items.get(decision_id)
         if item is None:

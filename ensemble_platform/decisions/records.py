@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +37,13 @@ FEATURES = "features"
 STORED_COLUMNS = "stored_columns"
 LATENCY_MS = "latency_ms"
 DECISION_ID = "decision_id"
+ROW_INDEX = "row_index"
+BATCH_SIZE = "batch_size"
+UNSEEN_CATEGORY = "unseen_category"
+REASONS = "reasons"  # a review item's
+SEGMENT = "segment"  # a review item's
+MEMBER_PROBABILITY = "probability"  # inside MEMBERS[name]
+MEMBER_REASON = "reason"  # inside MEMBERS[name]: why the member's output is missing
 
 KIND_DECISION: Final = "decision"
 KIND_REFUSAL: Final = "refusal"
@@ -48,6 +56,21 @@ KIND_SHADOW: Final = "shadow"
 REVIEW_KINDS: Final = (KIND_REVIEW_ITEM, KIND_REVIEW_CLAIM, KIND_REVIEW_RELEASE, KIND_REVIEW_RESOLVE)
 
 MAX_ROWS = 10_000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def now_iso() -> str:
+    """A record's `created_at`: ISO-8601 UTC to the microsecond (text order is time order)."""
+    return utc_now().isoformat(timespec="microseconds")
+
+
+def stored_time(text: str) -> datetime:
+    """A stored `created_at` as an aware UTC time (a zone-less one is taken as UTC)."""
+    moment = datetime.fromisoformat(text)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def input_sha256(features: Mapping[str, Any]) -> str:

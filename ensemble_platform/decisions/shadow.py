@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from sklearn.metrics import roc_auc_score
 
-from ensemble_platform.decisions.log import STORE_NAME, decision_log_path
+from ensemble_platform.decisions.log import decision_log_path, open_decision_store
+from ensemble_platform.decisions.outcomes import decision_labels
+from ensemble_platform.decisions.production_performance import model_performance
 from ensemble_platform.decisions.records import (
     AGREEMENT,
     CANDIDATE_VERSION,
@@ -39,7 +40,8 @@ from ensemble_platform.decisions.records import (
     KIND_OUTCOME,
     KIND_REVIEW_RESOLVE,
     KIND_SHADOW,
-    LABEL,
+    LABEL_SOURCE_REGISTERED,
+    LABEL_SOURCE_REVIEWER,
     LAG_MS,
     MANIFEST_SHA256,
     PROBABILITY,
@@ -48,14 +50,10 @@ from ensemble_platform.decisions.records import (
     PRODUCTION_PROBABILITY,
     PRODUCTION_VERSION,
 )
-from ensemble_platform.integrity import SqliteChainStore
 from ensemble_platform.policy import ShadowGatePolicy
 from ensemble_platform.settings import PlatformPaths
 
 SHADOW_KINDS = (KIND_SHADOW, KIND_OUTCOME, KIND_REVIEW_RESOLVE)
-LABEL_FROM_OUTCOME = "outcome"
-LABEL_FROM_REVIEW = "review"
-_EPS = 1e-15
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -138,20 +136,10 @@ class ShadowEvidence(_Frozen):
 # --- from entries ---------------------------------------------------------------------------------
 
 def _labels(entries: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, str]]:
-    """decision id -> (label, source): an outcome record wins over a reviewer's resolution; among
-    resolutions of one decision the latest counts."""
-    outcomes: dict[str, int] = {}
-    reviews: dict[str, int] = {}
-    for entry in entries:
-        kind, decision_id = entry.get(KIND), entry.get(DECISION_ID)
-        if not isinstance(decision_id, str):
-            continue
-        if kind == KIND_OUTCOME and entry.get(LABEL) in (0, 1):
-            outcomes.setdefault(decision_id, int(entry[LABEL]))
-        elif kind == KIND_REVIEW_RESOLVE and entry.get(DECISION) in (0, 1):
-            reviews[decision_id] = int(entry[DECISION])
-    labels = {d: (label, LABEL_FROM_REVIEW) for d, label in reviews.items()}
-    labels.update({d: (label, LABEL_FROM_OUTCOME) for d, label in outcomes.items()})
+    """decision id -> (label, source), by the outcomes' rule: a registered outcome wins over a reviewer's."""
+    registered, reviewer = decision_labels(entries)
+    labels = {d: (label, LABEL_SOURCE_REVIEWER) for d, label in reviewer.items()}
+    labels.update({d: (label, LABEL_SOURCE_REGISTERED) for d, label in registered.items()})
     return labels
 
 
@@ -160,10 +148,9 @@ def _pair(entry: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 def _metrics(labels: np.ndarray, probability: np.ndarray, decision: np.ndarray) -> VersionMetrics:
-    p = np.clip(probability, _EPS, 1 - _EPS)
-    log_loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    auc = float(roc_auc_score(labels, probability)) if len(np.unique(labels)) == 2 else None
-    return VersionMetrics(roc_auc=auc, log_loss=log_loss, accuracy=float(np.mean(decision == labels)))
+    figures = model_performance(labels, probability, decision)
+    return VersionMetrics(roc_auc=figures.roc_auc, log_loss=float(figures.log_loss or 0.0),
+                          accuracy=float(figures.accuracy or 0.0))
 
 
 def _outcomes(scored: list[Mapping[str, Any]], labels: Mapping[str, tuple[int, str]]) -> OutcomeComparison | None:
@@ -177,8 +164,8 @@ def _outcomes(scored: list[Mapping[str, Any]], labels: Mapping[str, tuple[int, s
 
     sources = [source for _, (_, source) in known]
     return OutcomeComparison(
-        labelled=len(known), from_outcomes=sources.count(LABEL_FROM_OUTCOME),
-        from_reviews=sources.count(LABEL_FROM_REVIEW), positives=int(y.sum()),
+        labelled=len(known), from_outcomes=sources.count(LABEL_SOURCE_REGISTERED),
+        from_reviews=sources.count(LABEL_SOURCE_REVIEWER), positives=int(y.sum()),
         production=_metrics(y, column(PRODUCTION_PROBABILITY), column(PRODUCTION_DECISION)),
         candidate=_metrics(y, column(PROBABILITY), column(DECISION)),
     )
@@ -289,10 +276,9 @@ def shadow_gate(evidence: ShadowEvidence | None, policy: ShadowGatePolicy) -> tu
 # --- from a platform home -----------------------------------------------------------------------
 
 def _entries(paths: PlatformPaths) -> list[dict[str, Any]] | None:
-    path = decision_log_path(paths)
-    if not path.exists():
+    if not decision_log_path(paths).exists():
         return None
-    with SqliteChainStore(path, STORE_NAME, paths=paths) as store:
+    with open_decision_store(paths) as store:
         return list(store.iter_kinds(SHADOW_KINDS))
 
 

@@ -210,6 +210,14 @@ async def _decide(state: ServiceState, rows: list[dict[str, Any]], request_id: s
     return [decision_document(record, row) for record, row in zip(records, batch.rows, strict=True)]
 
 
+def _rows(body: DecisionRequest | InvocationRequest) -> list[dict[str, Any]]:
+    """The request's rows as records; a malformed body (ragged `dataframe_split`) is a 422."""
+    try:
+        return body.records()
+    except ValueError as exc:
+        raise HTTPException(422, {"error": str(exc)}) from exc
+
+
 # --- routes -------------------------------------------------------------------------------------
 
 def _install_routes(app: FastAPI, state: ServiceState) -> None:
@@ -217,20 +225,12 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.post("/v1/decisions")
     async def post_decisions(body: DecisionRequest, _: TokenInfo | None = decide) -> JSONResponse:
-        try:
-            rows = body.records()
-        except ValueError as exc:
-            raise HTTPException(422, {"error": str(exc)}) from exc
-        documents = await _decide(state, rows, body.request_id)
+        documents = await _decide(state, _rows(body), body.request_id)
         return JSONResponse(DecisionResponse(request_id=body.request_id, decisions=documents).model_dump(mode="json"))
 
     @app.post("/invocations")
     async def invocations(body: InvocationRequest, _: TokenInfo | None = decide) -> JSONResponse:
-        try:
-            rows = body.records()
-        except ValueError as exc:
-            raise HTTPException(422, {"error": str(exc)}) from exc
-        documents = await _decide(state, rows, None)
+        documents = await _decide(state, _rows(body), None)
         return JSONResponse({"predictions": [
             {"probability": d.probability, "decision": d.decision, "agreement": d.agreement,
              "needs_review": d.needs_review, "decision_id": d.decision_id, "degraded": d.degraded}

@@ -384,7 +384,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m ensemble_platform.service", description=__doc__)
     parser.add_argument("--home", help=f"platform home (default ${HOME_ENV} or ./.ensemble_platform)")
-    add_subcommands(parser.add_subparsers(dest="command", required=True), serve_command="serve")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(sub, serve_command="serve")
+    from ensemble_platform.service.outcomes_cli import add_outcome_commands
+    from ensemble_platform.service.shadow_cli import add_shadow_commands
+
+    add_outcome_commands(sub)
+    add_shadow_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -1,8 +1,8 @@
 """Command line of outcomes: register observed labels of decisions from a file, report production performance on
 labelled decisions, export labelled decisions as a batch for the next retraining. `add_outcome_commands(sub)` adds
 `outcomes register|report|export-batch` to the platform's argparse CLI; the handlers read `args.home` (the
-platform's global `--home`). Also runnable on its own: `python -m ensemble_platform.service.outcomes_cli --home H
-outcomes register FILE`."""
+platform's global `--home`), and to the service's own CLI (`python -m ensemble_platform.service --home H outcomes
+register FILE`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.settings import HOME_ENV, PlatformPaths
+from ensemble_platform.settings import PlatformPaths
 
 
 def _paths(args: argparse.Namespace) -> PlatformPaths:
@@ -36,8 +36,7 @@ def _spec(args: argparse.Namespace):
 
 def _store(args: argparse.Namespace, *, required: bool):
     """The home's decision log store, or None when there is none and it is not `required` (none is created)."""
-    from ensemble_platform.decisions.log import decision_log_path
-    from ensemble_platform.decisions.outcomes import open_decision_store
+    from ensemble_platform.decisions.log import decision_log_path, open_decision_store
 
     paths = _paths(args)
     if not decision_log_path(paths).is_file():
@@ -148,19 +147,3 @@ def add_outcome_commands(sub: Any) -> None:
     export.add_argument("--registered-only", action="store_true",
                         help="only decisions with a registered outcome (not those labelled by a reviewer only)")
     export.set_defaults(func=cmd_outcomes_export_batch)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble_platform.service.outcomes_cli", description=__doc__)
-    parser.add_argument("--home", help=f"platform home (default ${HOME_ENV} or ./.ensemble_platform)")
-    add_outcome_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except PlatformError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from ensemble_platform import __version__
@@ -15,6 +14,7 @@ from ensemble_platform.decisions.records import (
     RefusalRecord,
     ReviewItemRecord,
     input_sha256,
+    now_iso,
     stored_subset,
 )
 from ensemble_platform.service.documents import DecisionDocument
@@ -23,10 +23,6 @@ from ensemble_platform.serving.decider import Decider, DecisionBatch, MemberOutp
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def default_store_columns(decider: Decider) -> list[str]:

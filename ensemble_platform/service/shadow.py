@@ -57,10 +57,11 @@ from ensemble_platform.decisions.records import (
     ShadowErrorKind,
     ShadowRecord,
     input_sha256,
+    now_iso,
 )
 from ensemble_platform.errors import DataError, PlatformError
 from ensemble_platform.policy import GovernancePolicy
-from ensemble_platform.service.recording import member_documents, new_id, now_iso
+from ensemble_platform.service.recording import member_documents, new_id
 from ensemble_platform.serving.decider import (
     DEFAULT_MAX_ABS_VALUE,
     Decider,

@@ -5,8 +5,8 @@ plots them across materialisations) and the report draws the daily history."""
 
 import dagster as dg
 
-from ensemble_platform.decisions.log import decision_log_path
-from ensemble_platform.decisions.outcomes import labelled_decisions, open_decision_store
+from ensemble_platform.decisions.log import decision_log_path, open_decision_store
+from ensemble_platform.decisions.outcomes import labelled_decisions
 from ensemble_platform.decisions.production_performance import production_performance as performance_of
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.governance.production_report import write_production_report
