@@ -207,3 +207,45 @@ def test_a_forged_resolution_is_rejected(log):
         ReviewQueue(decision_log.store, sla_hours=24).items("all")
     with pytest.raises(IntegrityError):
         decision_log.verify()
+
+
+def _tamper(path: Path, kind: str, change) -> None:
+    """Edit (or, with change=None, delete) the first stored row of `kind` without the key."""
+    db = sqlite3.connect(path)
+    seq, entry = db.execute("SELECT seq, entry FROM entries WHERE kind = ? ORDER BY seq", (kind,)).fetchone()
+    if change is None:
+        db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+    else:
+        edited = json.loads(entry)
+        change(edited)
+        db.execute("UPDATE entries SET entry = ? WHERE seq = ?", (json.dumps(edited, sort_keys=True), seq))
+    db.commit()
+    db.close()
+
+
+def test_a_deleted_resolution_is_found_by_verify(log):
+    """Dropping a reviewer's resolution from the middle of the chain: the queue alone would show the item
+    claimed again, but `decisions verify` names the gap."""
+    _, decision_log = log
+    queue = ReviewQueue(decision_log.store, sla_hours=24)
+    queue.claim("d0", "ana")
+    queue.resolve("d0", "ana", 1, "ok")
+    queue.claim("d1", "ben")  # the resolution is no longer the last entry
+    _tamper(decision_log.path, "review_resolve", None)
+    with pytest.raises(IntegrityError):
+        decision_log.verify()
+
+
+def test_a_forged_outcome_label_is_rejected_where_labels_are_read(log):
+    """Flipping a registered outcome's label in the database: the join that feeds production performance,
+    shadow comparisons and retraining refuses the entry (its MAC no longer verifies)."""
+    from ensemble_platform.decisions.outcomes import labelled_decisions
+    from ensemble_platform.decisions.records import OutcomeRecord, now_iso, outcome_id
+
+    _, decision_log = log
+    outcome = OutcomeRecord(id=outcome_id("d0"), created_at=now_iso(), decision_id="d0", request_id=None,
+                            dataset="credit", label=1, source_file="labels.csv", source_sha256="0" * 64, line=2)
+    decision_log.store.append_many([outcome.model_dump(mode="json")])
+    _tamper(decision_log.path, "outcome", lambda entry: entry.update(label=0))
+    with pytest.raises(IntegrityError):
+        labelled_decisions(decision_log.store, "credit")
