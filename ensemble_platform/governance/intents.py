@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.governance.registry import RegistrySnapshot
+from ensemble_platform.governance.registry_stages import RegistrySnapshot
 from ensemble_platform.governance.stages import StageState
 from ensemble_platform.integrity import canonical_json, load_signing_key
 from ensemble_platform.integrity.checkpoint import write_durable

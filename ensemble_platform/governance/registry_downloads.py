@@ -1,0 +1,61 @@
+"""Reading registered models back: a member as a scikit-learn model, a member's safe artefact
+(checked against its SHA-256 tag), a registered model's files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.registry_connection import RegistryConnection
+from ensemble_platform.tags import MEMBER_ARTEFACT, MEMBER_SHA256_TAG
+
+
+class RegistryDownloads(RegistryConnection):
+    """Registered members and models, downloaded or loaded."""
+
+    def load_member(self, model_name: str, version: str) -> tuple[object, ModelVersion]:
+        """A registered member version as a scikit-learn model, with its registry entry."""
+        entry = self.client.get_model_version(model_name, str(version))
+        try:
+            model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+        except Exception as exc:
+            raise PlatformError(f"version {version} of {model_name} cannot be loaded as a scikit-learn model: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return model, entry
+
+    def download_member_artefact(self, model_name: str, version: str, destination: Path) -> Path | None:
+        """The member version's safe artefact, checked against its SHA-256 tag; None for a version
+        registered without one (e.g. adopted from outside the platform)."""
+        from mlflow.artifacts import download_artifacts
+
+        entry = self.client.get_model_version(model_name, str(version))
+        expected = entry.tags.get(MEMBER_SHA256_TAG)
+        if not expected:
+            return None
+        destination.mkdir(parents=True, exist_ok=True)
+        path = Path(download_artifacts(run_id=entry.run_id, artifact_path=MEMBER_ARTEFACT, dst_path=str(destination)))
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            raise PlatformError(f"{MEMBER_ARTEFACT} of {model_name} version {version} has SHA-256 {actual[:12]}, "
+                                f"not the {expected[:12]} its registry tag records; the artefact was changed")
+        return path
+
+    def download_model(self, model_name: str, version: str, destination: Path) -> Path:
+        from mlflow.artifacts import download_artifacts
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # a bar per model clutters CLI output
+        try:
+            return Path(download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
+                                           dst_path=str(destination)))
+        finally:
+            if previous is None:
+                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+            else:
+                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
