@@ -138,7 +138,7 @@ def release_path(home: Path, repeats: int) -> dict:
         archive.unlink()
         bundle, seconds = _timed(lambda: release.export(dataset, version))
         exports.append(seconds)
-        digests.add(bundle["archive_sha256"])
+        digests.add(bundle.archive_sha256)
     directory, archive = release.bundle_paths(dataset, version)
     return {
         "dataset": dataset, "version": version, "registered_version": str(state.registered.version),
@@ -146,7 +146,7 @@ def release_path(home: Path, repeats: int) -> dict:
         "graph_seconds": graph_seconds, "approve_seconds": approve_seconds,
         "promote_staging_seconds": staging_seconds, "promote_production_seconds": production_seconds,
         "export_seconds_median": _median(exports), "export_seconds": exports,
-        "reexport_byte_identical": digests == {production.bundle["archive_sha256"]},
+        "reexport_byte_identical": digests == {production.bundle.archive_sha256},
         "bundle_path": str(directory),
         "bundle_mb": round(sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 2**20, 2),
         "archive_mb": round(archive.stat().st_size / 2**20, 2),

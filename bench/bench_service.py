@@ -41,7 +41,7 @@ def build_home(root: Path) -> tuple[Path, Path, str]:
 
     table = slice_table()
     paths, _, _, result = home_in_production(root, table)
-    return paths.home, Path(result.bundle["path"]), result.bundle["manifest_sha256"]
+    return paths.home, Path(result.bundle.path), result.bundle.manifest_sha256
 
 
 def percentile(values: list[float], q: float) -> float:

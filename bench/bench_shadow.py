@@ -68,7 +68,7 @@ def build_home(root: Path) -> tuple[Any, Path, str]:
     release.approve(DATASET, CANDIDATE, "bench", "approve", "bench candidate",
                     release.state(DATASET, CANDIDATE).gates.failing)
     release.promote(DATASET, CANDIDATE, "staging")
-    return paths, Path(result.bundle["path"]), result.bundle["manifest_sha256"]
+    return paths, Path(result.bundle.path), result.bundle.manifest_sha256
 
 
 def cpu_seconds() -> float:

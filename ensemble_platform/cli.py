@@ -236,11 +236,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
         print(f"{dataset} {args.version} is already in {args.to}; nothing changed")
         return 0
     record = result.record
-    replaced = f", replacing {record['replaced']}" if record["replaced"] and record["replaced"] != args.version else ""
-    print(f"{dataset} {args.version}: {record['kind']} {record['from']} -> {args.to}{replaced}")
+    replaced = f", replacing {record.replaced}" if record.replaced and record.replaced != args.version else ""
+    print(f"{dataset} {args.version}: {record.kind} {record.from_} -> {args.to}{replaced}")
     if result.bundle:
-        print(f"  serving bundle : {result.bundle['path']}")
-        print(f"  archive        : {result.bundle['archive']} (sha256 {result.bundle['archive_sha256']})")
+        print(f"  serving bundle : {result.bundle.path}")
+        print(f"  archive        : {result.bundle.archive} (sha256 {result.bundle.archive_sha256})")
         print(f"  serve it       : ensemble-platform serve --dataset {dataset}   (decisions recorded; "
               "create a token first: ensemble-platform tokens create --scope decide --name NAME)")
     return 0
@@ -248,15 +248,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     bundle = _release(args).export(_dataset_name(args.dataset), args.version)
-    print(f"serving bundle : {bundle['path']} (manifest sha256 {bundle['manifest_sha256']})")
-    print(f"archive        : {bundle['archive']} (sha256 {bundle['archive_sha256']})")
+    print(f"serving bundle : {bundle.path} (manifest sha256 {bundle.manifest_sha256})")
+    print(f"archive        : {bundle.archive} (sha256 {bundle.archive_sha256})")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    status = _release(args).status(_dataset_name(args.dataset))
+    status = _release(args).status(_dataset_name(args.dataset)).document()
     status["review_queue"] = _review_sla(args, status["dataset"])
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -292,7 +292,7 @@ def _review_sla(args: argparse.Namespace, dataset: str) -> dict | None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    status = _release(args).status(_dataset_name(args.dataset))
+    status = _release(args).status(_dataset_name(args.dataset)).document()
     events = sorted([(a["decided_at"], "decision ", f"{a['version']} {a['decision']} by {a['reviewer']}"
                       + (f", waived {a['waived']}" if a["waived"] else "") + f": {a['note']}")
                      for a in status["approvals"]]

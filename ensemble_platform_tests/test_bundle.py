@@ -38,7 +38,7 @@ VERSION = "1.0.0"
 def production(tmp_path_factory, credit_slice):
     """A home whose 1.0.0 was approved (failing gates waived), staged and promoted to production."""
     _, _, release, result = home_in_production(tmp_path_factory.mktemp("bundle"), credit_slice)
-    return release, Path(result.bundle["path"]), result
+    return release, Path(result.bundle.path), result
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_manifest_describes_members_schema_approval_and_every_file(production, t
     assert not [f for f in manifest["files"] if f.endswith((".pkl", ".pickle"))]
     assert "Approved" in (bundle / "model_card.md").read_text()
     tags = release.registry.client.get_model_version(f"{DATASET}.ensemble", "1").tags
-    assert tags[BUNDLE_TAGS[1]] == sha256_file(bundle / "manifest.json") == result.bundle["manifest_sha256"]
+    assert tags[BUNDLE_TAGS[1]] == sha256_file(bundle / "manifest.json") == result.bundle.manifest_sha256
 
 
 def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, parity):
@@ -209,8 +209,8 @@ def test_reexport_is_byte_identical(production):
     shutil.rmtree(bundle)
     archive.unlink()
     again = release.export(DATASET, VERSION)
-    assert again["archive_sha256"] == result.bundle["archive_sha256"]
-    assert again["manifest_sha256"] == result.bundle["manifest_sha256"]
+    assert again.archive_sha256 == result.bundle.archive_sha256
+    assert again.manifest_sha256 == result.bundle.manifest_sha256
     verify_bundle(bundle)
 
 

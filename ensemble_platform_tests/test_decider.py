@@ -43,8 +43,8 @@ def production(tmp_path_factory, credit_slice):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(root / "config"))
         _, _, release, result = home_in_production(root, credit_slice)
-        bundle = Path(result.bundle["path"])
-        manifest, runtime, _ = load_verified_bundle(bundle, result.bundle["manifest_sha256"])
+        bundle = Path(result.bundle.path)
+        manifest, runtime, _ = load_verified_bundle(bundle, result.bundle.manifest_sha256)
         parity = ParitySet.read(release.paths.parity_dir(DATASET, VERSION))
         yield runtime, manifest, parity.rows
 

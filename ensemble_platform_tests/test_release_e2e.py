@@ -61,7 +61,7 @@ def test_release_path_end_to_end(tmp_path, credit_slice, capsys, monkeypatch):
     assert "calibration_ece" in failing and any(g.startswith("fairness.") for g in failing)
     assert _stage(release, "1.0.0") == "candidate"
     assert release.registry.aliases(f"{DATASET}.ensemble") == {"candidate": "1"}
-    assert release.status(DATASET)["versions"][0]["decision"] == "pending"
+    assert release.status(DATASET).versions[0].decision == "pending"
 
     # Unapproved and failing: neither stage takes it.
     _refused(release, capsys, home, "promote", "--version", "1.0.0", "--to", "production",
@@ -139,10 +139,10 @@ def test_release_path_end_to_end(tmp_path, credit_slice, capsys, monkeypatch):
     assert not release.bundle_paths(DATASET, "1.0.1")[0].exists()
 
     # Production moves to 1.0.1; 1.0.0 is archived; rolling back is a recorded promotion.
-    assert release.promote(DATASET, "1.0.1", "production").record["replaced"] == "1.0.0"
+    assert release.promote(DATASET, "1.0.1", "production").record.replaced == "1.0.0"
     assert (_stage(release, "1.0.0"), _stage(release, "1.0.1")) == ("archived", "production")
     rollback = release.promote(DATASET, "1.0.0", "production", requested_by="oncall")
-    assert rollback.record["kind"] == "rollback" and rollback.record["requested_by"] == "oncall"
+    assert rollback.record.kind == "rollback" and rollback.record.requested_by == "oncall"
     assert (_stage(release, "1.0.0"), _stage(release, "1.0.1")) == ("production", "archived")
     assert release.registry.aliases(f"{DATASET}.ensemble") == {"production": "1", "archived": "2"}
     assert release.registry.aliases(f"{DATASET}.logistic_regression") == {"production": "1"}

@@ -59,7 +59,7 @@ def home(tmp_path_factory, credit_slice):
         tokens = {scope: store.create_token(scope, [scope]) for scope in ("decide", "read", "review")}
         tokens["all"] = store.create_token("all", ["decide", "read", "review"])
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        yield Home(paths, Path(result.bundle["path"]), result.bundle["manifest_sha256"],
+        yield Home(paths, Path(result.bundle.path), result.bundle.manifest_sha256,
                    json.loads(parity.rows.to_json(orient="records")), tokens, env)
 
 

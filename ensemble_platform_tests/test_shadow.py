@@ -74,7 +74,7 @@ def setup(tmp_path_factory, credit_slice):
                         release.state(DATASET, CANDIDATE).gates.failing)
         release.promote(DATASET, CANDIDATE, "staging")
         write_spec(root / "dataset", credit_slice)  # the spec as production's (no shadow policy)
-        manifest, runtime, sha = load_verified_bundle(Path(result.bundle["path"]), result.bundle["manifest_sha256"])
+        manifest, runtime, sha = load_verified_bundle(Path(result.bundle.path), result.bundle.manifest_sha256)
         production = Decider(runtime, manifest, member_timeout_s=10.0)
         log = DecisionLog.for_home(paths)
         server = ServerThread(create_app(production, log, None, auth=False, manifest_sha256=sha)).start()
@@ -417,4 +417,4 @@ def test_the_gate_refuses_production_with_the_policy_on_and_not_with_it_off(setu
     assert f"flip rate {evidence.flip_rate:.3g} > 0" in message
     assert (release.registry.snapshot(DATASET), [e["sha256"] for e in release.promotions_log(DATASET).verify()]) == before
     result = release.promote(DATASET, CANDIDATE, "production")  # the policy off: promoted as before
-    assert result.record["kind"] == "promotion" and "shadow" not in result.record
+    assert result.record.kind == "promotion" and result.record.shadow is None

@@ -46,12 +46,13 @@ def record_decision(context: dg.OpExecutionContext, config: ApprovalConfig, plat
 def promote_version(context: dg.OpExecutionContext, config: PromotionConfig, platform: PlatformResource) -> dict:
     dataset = config.dataset or platform.spec().name
     result = _release(platform).promote(dataset, config.version, config.to, config.requested_by)
-    context.log.info(f"{dataset} {config.version}: " + (f"{result.record['kind']} to {config.to}" if result.changed
+    record = result.record
+    context.log.info(f"{dataset} {config.version}: " + (f"{record.kind} to {config.to}" if record
                                                         else f"already in {config.to}, nothing changed"))
     context.add_output_metadata({"changed": result.changed, "stage": config.to,
-                                 **({"bundle": dg.MetadataValue.path(result.bundle["path"]),
-                                     "bundle_sha256": result.bundle["archive_sha256"]} if result.bundle else {})})
-    return result.record or {}
+                                 **({"bundle": dg.MetadataValue.path(result.bundle.path),
+                                     "bundle_sha256": result.bundle.archive_sha256} if result.bundle else {})})
+    return record.document(chain=True) if record else {}
 
 
 @dg.job(description="Record a reviewer's decision (run config: ops.record_decision.config)")

@@ -3,8 +3,12 @@ and no choice has seen, the agreement distribution and the lift over the best me
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.selection import CandidateSet
@@ -12,6 +16,54 @@ from ensemble_platform.evaluation.agreement import agreement_summary
 from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, binary_metrics
 
 SCHEMA_VERSION = 1
+VALIDATION_FILE = "validation.json"
+
+Metrics = dict[str, float]
+
+
+class SelectionEvidence(BaseModel):
+    """How the strategy was chosen: out-of-fold metrics of every candidate, member and the served ensemble."""
+
+    model_config = ConfigDict(frozen=True)
+
+    criterion: str
+    evidence: str
+    folds: int
+    out_of_fold: dict[str, Metrics]
+    members_out_of_fold: dict[str, Metrics]
+    ensemble_out_of_fold: Metrics
+
+
+class ValidationReport(BaseModel):
+    """validation.json: holdout metrics of the ensemble, every member and every strategy, the lift
+    over the best member, the agreement distribution, the selection evidence and the lineage."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int
+    dataset: str
+    ensemble_version: str
+    config_hash: str
+    chosen: str
+    ensemble: Metrics
+    # The chosen strategy's output before the post-hoc calibrator (equals strategies[chosen]).
+    ensemble_before_calibration: Metrics
+    calibration: str
+    members: dict[str, Metrics]
+    strategies: dict[str, Metrics]
+    best_member: str
+    lift_over_best_member: Metrics
+    agreement: dict[str, Any]
+    selection: SelectionEvidence
+    lineage: dict[str, Any]
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document (the same keys and values validation.json has always held)."""
+        return self.model_dump()
+
+    @classmethod
+    def read(cls, path: Path) -> ValidationReport:
+        return cls.model_validate_json(Path(path).read_text())
 
 
 def validation_report(
@@ -25,8 +77,8 @@ def validation_report(
     lineage: dict[str, object],
     members_oof: dict[str, dict[str, float]],
     ensemble_oof: dict[str, float],
-) -> dict[str, object]:
-    """The validation.json document (schema documented in README).
+) -> ValidationReport:
+    """The validation.json report (schema documented in README; `.document()` is what is written).
 
     `members_oof` and `ensemble_oof` are out-of-fold metrics of the training rows (the served
     ensemble's: chosen strategy and calibrator, cross-validated): the evidence the release gates
@@ -46,28 +98,27 @@ def validation_report(
         else (ensemble[metric] - members[best_member][metric])
         for metric in METRIC_NAMES
     }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": config.dataset,
-        "ensemble_version": config.version,
-        "config_hash": config.config_hash,
-        "chosen": config.strategy,
-        "ensemble": ensemble,
-        # The chosen strategy's output before the post-hoc calibrator (equals strategies[chosen]).
-        "ensemble_before_calibration": binary_metrics(y_holdout, ensemble_uncalibrated),
-        "calibration": config.calibration.get("method", "none"),
-        "members": members,
-        "strategies": strategies,
-        "best_member": best_member,
-        "lift_over_best_member": lift,
-        "agreement": agreement_summary(H, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
-        "selection": {
-            "criterion": candidates.criterion,
-            "evidence": "out_of_fold_cross_validation",
-            "folds": int(str(lineage.get("folds", 0))),
-            "out_of_fold": candidates.evidence_table(),
-            "members_out_of_fold": members_oof,
-            "ensemble_out_of_fold": ensemble_oof,
-        },
-        "lineage": lineage,
-    }
+    return ValidationReport(
+        schema_version=SCHEMA_VERSION,
+        dataset=config.dataset,
+        ensemble_version=config.version,
+        config_hash=config.config_hash,
+        chosen=config.strategy,
+        ensemble=ensemble,
+        ensemble_before_calibration=binary_metrics(y_holdout, ensemble_uncalibrated),
+        calibration=str(config.calibration.get("method", "none")),
+        members=members,
+        strategies=strategies,
+        best_member=best_member,
+        lift_over_best_member=lift,
+        agreement=agreement_summary(H, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
+        selection=SelectionEvidence(
+            criterion=candidates.criterion,
+            evidence="out_of_fold_cross_validation",
+            folds=int(str(lineage.get("folds", 0))),
+            out_of_fold=candidates.evidence_table(),
+            members_out_of_fold=members_oof,
+            ensemble_out_of_fold=ensemble_oof,
+        ),
+        lineage=lineage,
+    )

@@ -615,10 +615,10 @@ def staging_bundle(paths: PlatformPaths, dataset: str, version: str) -> tuple[Pa
         raise PlatformError(f"{dataset} {version} cannot be shadowed: its bundle is the one production would get, "
                             f"and {exc}") from exc
     recorded = registered.tags.get(BUNDLE_TAGS[1])
-    if recorded and recorded != bundle["manifest_sha256"]:
-        raise PlatformError(f"the bundle of {dataset} {version} has manifest SHA-256 {bundle['manifest_sha256']}, "
+    if recorded and recorded != bundle.manifest_sha256:
+        raise PlatformError(f"the bundle of {dataset} {version} has manifest SHA-256 {bundle.manifest_sha256}, "
                             f"but the registry recorded {recorded}; nothing was loaded")
-    return Path(bundle["path"]), str(bundle["manifest_sha256"])
+    return Path(bundle.path), bundle.manifest_sha256
 
 
 def candidate_decider(directory: Path, manifest_sha256: str, *, member_timeout_s: float,

@@ -12,7 +12,7 @@ from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
-from ensemble_platform.ensemble.validation import validation_report
+from ensemble_platform.ensemble.validation import VALIDATION_FILE, validation_report
 from ensemble_platform.errors import LineageError
 from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.files import write_json
@@ -149,8 +149,8 @@ def ensemble_validation(
         split.y_holdout, split.X_holdout(), split.lineage(),
         members_oof={n: binary_metrics(split.y_train, oof_predictions.oof[n].to_numpy()) for n in oof_predictions.names},
         ensemble_oof=binary_metrics(split.y_train, build.calibration.cv_proba[build.calibration.chosen]),
-    )
-    path = write_json(report, platform.paths.version_reports_dir(split.dataset, build.config.version) / "validation.json")
+    ).document()
+    path = write_json(report, platform.paths.version_reports_dir(split.dataset, build.config.version) / VALIDATION_FILE)
     ParitySet(split.holdout[split.schema.features], scored).write(
         platform.paths.parity_dir(split.dataset, build.config.version))
     registry = platform.registry()

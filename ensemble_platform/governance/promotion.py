@@ -1,0 +1,220 @@
+"""Promotion of a version through the stages, and recovery of a promotion a crash cut short
+(both under the release lock, see `release`).
+
+A promotion is: intent written -> aliases and stage tags moved -> bundle hash tags set ->
+promotions log appended -> intent removed, the registry writes inside a transaction whose last
+step is the append; the named crash points let tests kill the process between the steps.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.decisions.shadow import read_evidence, shadow_gate
+from ensemble_platform.governance.approvals import CHAIN_FIELDS, ReleaseRefused, utc_now
+from ensemble_platform.governance.approving import admissible_approval
+from ensemble_platform.governance.intents import Intents, PromotionIntent, crash_point
+from ensemble_platform.governance.registry import Registry, ensemble_model_name
+from ensemble_platform.governance.release_bundle import BundleFacts, export_bundle, remove_bundle
+from ensemble_platform.governance.stages import plan_promotion
+from ensemble_platform.governance.version_record import VersionRecord, check_current
+from ensemble_platform.integrity import KeyedLog
+from ensemble_platform.settings import PlatformPaths
+from ensemble_platform.tags import SEMVER_TAG
+
+PROMOTIONS_FILE = "promotions.jsonl"
+
+
+class ShadowRecord(BaseModel):
+    """The shadow evidence a production promotion was admitted on (the evidence fields are absent
+    when there was nothing in production to shadow)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    required: bool
+    production_version: str | None
+    passed: bool
+    reasons: list[str]
+    shadowed: int | None = None
+    scored: int | None = None
+    days: float | None = None
+    flip_rate: float | None = None
+    first_at: str | None = None
+    last_at: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class PromotionRecord(BaseModel):
+    """One promotions-log record (a promotion or a rollback to an earlier version); the chain
+    fields are set once it is drafted or appended."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    kind: str  # promotion | rollback
+    dataset: str
+    version: str
+    to: str
+    from_: str | None = Field(validation_alias="from", serialization_alias="from")
+    replaced: str | None
+    config_hash: str
+    registered_model: str
+    registered_version: str
+    approval_sha256: str | None
+    bundle: BundleFacts | None  # written as {} when the promotion exported none (not production)
+    requested_by: str
+    promoted_at: str
+    shadow: ShadowRecord | None = None  # absent when the dataset's policy does not require shadow evidence
+    seq: int | None = None
+    prev_sha256: str | None = None
+    sha256: str | None = None
+    mac: str | None = None
+
+    @field_serializer("bundle")
+    def _bundle(self, bundle: BundleFacts | None) -> dict[str, str]:
+        return bundle.model_dump() if bundle else {}
+
+    @field_serializer("shadow")
+    def _shadow(self, shadow: ShadowRecord | None) -> dict[str, Any] | None:
+        return shadow.document() if shadow else None
+
+    def document(self, chain: bool = False) -> dict[str, Any]:
+        """The record as logged (with the chain fields when `chain`)."""
+        exclude = ({"shadow"} if self.shadow is None else set()) | (set() if chain else set(CHAIN_FIELDS))
+        return self.model_dump(mode="json", by_alias=True, exclude=exclude)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> PromotionRecord:
+        return cls.model_validate({**entry, "bundle": entry.get("bundle") or None})
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    record: PromotionRecord | None  # the promotions-log entry; None when nothing changed
+    stage: str
+    bundle: BundleFacts | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.record is not None
+
+
+def promotions_log(paths: PlatformPaths, dataset: str) -> KeyedLog:
+    return KeyedLog(paths.audit_dir(dataset) / PROMOTIONS_FILE, f"{dataset}/promotions", paths=paths)
+
+
+def promote(
+    paths: PlatformPaths, registry: Registry, record: VersionRecord, to: str, requested_by: str | None = None,
+) -> PromotionResult:
+    """Move the version to `to` (call under the release lock, after recovery)."""
+    dataset, version = record.dataset, record.version
+    check_current(record)
+    approval = admissible_approval(paths, record, to)
+    registered = record.entry
+    stages = registry.stage_state(dataset)
+    members = {m.registered_model: m.version for m in record.config.members}
+    planned, kind = plan_promotion(stages, str(registered.version), to, members, version)
+    if kind == "unchanged":
+        return PromotionResult(None, to)
+    shadow = _shadow_evidence(paths, registry, record, stages.aliases.get("production")) \
+        if to == "production" and kind == "promotion" else None
+    bundle, created = (None, False) if to != "production" else export_bundle(paths, registry, record, approval)
+    draft = PromotionRecord(
+        kind=kind, dataset=dataset, version=version, to=to,
+        from_=stages.stage_of(str(registered.version)),
+        replaced=semver_of(registry, dataset, stages.aliases.get(to)),
+        config_hash=record.config.config_hash,
+        registered_model=registered.name, registered_version=str(registered.version),
+        approval_sha256=approval.sha256 if approval else None,
+        bundle=bundle, requested_by=requested_by or getpass.getuser(), promoted_at=utc_now(), shadow=shadow,
+    )
+    log = promotions_log(paths, dataset)
+    entry = log.draft(draft.document())
+    tags = bundle.version_tags() if bundle else {}
+    intents = Intents(paths, dataset)
+    intents.write(PromotionIntent(
+        dataset=dataset, version=version, to=to, entry=entry, before=registry.snapshot(dataset),
+        planned=planned, version_tags=tags, registered_model=registered.name,
+        registered_version=str(registered.version)))
+    crash_point("intent_written")
+    try:
+        with registry.transaction(dataset):
+            registry.apply_stage_state(dataset, planned)
+            crash_point("aliases_moved")
+            registry.set_version_tags(registered.name, str(registered.version), tags)
+            crash_point("tags_written")
+            log.append(entry)
+            crash_point("logged")
+    except BaseException:
+        if created:
+            remove_bundle(paths, dataset, version)
+        intents.clear()  # the transaction restored the registry; nothing was appended
+        raise
+    intents.clear()
+    return PromotionResult(PromotionRecord.from_entry(entry), to, bundle)
+
+
+def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | None:
+    """Finish or undo a promotion a crash cut short (call under the release lock); returns what
+    was done, None when nothing was pending. Every release command calls it first."""
+    intents = Intents(paths, dataset)
+    intent = intents.read()
+    if intent is None:
+        return None
+    log = promotions_log(paths, dataset)
+    if any(e.get("sha256") == intent.entry.get("sha256") for e in log.verify()):
+        registry.apply_stage_state(dataset, intent.planned)
+        registry.set_version_tags(intent.registered_model, intent.registered_version, intent.version_tags)
+        outcome = f"an interrupted promotion of {intent.version} to {intent.to} was completed (it was logged)"
+    else:
+        registry.restore(dataset, intent.before)
+        log.append({"kind": "recovery", "action": "rolled_back", "dataset": dataset, "version": intent.version,
+                    "to": intent.to, "interrupted_promoted_at": intent.entry.get("promoted_at"),
+                    "recovered_at": utc_now(), "requested_by": getpass.getuser()})
+        outcome = (f"an interrupted promotion of {intent.version} to {intent.to} was rolled back "
+                   "(recorded in the promotions log); run the promotion again")
+    intents.clear()
+    return outcome
+
+
+def _shadow_evidence(
+    paths: PlatformPaths, registry: Registry, record: VersionRecord, production: str | None,
+) -> ShadowRecord | None:
+    """The shadow evidence production needs when the dataset's `operations.shadow` policy requires it
+    (None when it does not: the default): the decision log's comparison of this version (its config)
+    beside the version now in production. Refused naming what is missing. A first production version
+    has nothing to be compared with; a rollback returns to a version production already served."""
+    catalog = DatasetCatalog(paths)
+    if record.dataset not in catalog.entries():
+        return None
+    policy = catalog.spec(record.dataset).operations.shadow
+    if not policy.required:
+        return None
+    current = semver_of(registry, record.dataset, production)
+    if current is None:
+        return ShadowRecord(required=True, production_version=None, passed=True,
+                            reasons=["nothing in production to shadow"])
+    evidence = read_evidence(paths, record.dataset, current, record.version, record.config.config_hash)
+    passed, reasons = shadow_gate(evidence, policy)
+    if not passed:
+        raise ReleaseRefused(
+            f"{record.label} lacks the shadow evidence production requires "
+            f"(operations.shadow: min_days {policy.min_days}, min_decisions {policy.min_decisions}, "
+            f"max_flip_rate {policy.max_flip_rate}) beside production {current}: " + "; ".join(reasons))
+    assert evidence is not None
+    return ShadowRecord(required=True, production_version=current, passed=True, reasons=[],
+                        shadowed=evidence.shadowed, scored=evidence.scored, days=evidence.days,
+                        flip_rate=evidence.flip_rate, first_at=evidence.first_at, last_at=evidence.last_at)
+
+
+def semver_of(registry: Registry, dataset: str, registered_version: str | None) -> str | None:
+    if registered_version is None:
+        return None
+    version = registry.client.get_model_version(ensemble_model_name(dataset), registered_version)
+    return version.tags.get(SEMVER_TAG)
