@@ -1,5 +1,7 @@
 """The MLflow registry layer on a real sqlite store: idempotent versions, nothing half-written."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from mlflow.entities import RunStatus
@@ -26,6 +28,7 @@ def test_same_fingerprint_reuses_the_version_and_a_new_one_registers(registry, s
     again = registry.register_member(fit_member("logistic_regression", split, seed=0), "d", split.lineage(),
                                      split.X_train())
     assert (first.version, again.version) == ("1", "1") and first.run_id == again.run_id
+    assert fit.version is None and fit.registered_model is None  # registration returns a new fit
     other_seed = registry.register_member(fit_member("logistic_regression", split, seed=1), "d", split.lineage(),
                                           split.X_train())
     assert other_seed.version == "2"
@@ -38,7 +41,7 @@ def test_same_fingerprint_reuses_the_version_and_a_new_one_registers(registry, s
 def test_failed_registration_leaves_no_version_and_marks_the_run_failed(registry, split):
     fit = fit_member("logistic_regression", split, seed=0)
     # An unfitted pipeline fails while MLflow infers the signature, mid-run.
-    fit.pipeline = get_member_spec("logistic_regression").build(split.schema, 0)
+    fit = dataclasses.replace(fit, pipeline=get_member_spec("logistic_regression").build(split.schema, 0))
     with pytest.raises(NotFittedError):
         registry.register_member(fit, "d", split.lineage(), split.X_train())
     assert _versions(registry, member_model_name("d", "logistic_regression")) == []

@@ -6,6 +6,7 @@ existing version reuses that version, so re-running on unchanged inputs changes 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -72,12 +73,13 @@ class Registry(RegistryStages, RegistryDownloads):
         self, fit: MemberFit, dataset: str, lineage: dict[str, object], X_example: pd.DataFrame,
         dagster_run_id: str | None = None,
     ) -> MemberFit:
-        """Log the member's run and register it as a new version unless an identical one exists."""
+        """Log the member's run and register it as a new version unless an identical one exists;
+        returns the fit with its registered model, version and run id."""
         name = member_model_name(dataset, fit.name)
         existing = self.find_version(name, fit.fingerprint)
         if existing is not None:
-            fit.registered_model, fit.version, fit.run_id = name, str(existing.version), existing.run_id
-            return fit
+            return dataclasses.replace(fit, registered_model=name, version=str(existing.version),
+                                       run_id=existing.run_id)
         safe = safe_format.dumps(fit.pipeline)
         tags = {
             FINGERPRINT_TAG: fit.fingerprint,
@@ -106,8 +108,7 @@ class Registry(RegistryStages, RegistryDownloads):
                 pip_requirements=runtime_requirements(),
             )
         version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
-        fit.registered_model, fit.version, fit.run_id = name, version, run.info.run_id
-        return fit
+        return dataclasses.replace(fit, registered_model=name, version=version, run_id=run.info.run_id)
 
     def register_ensemble(
         self, config: EnsembleConfig, runtime: EnsembleRuntime, X_example: pd.DataFrame,

@@ -24,9 +24,10 @@ from ensemble_platform.members.catalogue import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemberFit:
-    """A fitted member and the predictions the ensemble stage needs."""
+    """A fitted member and the predictions the ensemble stage needs (frozen: registration returns
+    a new one with its registry coordinates, `dataclasses.replace`)."""
 
     name: str
     family: str
