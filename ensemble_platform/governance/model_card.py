@@ -31,6 +31,7 @@ from ensemble_platform.governance.rendering import (
 )
 from ensemble_platform.governance.reports import (
     ENSEMBLE,
+    REPORTS,
     AgreementData,
     CalibrationData,
     FairnessData,
@@ -44,7 +45,7 @@ NOT_PROVIDED = "_Not provided in the dataset spec._"
 SECTIONS = ("Identity", "Constituents", "Combination", "Data lineage", "Evaluation", "Calibration", "Fairness",
             "Agreement", "Intended use and limitations", "Release gates", "Approval status")
 CARD_INPUTS = "model_card_inputs.json"
-REPORT_FILES = {name: f"{name}.html" for name in ("calibration", "fairness", "agreement")}
+REPORT_FILES = {report.stem: report.html for report in REPORTS}
 
 
 @dataclass(frozen=True)

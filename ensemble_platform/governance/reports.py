@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict, cast
 
@@ -198,6 +198,40 @@ def build_agreement_report(view: HoldoutView, spec: DatasetSpec) -> Report:
         "accuracy_high_agreement": acc["high"]["accuracy"],
         "accuracy_low_agreement": acc["low"]["accuracy"],
     })
+
+
+@dataclass(frozen=True)
+class ReportKind:
+    """One report of a version: the Dagster asset `<stem>_report` builds it, the model card links
+    `<stem>.html` beside it."""
+
+    stem: str
+    build: Callable[[HoldoutView, DatasetSpec], Report]
+    description: str
+
+    @property
+    def html(self) -> str:
+        return f"{self.stem}.html"
+
+
+# Every report, in order: adding a report is one entry here (its asset and its link in the card follow).
+REPORTS: tuple[ReportKind, ...] = (
+    ReportKind(
+        "calibration", build_calibration_report,
+        "ECE (equal-width and equal-frequency bins), MCE, Brier decomposition and reliability diagrams of the "
+        "ensemble and every member; the post-hoc calibrator chosen out of fold, holdout ECE before and after.",
+    ),
+    ReportKind(
+        "fairness", build_fairness_report,
+        "Per-group rates and the parity / odds / opportunity gaps of the ensemble and each member, judged "
+        "against the version's thresholds; statistically thin groups flagged, not judged.",
+    ),
+    ReportKind(
+        "agreement", build_agreement_report,
+        "Vote-share and probability-spread distributions, review share, accuracy at high versus low "
+        "agreement, agreement by sensitive group and categorical feature, member error correlation.",
+    ),
+)
 
 
 # --- calibration -----------------------------------------------------------------------------

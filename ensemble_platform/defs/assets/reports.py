@@ -3,11 +3,9 @@ card of the current ensemble version, under `reports/<dataset>/<version>/` and o
 MLflow run."""
 
 import json
-from collections.abc import Callable
 
 import dagster as dg
 
-from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild
@@ -17,13 +15,7 @@ from ensemble_platform.governance.model_card import MemberEntry, write_card_inpu
 from ensemble_platform.governance.publishing import publish_model_card, publish_report
 from ensemble_platform.governance.release import Release
 from ensemble_platform.governance.rendering import md_table
-from ensemble_platform.governance.reports import (
-    HoldoutView,
-    Report,
-    build_agreement_report,
-    build_calibration_report,
-    build_fairness_report,
-)
+from ensemble_platform.governance.reports import REPORTS, HoldoutView, Report, ReportKind
 from ensemble_platform.members.catalogue import key_params
 from ensemble_platform.policy import GovernancePolicy
 
@@ -51,10 +43,11 @@ def _report_metadata(build: EnsembleBuild, paths: dict, headline: dict, tables: 
     }
 
 
-def _report_asset(stem: str, build_report: Callable[[HoldoutView, DatasetSpec], Report], description: str):
+def _report_asset(kind: ReportKind):
     """One report asset: same inputs (the validated version and its holdout), its own numbers."""
 
-    @dg.asset(name=f"{stem}_report", group_name=GROUP, pool="mlflow", kinds={"html"}, description=description)
+    @dg.asset(name=f"{kind.stem}_report", group_name=GROUP, pool="mlflow", kinds={"html"},
+              description=kind.description)
     def _asset(
         context: dg.AssetExecutionContext,
         ensemble_config: EnsembleBuild,
@@ -63,27 +56,14 @@ def _report_asset(stem: str, build_report: Callable[[HoldoutView, DatasetSpec], 
         train_holdout_split: TrainHoldoutSplit,
         platform: PlatformResource,
     ) -> dg.Output[dict]:
-        report = build_report(HoldoutView.of(ensemble_config, oof_predictions, train_holdout_split), platform.spec())
+        report = kind.build(HoldoutView.of(ensemble_config, oof_predictions, train_holdout_split), platform.spec())
         return dg.Output(report.data, metadata=_publish(context, platform, ensemble_config, report))
 
     return _asset
 
 
-calibration_report = _report_asset(
-    "calibration", build_calibration_report,
-    "ECE (equal-width and equal-frequency bins), MCE, Brier decomposition and reliability diagrams of the "
-    "ensemble and every member; the post-hoc calibrator chosen out of fold, holdout ECE before and after.",
-)
-fairness_report = _report_asset(
-    "fairness", build_fairness_report,
-    "Per-group rates and the parity / odds / opportunity gaps of the ensemble and each member, judged "
-    "against the version's thresholds; statistically thin groups flagged, not judged.",
-)
-agreement_report = _report_asset(
-    "agreement", build_agreement_report,
-    "Vote-share and probability-spread distributions, review share, accuracy at high versus low "
-    "agreement, agreement by sensitive group and categorical feature, member error correlation.",
-)
+# One asset per report of governance.reports.REPORTS (`calibration_report`, `fairness_report`, ...).
+REPORT_ASSETS = [_report_asset(kind) for kind in REPORTS]
 
 
 def gate_check_name(gate: str) -> str:
@@ -126,14 +106,11 @@ def release_gates(
         )
 
 
-@dg.asset(group_name=GROUP, pool="mlflow", kinds={"html"})
+@dg.asset(group_name=GROUP, pool="mlflow", kinds={"html"}, deps=[f"{kind.stem}_report" for kind in REPORTS])
 def model_card(
     context: dg.AssetExecutionContext,
     ensemble_config: EnsembleBuild,
     ensemble_validation: dict,
-    calibration_report: dict,
-    fairness_report: dict,
-    agreement_report: dict,
     release_gates: dict,
     oof_predictions: MemberPredictions,
     platform: PlatformResource,
