@@ -65,6 +65,23 @@ class MajorityVote(Combiner):
     The output probability is the positive vote share. An exact tie (even member count) is
     broken by the member with the best out-of-fold log loss, whose vote moves the share by a
     negligible epsilon so that thresholding at 0.5 yields that member's decision.
+
+    Parameters
+    ----------
+    threshold : float, default=0.5
+        A member votes positive when its probability is at least this.
+    tie_epsilon : float, default=1e-6
+        How far the tie-breaking member's vote moves an exact 0.5 share (up when it votes
+        positive, down otherwise).
+
+    Attributes
+    ----------
+    tie_breaker_ : int
+        Column of P (member index) with the lowest log loss on the fitting rows; it breaks ties.
+    n_members_ : int
+        Number of members (columns of P) seen in `fit`.
+    classes_ : ndarray of shape (2,)
+        The class labels, ``[0, 1]``.
     """
 
     def __init__(self, threshold: float = 0.5, tie_epsilon: float = 1e-6):
@@ -90,7 +107,15 @@ class MajorityVote(Combiner):
 
 
 class SoftAverage(Combiner):
-    """The unweighted mean of member probabilities."""
+    """The unweighted mean of member probabilities.
+
+    Attributes
+    ----------
+    n_members_ : int
+        Number of members (columns of P) seen in `fit`; each weighs ``1 / n_members_``.
+    classes_ : ndarray of shape (2,)
+        The class labels, ``[0, 1]``.
+    """
 
     def fit(self, P, y, X=None):
         self.n_members_ = np.asarray(P).shape[1]
@@ -109,6 +134,15 @@ class WeightedAverage(Combiner):
 
     Weights are constrained to the simplex (non-negative, summing to one) and found with SLSQP
     starting from equal weights, so the result is deterministic.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_members_,)
+        Non-negative member weights summing to one.
+    n_members_ : int
+        Number of members (columns of P) seen in `fit`.
+    classes_ : ndarray of shape (2,)
+        The class labels, ``[0, 1]``.
     """
 
     def fit(self, P, y, X=None):
@@ -138,7 +172,22 @@ class WeightedAverage(Combiner):
 
 class GreedySelection(WeightedAverage):
     """Caruana et al. (2004) ensemble selection: repeatedly add (with replacement) the member
-    that most lowers out-of-fold log loss of the running average; weights are the pick counts."""
+    that most lowers out-of-fold log loss of the running average; weights are the pick counts.
+
+    Parameters
+    ----------
+    n_rounds : int, default=50
+        Number of picks; a member's weight is its pick count divided by this.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_members_,)
+        Pick counts over `n_rounds` (non-negative, summing to one); ties go to the lower index.
+    n_members_ : int
+        Number of members (columns of P) seen in `fit`.
+    classes_ : ndarray of shape (2,)
+        The class labels, ``[0, 1]``.
+    """
 
     def __init__(self, n_rounds: int = 50):
         self.n_rounds = n_rounds
@@ -165,6 +214,30 @@ class Stacking(Combiner):
 
     With `passthrough=True` it also sees the original features (scaled numerics, one-hot
     categoricals), so it can learn where which member is trustworthy.
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse regularisation strength of the logistic-regression meta-model.
+    passthrough : bool, default=False
+        Whether the meta-model also reads the original features `X`.
+    schema : FeatureSchema or None, default=None
+        The feature schema used to encode `X`; required when `passthrough` is True.
+    random_state : int, default=0
+        Seed of the meta-model.
+
+    Attributes
+    ----------
+    logit_scaler_ : StandardScaler
+        Standardises the member logits.
+    features_ : ColumnTransformer
+        Encodes the original features (only when `passthrough` is True).
+    meta_model_ : LogisticRegression
+        The fitted meta-model; its first `n_members_` coefficients act on the member logits.
+    n_members_ : int
+        Number of members (columns of P) seen in `fit`.
+    classes_ : ndarray of shape (2,)
+        The class labels, ``[0, 1]``.
     """
 
     def __init__(self, C: float = 1.0, passthrough: bool = False, schema: FeatureSchema | None = None,
