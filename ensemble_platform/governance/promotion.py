@@ -94,6 +94,24 @@ class PromotionRecord(BaseModel):
         return cls.model_validate({**entry, "bundle": entry.get("bundle") or None})
 
 
+class RecoveryRecord(BaseModel):
+    """The promotions-log record of an interrupted promotion that recovery rolled back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = "recovery"
+    action: str = "rolled_back"
+    dataset: str
+    version: str
+    to: str
+    interrupted_promoted_at: str | None
+    recovered_at: str
+    requested_by: str
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 @dataclass(frozen=True)
 class PromotionResult:
     record: PromotionRecord | None  # the promotions-log entry; None when nothing changed
@@ -174,9 +192,9 @@ def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | Non
         outcome = f"an interrupted promotion of {intent.version} to {intent.to} was completed (it was logged)"
     else:
         registry.restore(dataset, intent.before)
-        log.append({"kind": "recovery", "action": "rolled_back", "dataset": dataset, "version": intent.version,
-                    "to": intent.to, "interrupted_promoted_at": intent.entry.get("promoted_at"),
-                    "recovered_at": utc_now(), "requested_by": getpass.getuser()})
+        log.append(RecoveryRecord(dataset=dataset, version=intent.version, to=intent.to,
+                                  interrupted_promoted_at=intent.entry.get("promoted_at"),
+                                  recovered_at=utc_now(), requested_by=getpass.getuser()).document())
         outcome = (f"an interrupted promotion of {intent.version} to {intent.to} was rolled back "
                    "(recorded in the promotions log); run the promotion again")
     intents.clear()
