@@ -38,6 +38,7 @@ from ensemble_platform.governance.approvals import (
     utc_now,
 )
 from ensemble_platform.governance.audit_log import release_lock
+from ensemble_platform.governance.gate_text import gates_status
 from ensemble_platform.governance.gates import GateReport
 from ensemble_platform.governance.intents import Intents, PromotionIntent, crash_point
 from ensemble_platform.governance.publishing import publish_model_card
@@ -475,7 +476,8 @@ class Release:
             rows.append({
                 "version": version, "registered_version": config.registered_version, "strategy": config.strategy,
                 "config_hash": config.config_hash, "stage": stages.stage_of(str(config.registered_version)) or "-",
-                "gates": None if gates is None else gates.summary(),
+                "gates": None if gates is None else gates_status(
+                    gates, decision.waived if decision and decision.decision == "approve" else ()),
                 "decision": decision.summary() if decision else "pending",
             })
         by_version = {row["registered_version"]: row["version"] for row in rows}
