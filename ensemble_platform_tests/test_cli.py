@@ -97,3 +97,20 @@ def test_the_cli_prepares_a_dagster_home_like_make_demo(tmp_path):
     config.write_text("telemetry:\n  enabled: false\n")  # an operator's own settings are kept
     cli.prepare_dagster_home(paths)
     assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_the_cli_instance_starts_without_dagsters_missing_config_warning(tmp_path):
+    """Outside `make` (no dagster.yaml in the home yet) the CLI's instance is the prepared one: no warning."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    code = ("from ensemble_platform.cli import _instance; from ensemble_platform.settings import PlatformPaths; "
+            f"print(_instance(PlatformPaths.from_env({str(home)!r})).run_launcher is not None)")
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=str(REPO))
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    assert "No dagster instance configuration file" not in done.stderr
+    assert (home / "dagster" / "dagster.yaml").is_file()
