@@ -12,13 +12,36 @@ import time
 from pathlib import Path
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.settings import HOME_ENV, PlatformPaths
+from ensemble_platform.settings import PlatformPaths
+
+# The instance settings `make demo` copies from the repository's dagster.yaml (a test keeps the two equal):
+# written into a Dagster home that has none, so the CLI run anywhere gets the same instance (telemetry off,
+# no missing-config warning).
+DAGSTER_YAML = """\
+# Dagster instance settings written by ensemble-platform (the same as the repository's dagster.yaml).
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 2
+  pools:
+    default_limit: 1
+"""
+
+
+def prepare_dagster_home(paths: PlatformPaths) -> Path:
+    """The home's Dagster directory with a dagster.yaml (written when absent; an existing one is kept)."""
+    paths.ensure()
+    config = paths.dagster_home / "dagster.yaml"
+    if not config.is_file():
+        config.write_text(DAGSTER_YAML)
+    return config
 
 
 def _instance(paths: PlatformPaths):
     import dagster as dg
 
-    paths.ensure()
+    prepare_dagster_home(paths)
     os.environ.setdefault("DAGSTER_HOME", str(paths.dagster_home))
     return dg.DagsterInstance.from_config(str(paths.dagster_home))
 
@@ -322,9 +345,11 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from ensemble_platform.service.arguments import HOME_HELP, accept_home_anywhere
+
     parser = argparse.ArgumentParser(prog="ensemble-platform", description=__doc__)
-    parser.add_argument("--home", help=f"platform home (default ${HOME_ENV} or ./.ensemble_platform)")
+    parser.add_argument("--home", help=HOME_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="materialize the whole asset graph and print a summary")
     demo.add_argument("--dataset", help="dataset spec YAML (default $ENSEMBLE_PLATFORM_DATASET or credit_data)")
@@ -334,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     approve = sub.add_parser("approve", help="record a reviewer's decision on an ensemble version")
     approve.add_argument("--dataset", help=dataset_help)
     approve.add_argument("--version", required=True, help="ensemble version (semver), e.g. 1.0.0")
-    approve.add_argument("--reviewer", required=True)
-    approve.add_argument("--decision", required=True, choices=["approve", "reject"])
+    approve.add_argument("--reviewer", required=True, help="who decides (recorded with the decision)")
+    approve.add_argument("--decision", required=True, choices=["approve", "reject"],
+                         help="approve: the version may be promoted; reject: it may not")
     approve.add_argument("--note", required=True, help="the reviewer's justification (recorded)")
     approve.add_argument("--waive", nargs="+", metavar="GATE", help="failing gates this approval waives")
     approve.add_argument("--config-hash", help="the config hash the reviewer reviewed (refused if it is not current)")
@@ -343,18 +369,19 @@ def main(argv: list[str] | None = None) -> int:
 
     promote = sub.add_parser("promote", help="promote an ensemble version to staging or production")
     promote.add_argument("--dataset", help=dataset_help)
-    promote.add_argument("--version", required=True)
-    promote.add_argument("--to", required=True, choices=["staging", "production"])
+    promote.add_argument("--version", required=True, help="ensemble version (semver) to promote, e.g. 1.0.0")
+    promote.add_argument("--to", required=True, choices=["staging", "production"],
+                         help="target stage (production needs an approved version, and builds its serving bundle)")
     promote.add_argument("--by", help="who asks for the promotion (default: the current user)")
     promote.set_defaults(func=cmd_promote)
 
     export = sub.add_parser("export", help="(re)export the serving bundle of an approved version")
     export.add_argument("--dataset", help=dataset_help)
-    export.add_argument("--version", required=True)
+    export.add_argument("--version", required=True, help="approved ensemble version (semver) to export")
     export.set_defaults(func=cmd_export)
 
     batch = sub.add_parser("register-batch", help="put a batch file (CSV/Parquet) into the dataset's inbox")
-    batch.add_argument("file")
+    batch.add_argument("file", help="the batch: a CSV or Parquet file with the training table's columns")
     batch.add_argument("--dataset", help=dataset_help)
     batch.add_argument("--process", action="store_true",
                        help="take it in now (validate, drift, performance) instead of waiting for the sensor")
@@ -362,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 
     retrain = sub.add_parser("retrain", help="retrain a dataset end to end now (ends with a new candidate)")
     retrain.add_argument("--dataset", help=dataset_help)
-    retrain.add_argument("--reason", default="requested from the command line")
+    retrain.add_argument("--reason", default="requested from the command line",
+                         help="why (recorded on the run and the new candidate)")
     retrain.set_defaults(func=cmd_retrain)
 
     status = sub.add_parser("status", help="versions, stages, gates, decisions and promotions of a dataset")
@@ -375,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     audit.set_defaults(func=cmd_audit)
 
     verify = sub.add_parser("verify-bundle", help="check every file of a serving bundle against its manifest")
-    verify.add_argument("path")
+    verify.add_argument("path", help="the serving bundle directory (the one holding manifest.json)")
     verify.add_argument("--manifest-sha256", help="also require the manifest itself to have this SHA-256")
     verify.set_defaults(func=cmd_verify_bundle)
 
@@ -389,8 +417,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_shadow_commands(sub)  # shadow report
 
-    args = parser.parse_args(argv)
+    accept_home_anywhere(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ensemble_platform.service.arguments import refuse_unknown_dataset
+
+    args = build_parser().parse_args(argv)
     try:
+        refuse_unknown_dataset(args)
         return args.func(args)
     except Exception as exc:
         cause = _platform_error(exc)

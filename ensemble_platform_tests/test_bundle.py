@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from ensemble_platform import cli
 from ensemble_platform.errors import DataError
@@ -82,8 +84,11 @@ def test_manifest_describes_members_schema_approval_and_every_file(production, t
 
 def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, parity):
     _, bundle, _ = production
-    for model in (load_bundle(bundle), mlflow.pyfunc.load_model(str(bundle))):
-        served = model.score(parity.rows) if hasattr(model, "score") else model.predict(parity.rows)
+    runtime = load_bundle(bundle)
+    # MLflow's signature types numeric columns double: in Python they are sent as floats (int64 is refused).
+    as_floats = parity.rows.astype({c: float for c in runtime.schema.numeric})
+    for model in (runtime, mlflow.pyfunc.load_model(str(bundle))):
+        served = model.score(parity.rows) if hasattr(model, "score") else model.predict(as_floats)
         for column in parity.scores.columns:
             np.testing.assert_array_equal(served[column].to_numpy(), parity.scores[column].to_numpy(), column)
 
@@ -189,6 +194,11 @@ def test_input_rows_are_checked_against_the_schema(production, credit_slice):
         runtime.score(rows.drop(columns=["Income"]))
     with pytest.raises(MlflowException, match="Income"):
         mlflow.pyfunc.load_model(str(bundle)).predict(rows.drop(columns=["Income"]))
+    # The MLflow signature is typed from the training schema: numeric double, categorical string.
+    signature = {c.name: c.type.name for c in Model.load(str(bundle)).signature.inputs.inputs}
+    assert signature == {**{c: "double" for c in runtime.schema.numeric},
+                         **{c: "string" for c in runtime.schema.categorical}}
+    assert list(signature) == runtime.schema.features
     with pytest.raises(DataError, match="'Amount'.*lots"):
         runtime.score(rows.assign(Amount=rows["Amount"].astype(object).where(rows.index != rows.index[1], "lots")))
     unseen = rows.assign(Home=rows["Home"].where(rows.index != rows.index[2], "houseboat"))
@@ -233,6 +243,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _invoke(port: int, payload: str, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=payload.encode(),
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 def test_mlflow_models_serve_serves_the_bundle(production, parity):
     _, bundle, _ = production
     port = _free_port()
@@ -253,14 +273,21 @@ def test_mlflow_models_serve_serves_the_bundle(production, parity):
                     pytest.fail("mlflow models serve did not start:\n" + server.stdout.read().decode()[-3000:])
                 time.sleep(0.5)
         rows = parity.rows.head(25)
-        body = {"dataframe_split": {"columns": list(rows.columns),
-                                    "data": [[None if v != v else v for v in row] for row in rows.itertuples(index=False)]}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
-        served = np.array([p["probability"] for p in predictions])
-        np.testing.assert_allclose(served, parity.scores["probability"].head(25).to_numpy(), rtol=0, atol=1e-12)
+        assert rows.isna().any().any() and (rows.dtypes == "int64").any()  # missing values, integer columns
+        expected = parity.scores["probability"].head(25).to_numpy()
+        data = [[None if v != v else v for v in row] for row in rows.itertuples(index=False)]
+        body = {"dataframe_split": {"columns": list(rows.columns), "data": data}}
+        # JSON and CSV bodies are parsed by the signature's types (numeric double, categorical string).
+        for payload, content_type in ((json.dumps(body), "application/json"), (rows.to_csv(index=False), "text/csv")):
+            status, answer = _invoke(port, payload, content_type)
+            assert status == 200, (content_type, answer)
+            served = np.array([p["probability"] for p in answer["predictions"]])
+            np.testing.assert_allclose(served, expected, rtol=0, atol=1e-12, err_msg=content_type)
+        # A value that is not a number is refused by MLflow's parser naming the column (before the model runs).
+        bad = {"dataframe_split": {"columns": list(rows.columns),
+                                   "data": [[("lots" if c == "Amount" else v) for c, v in zip(rows.columns, data[0])]]}}
+        status, answer = _invoke(port, json.dumps(bad), "application/json")
+        assert status == 400 and "column Amount" in answer["message"] and "lots" in answer["message"], answer
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

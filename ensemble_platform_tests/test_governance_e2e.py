@@ -1,5 +1,6 @@
 """Governance reports and the model card from a real run (Dagster + MLflow on sqlite, temp home)."""
 
+import base64
 import hashlib
 import json
 import os
@@ -128,6 +129,9 @@ def test_model_card_is_markdown_metadata_in_dagster(lifecycle):
     metadata = event.asset_materialization.metadata
     assert isinstance(metadata["model_card"], dg.MarkdownMetadataValue)
     assert "## Fairness" in metadata["model_card"].value
+    # Its figures are embedded (data URIs: Dagster's Markdown renderer allows `data:` image sources).
+    figures = re.findall(r"!\[[^\]]*\]\((data:image/png;base64,[^)]+)\)", metadata["model_card"].value)
+    assert len(figures) >= 2 and all(base64.b64decode(f.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     headline = instance.get_latest_materialization_event(dg.AssetKey("calibration_report")).asset_materialization
     assert {"ece_before", "ece_after", "calibrator"} <= set(headline.metadata)
 

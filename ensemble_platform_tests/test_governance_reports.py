@@ -1,5 +1,6 @@
 """Agreement analysis maths, report rendering and the model card, on small hand-made inputs."""
 
+import base64
 import re
 
 import numpy as np
@@ -107,6 +108,9 @@ def test_html_is_self_contained_escapes_data_and_embeds_figures(tmp_path):
     assert (tmp_path / "figures" / "vote_share.png").read_bytes() == figure.png
     assert "![" in paths["markdown"].read_text() and "figures/vote_share.png" in paths["markdown"].read_text()
     assert "figures/" not in document.markdown(figure_dir=None)
+    # For Dagster's Markdown metadata: the figure itself, as a base64 PNG data URI.
+    embedded = re.findall(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", document.markdown(embed_figures=True))
+    assert [base64.b64decode(e) for e in embedded] == [figure.png]
     assert not list(tmp_path.rglob("*.tmp"))
 
 

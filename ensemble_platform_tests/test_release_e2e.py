@@ -62,6 +62,7 @@ def test_release_path_end_to_end(tmp_path, credit_slice, capsys, monkeypatch):
     assert _stage(release, "1.0.0") == "candidate"
     assert release.registry.aliases(f"{DATASET}.ensemble") == {"candidate": "1"}
     assert release.status(DATASET).versions[0].decision == "pending"
+    assert release.status(DATASET).versions[0].gates.startswith("failing: calibration_ece")
 
     # Unapproved and failing: neither stage takes it.
     _refused(release, capsys, home, "promote", "--version", "1.0.0", "--to", "production",
@@ -84,6 +85,11 @@ def test_release_path_end_to_end(tmp_path, credit_slice, capsys, monkeypatch):
     assert _cli(home, "approve", "--version", "1.0.0", "--reviewer", "bob", "--decision", "approve",
                 "--note", "Age proxies documented; pilot only", "--waive", *failing,
                 "--config-hash", state.config.config_hash[:12]) == 0
+    # Waived on the record: status no longer calls the gates failing.
+    capsys.readouterr()
+    assert _cli(home, "status") == 0
+    status_text = capsys.readouterr().out
+    assert "waived: calibration_ece" in status_text and "failing" not in status_text
     card = (paths.version_reports_dir(DATASET, "1.0.0") / "model_card.md").read_text()
     assert "**Approved** by bob" in card and "| 1 | reject | alice |" in card and "WAIVED" in card
 
@@ -102,7 +108,8 @@ def test_release_path_end_to_end(tmp_path, credit_slice, capsys, monkeypatch):
 
     # The bundle loads as an MLflow model and reproduces the validated holdout scores exactly.
     parity = ParitySet.read(paths.parity_dir(DATASET, "1.0.0"))
-    served = mlflow.pyfunc.load_model(str(bundle)).predict(parity.rows)
+    numeric = [c for c in parity.rows.columns if parity.rows[c].dtype.kind in "iuf"]
+    served = mlflow.pyfunc.load_model(str(bundle)).predict(parity.rows.astype({c: float for c in numeric}))
     np.testing.assert_array_equal(served["probability"].to_numpy(), parity.scores["probability"].to_numpy())
 
     # A changed gate threshold is a new (PATCH) version that needs its own approval.

@@ -6,6 +6,7 @@ runs (and, as a control, that it does run where nothing escapes it)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -30,9 +31,10 @@ from ensemble_platform.evaluation.drift import (
 )
 from ensemble_platform.evaluation.fairness import fairness_report
 from ensemble_platform.evaluation.metrics import METRIC_NAMES
+from ensemble_platform.governance.figures import fairness_gap_figure
 from ensemble_platform.governance.model_card import REPORT_FILES, MemberEntry, ModelCardInputs, model_card
 from ensemble_platform.governance.monitoring import PerformanceHistory
-from ensemble_platform.governance.rendering import ReportDocument, fmt, md_table, md_text
+from ensemble_platform.governance.rendering import ReportDocument, Section, fmt, md_table, md_text, tables_apart
 from ensemble_platform.governance.reports import (
     ENSEMBLE,
     ReportContext,
@@ -305,9 +307,9 @@ def dump_dom(tmp_path_factory):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}", "--hide-scrollbars"]
 
-    def dump(path: Path) -> str:
-        return subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120,
-                              check=True).stdout
+    def dump(path: Path, *extra: str) -> str:
+        return subprocess.run([*flags, *extra, "--dump-dom", path.as_uri()], capture_output=True, text=True,
+                              timeout=120, check=True).stdout
 
     return dump
 
@@ -335,3 +337,81 @@ def test_our_html_report_does_not_run_data_in_a_browser(dump_dom, tmp_path):
                                       CONTEXT).html())
     dom = dump_dom(page)
     assert PWNED not in dom and "<table>" in dom and "By attr" in dom
+
+
+# --- what a reader sees: every table a table, every figure complete, counts that say what they count -----
+
+_DELIMITER = re.compile(r"^\|(---\|)+$", re.MULTILINE)
+
+
+def _plain_documents() -> dict[str, ReportDocument]:
+    y, P, ensemble = _arrays(2)
+    members = dict(zip(["logistic", "forest", "boosting"], P.T))
+    groups = pd.Series(["a"] * 150 + ["b"] * 80 + ["c"] * 10)
+    fairness = fairness_report(y, {ENSEMBLE: ensemble, **members}, {"region": groups}, FairnessPolicy())
+    agreement = agreement_report(P, list(members), y, ensemble, 0.6, 0.5, {"region": groups}, min_segment_rows=10)
+    return {
+        "fairness": fairness_document({**CONTEXT.header(), "binning": {}, **fairness}, CONTEXT),
+        "agreement": agreement_document({**CONTEXT.header(), **agreement}, CONTEXT),
+        "calibration": calibration_document(_calibration(members, y, ensemble), CONTEXT),
+    }
+
+
+@pytest.mark.parametrize("name", ["fairness", "agreement", "calibration"])
+def test_every_markdown_table_of_a_report_renders_as_a_table(name):
+    document = _plain_documents()[name]
+    markdown, html = document.markdown(), document.html()
+    tables = len(_DELIMITER.findall(markdown))
+    assert tables >= 2 and html.count("<table>") == tables
+    rendered = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    assert rendered.count("<table>") == tables  # the .md file too, in any CommonMark + tables renderer
+    assert "<p>|" not in html and "\n|" not in re.sub(r"<table>.*?</table>", "", html, flags=re.DOTALL)
+    # Renderers stricter than markdown-it (a table may not interrupt a paragraph) need a blank line before it.
+    lines = markdown.splitlines()
+    assert all(lines[i - 2] == "" for i, line in enumerate(lines) if _DELIMITER.fullmatch(line))
+
+
+def test_a_table_written_on_the_line_after_its_sentence_still_renders():
+    body = "Coefficient of variation per row:\n" + md_table(["mean", "p50"], [[0.25, 0.2]])
+    document = ReportDocument("T", "s", [Section("Spread", body)])
+    assert "<table>" in document.html() and "row:\n\n| mean" in document.markdown()
+    assert tables_apart("text\n\n" + md_table(["a"], [[1]])) == "text\n\n" + md_table(["a"], [[1]])  # unchanged
+    assert tables_apart("a | b\nnot a table") == "a | b\nnot a table"
+
+
+def test_the_fairness_figure_plots_the_demographic_parity_ratio():
+    def gaps(ratio: float) -> dict:
+        row = {"demographic_parity_difference": {"value": 0.1, "status": "pass"},
+               "demographic_parity_ratio": {"value": ratio, "status": "fail" if ratio < 0.6 else "pass"}}
+        return {ENSEMBLE: row, "member": row}
+
+    assert fairness_gap_figure("Age", gaps(0.4)).png != fairness_gap_figure("Age", gaps(0.9)).png
+
+
+def test_thin_groups_are_counted_as_groups():
+    document = _plain_documents()["fairness"]
+    summary = document.sections[0].body
+    by_region = next(s for s in document.sections if s.heading == "By region").body
+    judged_column = [line.rsplit("|", 2)[-2].strip() for line in by_region.splitlines()
+                     if line.startswith("| ") and not line.startswith("| group")][:3]
+    thin = sum(value != "yes" for value in judged_column)
+    assert thin == 1  # group c: 10 rows, under min_group_size 30
+    assert f"Statistically thin groups (shown, not judged): region {thin} of 3." in summary
+
+
+def test_the_calibration_report_fits_a_1280_pixel_window(dump_dom, tmp_path):
+    """No table is wider than the page's text column (tables scroll inside it if they must)."""
+    y, P, ensemble = _arrays(3)
+    html = calibration_document(_calibration(dict(zip(["logistic_regression", "hist_gradient_boosting",
+                                                       "k_nearest_neighbours"], P.T)), y, ensemble), CONTEXT).html()
+    probe = ("<script>window.addEventListener('load', () => { const body = document.body;"
+             " const right = body.getBoundingClientRect().right - parseFloat(getComputedStyle(body).paddingRight);"
+             " let over = 0, scrolled = 0; for (const t of document.querySelectorAll('table')) {"
+             " over = Math.max(over, t.getBoundingClientRect().right - right);"
+             " scrolled = Math.max(scrolled, t.scrollWidth - t.clientWidth); }"
+             " document.title = 'over ' + Math.round(over) + ' scrolled ' + scrolled; });</script>")
+    page = tmp_path / "calibration.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    dom = dump_dom(page, "--window-size=1280,900")
+    assert "<title>over 0 scrolled 0</title>" in dom or re.search(r"<title>over -\d+ scrolled 0</title>", dom), \
+        re.findall(r"<title>[^<]*", dom)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.governance.approvals import ApprovalRecord, Approvals, ReleaseRefused
+from ensemble_platform.governance.gate_text import gates_status
 from ensemble_platform.governance.promotion import promotions_log
 from ensemble_platform.governance.registry import Registry, ensemble_model_name
 from ensemble_platform.governance.version_record import read_version
@@ -25,7 +26,7 @@ class VersionRow(BaseModel):
     strategy: str
     config_hash: str
     stage: str  # "-" when in no stage
-    gates: str | None  # the gate summary; None when not evaluated
+    gates: str | None  # the gate status with waivers on record; None when not evaluated
     decision: str  # the decision in force, or "pending"
 
 
@@ -62,7 +63,8 @@ def release_status(paths: PlatformPaths, registry: Registry, dataset: str) -> Re
         rows.append(VersionRow(
             version=version, registered_version=config.registered_version, strategy=config.strategy,
             config_hash=config.config_hash, stage=stages.stage_of(str(config.registered_version)) or "-",
-            gates=None if gates is None else gates.summary(),
+            gates=None if gates is None else gates_status(
+                gates, decision.waived if decision and decision.decision == "approve" else ()),
             decision=decision.summary() if decision else "pending",
         ))
     by_version = {row.registered_version: row.version for row in rows}

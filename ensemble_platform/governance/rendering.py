@@ -36,9 +36,10 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
        max-width: 72rem; padding: 0 1.5rem; color: #1f2328; line-height: 1.45; }
 h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
 h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
-table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; display: block; max-width: 100%;
+        overflow-x: auto; }
 th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: left; }
-th { background: #f6f8fa; }
+th { background: #f6f8fa; overflow-wrap: anywhere; }
 code { background: #f6f8fa; padding: 0 .2rem; font-size: .85rem; word-break: break-all; }
 figure { margin: 1rem 0; } figcaption { color: #57606a; font-size: .85rem; }
 img { max-width: 100%; }
@@ -69,14 +70,17 @@ class ReportDocument:
     def figures(self) -> list[Figure]:
         return [f for s in self.sections for f in s.figures]
 
-    def markdown(self, figure_dir: str | None = "figures") -> str:
-        """Markdown; figures link to `figure_dir/<name>.png`, or are left out when None."""
+    def markdown(self, figure_dir: str | None = "figures", *, embed_figures: bool = False) -> str:
+        """Markdown; figures link to `figure_dir/<name>.png`, or are left out when None, or are
+        embedded as base64 PNG data URIs (`embed_figures`: Dagster's UI renders those)."""
         parts = [f"# {_heading(self.title)}", f"_{_heading(self.subtitle)}_"]
         for section in self.sections:
             parts.append(f"## {_heading(section.heading)}")
             if section.body:
-                parts.append(section.body.strip())
-            if figure_dir is not None:
+                parts.append(tables_apart(section.body.strip()))
+            if embed_figures:
+                parts += [f"![{_caption(f.caption)}]({_data_uri(f.png)})" for f in section.figures]
+            elif figure_dir is not None:
                 parts += [f"![{_caption(f.caption)}]({figure_dir}/{f.name}.png)" for f in section.figures]
         return "\n\n".join(parts) + "\n"
 
@@ -85,11 +89,10 @@ class ReportDocument:
         for section in self.sections:
             anchor = section.heading.lower().replace(" ", "-")
             body.append(f'<section id="{html.escape(anchor)}"><h2>{html.escape(section.heading)}</h2>')
-            body.append(_MARKDOWN.render(section.body))
+            body.append(_MARKDOWN.render(tables_apart(section.body)))
             for figure in section.figures:
-                data = base64.b64encode(figure.png).decode("ascii")
                 body.append(
-                    f'<figure><img alt="{html.escape(figure.caption)}" src="data:image/png;base64,{data}">'
+                    f'<figure><img alt="{html.escape(figure.caption)}" src="{_data_uri(figure.png)}">'
                     f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
                 )
             body.append("</section>")
@@ -99,6 +102,28 @@ class ReportDocument:
             + "\n".join(body)
             + "\n</body></html>\n"
         )
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# A Markdown table's delimiter row: | --- | :---: | ...
+_DELIMITER_ROW = re.compile(r"^\s*\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def tables_apart(markdown: str) -> str:
+    """A blank line before every table that follows a line of text: without it the table is read as
+    the sentence's continuation and shown as raw pipes."""
+    lines = markdown.split("\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        starts_table = (line.lstrip().startswith("|") and i + 1 < len(lines)
+                        and _DELIMITER_ROW.match(lines[i + 1]) is not None)
+        if starts_table and out and out[-1].strip() and not out[-1].lstrip().startswith("|"):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
 
 
 def _heading(text: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.policy import GovernancePolicy, OperationsPolicy
-from ensemble_platform.settings import HOME_ENV, PlatformPaths
+from ensemble_platform.settings import PlatformPaths
 
 DEFAULT_PORT = 8080
 EXPORT_FORMATS = ("jsonl", "parquet")
@@ -299,29 +299,30 @@ def _add_review_commands(sub: Any) -> None:
 
     listing = command("list", "items oldest first", cmd_reviews_list)
     listing.add_argument("--status", default="unresolved",
-                         choices=["open", "claimed", "resolved", "unresolved", "all"])
+                         choices=["open", "claimed", "resolved", "unresolved", "all"],
+                         help="which items (default unresolved: open or claimed)")
     listing.add_argument("--reason", help="only items routed for this reason (e.g. low_agreement)")
     listing.add_argument("--segment", help="only items of this segment")
-    listing.add_argument("--limit", type=int)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, help="at most this many items (oldest first)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     show = command("show", "one item: reasons, the members' outputs, the stored input", cmd_reviews_show)
     show.add_argument("id", help="the decision id")
     claim = command("claim", "claim an open item", cmd_reviews_act)
     claim.add_argument("id", help="the decision id")
-    claim.add_argument("--reviewer", required=True)
+    claim.add_argument("--reviewer", required=True, help="who claims the item")
     release = command("release", "give a claim back", cmd_reviews_act)
     release.add_argument("id", help="the decision id")
-    release.add_argument("--reviewer", required=True)
-    release.add_argument("--note", default="")
+    release.add_argument("--reviewer", required=True, help="who gives the claim back")
+    release.add_argument("--note", default="", help="why (required with --force; recorded)")
     release.add_argument("--force", action="store_true", help="release another reviewer's claim (needs --note)")
     resolve = command("resolve", "record the reviewer's outcome next to the ensemble's", cmd_reviews_act)
     resolve.add_argument("id", help="the decision id")
-    resolve.add_argument("--reviewer", required=True)
+    resolve.add_argument("--reviewer", required=True, help="who resolves the item (recorded)")
     resolve.add_argument("--decision", type=int, required=True, choices=[0, 1],
                          help="the class the reviewer decides (1: the positive label)")
-    resolve.add_argument("--note", required=True)
+    resolve.add_argument("--note", required=True, help="the reviewer's justification (recorded)")
     sla = command("sla", "queue depth, oldest open item, items past the SLA, resolution times", cmd_reviews_sla)
-    sla.add_argument("--json", action="store_true")
+    sla.add_argument("--json", action="store_true", help="machine-readable output")
     sla.add_argument("--exit-code", action="store_true", help="exit 1 while the SLA is breached (for cron/alerts)")
 
 
@@ -333,8 +334,8 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
                                          "SHA-256 the registry recorded (the default when --bundle is not given)")
     serve.add_argument("--bundle", help="a serving bundle directory (needs --manifest-sha256); no registry access")
     serve.add_argument("--manifest-sha256", help="the SHA-256 the bundle's manifest.json must have")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     serve.add_argument("--no-auth", action="store_true", help="serve without bearer tokens (loudly shown in /ready)")
     serve.add_argument("--member-timeout", type=float, default=2.0, help="per-member deadline in seconds")
     serve.add_argument("--min-members", type=int, help="refuse below this many working members "
@@ -355,7 +356,7 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
     tokens = sub.add_parser("tokens", help="bearer tokens of the decision service")
     tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     create = tokens_sub.add_parser("create", help="create a token; its plaintext is printed once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, help="who or what uses the token (shown in the decision records)")
     create.add_argument("--scope", required=True, action="append", choices=["decide", "read", "review"],
                         help="repeat for several scopes")
     create.set_defaults(func=cmd_tokens_create)
@@ -363,36 +364,43 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
     decisions = sub.add_parser("decisions", help="the decision log: show, verify, export, replay")
     decisions_sub = decisions.add_subparsers(dest="decisions_command", required=True)
     show = decisions_sub.add_parser("show", help="print one record")
-    show.add_argument("id")
+    show.add_argument("id", help="the record id (a decision id)")
     show.set_defaults(func=cmd_decisions_show)
     verify = decisions_sub.add_parser("verify", help="verify the whole chain and its signed checkpoint")
     verify.set_defaults(func=cmd_decisions_verify)
     export = decisions_sub.add_parser("export", help="write records (created at or after --since) to a file")
     export.add_argument("--since", help="ISO-8601 time, e.g. 2026-01-01T00:00:00+00:00 (default: everything)")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
-    export.add_argument("--output", required=True)
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl", help="file format (default jsonl)")
+    export.add_argument("--output", required=True, help="the file to write (its directory is created)")
     export.set_defaults(func=cmd_decisions_export)
     replay = decisions_sub.add_parser("replay", help="re-score a decision through its bundle; exit 1 on any difference")
-    replay.add_argument("id")
+    replay.add_argument("id", help="the decision id to re-score")
     replay.set_defaults(func=cmd_decisions_replay)
 
     _add_review_commands(sub)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ensemble_platform.errors import PlatformError
-
-    parser = argparse.ArgumentParser(prog="python -m ensemble_platform.service", description=__doc__)
-    parser.add_argument("--home", help=f"platform home (default ${HOME_ENV} or ./.ensemble_platform)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_subcommands(sub, serve_command="serve")
+def build_parser() -> argparse.ArgumentParser:
+    from ensemble_platform.service.arguments import HOME_HELP, accept_home_anywhere
     from ensemble_platform.service.outcomes_cli import add_outcome_commands
     from ensemble_platform.service.shadow_cli import add_shadow_commands
 
+    parser = argparse.ArgumentParser(prog="python -m ensemble_platform.service", description=__doc__)
+    parser.add_argument("--home", help=HOME_HELP)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(sub, serve_command="serve")
     add_outcome_commands(sub)
     add_shadow_commands(sub)
-    args = parser.parse_args(argv)
+    accept_home_anywhere(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ensemble_platform.service.arguments import refuse_unknown_dataset
+
+    args = build_parser().parse_args(argv)
     try:
+        refuse_unknown_dataset(args)
         return int(args.func(args))
     except PlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -125,7 +125,7 @@ def add_outcome_commands(sub: Any) -> None:
         description="FILE: CSV with a header, or JSON Lines; columns decision_id (or request_id, with row_index "
                     "when the request decided several rows) and label (1 or the positive label, 0 or the other "
                     "label). All or nothing: any refused line and nothing is recorded.")
-    register.add_argument("file")
+    register.add_argument("file", help="the outcomes: CSV with a header, or JSON Lines (see above)")
     register.add_argument("--dataset", help="refuse decisions of any other dataset (name or spec YAML)")
     register.add_argument("--by", help="who registers the outcomes (default: the current user)")
     register.add_argument("--skip-refused", action="store_true",

@@ -11,13 +11,14 @@ from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.schema import infer_schema
 from ensemble_platform.data.splitting import TrainHoldoutSplit, split_dataset
 from ensemble_platform.data.validation import validate_table
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.files import write_json
 
 GROUP = "data"
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), kinds={"pandas"})
 def raw_dataset(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.Output[pd.DataFrame]:
     """The dataset spec's table, checked against the spec (columns, target, parseable values)."""
     spec = platform.spec()
@@ -64,7 +65,7 @@ def raw_dataset_expectations(raw_dataset: pd.DataFrame, platform: PlatformResour
     )
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, owners=owners(GROUP), kinds={"pandas"})
 def train_holdout_split(
     context: dg.AssetExecutionContext, raw_dataset: pd.DataFrame, platform: PlatformResource
 ) -> dg.Output[TrainHoldoutSplit]:

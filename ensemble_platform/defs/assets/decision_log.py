@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 import dagster as dg
 
 from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.governance.decision_report import publish_decision_report
 from ensemble_platform.governance.rendering import md_table
@@ -33,7 +34,7 @@ def partition_key(dataset: str, day: str) -> dg.MultiPartitionKey:
 
 
 @dg.asset(
-    group_name=GROUP, partitions_def=decision_log_partitions, kinds={"sqlite"},
+    group_name=GROUP, owners=owners(GROUP), partitions_def=decision_log_partitions, kinds={"sqlite"},
     check_specs=[dg.AssetCheckSpec(CHECK, asset="decision_log_daily",
                                    description="The day is within the dataset's operations policy: agreement not "
                                                "below the validated baseline by more than agreement_drop, fallback "

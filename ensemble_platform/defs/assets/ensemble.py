@@ -6,6 +6,7 @@ import numpy as np
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.defs.assets.members import member_model
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild, build_ensemble
 from ensemble_platform.ensemble.config import ConfigStore
@@ -33,7 +34,8 @@ class MemberVersions(dg.Config):
     member_versions: dict[str, str] = {}
 
 
-@dg.asset(group_name=GROUP, ins={"member_model": dg.AssetIn(key=member_model.key)}, kinds={"parquet"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), ins={"member_model": dg.AssetIn(key=member_model.key)},
+          kinds={"parquet"})
 def oof_predictions(
     context: dg.AssetExecutionContext,
     config: MemberVersions,
@@ -65,7 +67,7 @@ def oof_predictions(
     )
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, owners=owners(GROUP), kinds={"scikitlearn"})
 def ensemble_candidates(
     context: dg.AssetExecutionContext,
     oof_predictions: MemberPredictions,
@@ -94,7 +96,7 @@ def ensemble_candidates(
     )
 
 
-@dg.asset(group_name=GROUP, pool="mlflow", kinds={"mlflow"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), pool="mlflow", kinds={"mlflow"})
 def ensemble_config(
     context: dg.AssetExecutionContext,
     ensemble_candidates: CandidateSet,
@@ -128,7 +130,7 @@ def ensemble_config(
     )
 
 
-@dg.asset(group_name=GROUP, pool="mlflow")
+@dg.asset(group_name=GROUP, owners=owners(GROUP), pool="mlflow", kinds={"mlflow"})
 def ensemble_validation(
     context: dg.AssetExecutionContext,
     ensemble_config: EnsembleBuild,

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.members.training import MemberFit, fit_member
@@ -13,7 +14,7 @@ member_partitions = dg.StaticPartitionsDefinition(list(MEMBER_NAMES))
 
 
 @dg.asset(
-    group_name=GROUP,
+    group_name=GROUP, owners=owners(GROUP),
     partitions_def=member_partitions,
     pool="mlflow",  # registry writes on sqlite are serialised
     kinds={"scikitlearn", "mlflow"},

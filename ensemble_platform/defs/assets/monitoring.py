@@ -15,6 +15,7 @@ from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.validation import validate_table
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.batch_performance import batch_performance as performance_of
@@ -41,7 +42,7 @@ def _labelled(table: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     return table[table[spec.target].notna()] if spec.target in table.columns else table.iloc[0:0]
 
 
-@dg.asset(group_name=GROUP, partitions_def=batch_partitions, kinds={"pandas"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), partitions_def=batch_partitions, kinds={"pandas"})
 def data_batch(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.Output[pd.DataFrame]:
     """The batch file, moved from the dataset's inbox into its batch folder."""
     spec, batch_id = _batch(context.partition_key, platform)
@@ -85,7 +86,7 @@ def data_batch_expectations(
     )
 
 
-@dg.asset(group_name=GROUP, partitions_def=batch_partitions, kinds={"evidently"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), partitions_def=batch_partitions, kinds={"evidently"})
 def batch_drift_report(
     context: dg.AssetExecutionContext, data_batch: pd.DataFrame, platform: PlatformResource
 ) -> dg.Output[dict]:
@@ -124,7 +125,7 @@ def batch_drift_report(
     })
 
 
-@dg.asset(group_name=GROUP, partitions_def=batch_partitions, kinds={"pandas"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), partitions_def=batch_partitions, kinds={"pandas"})
 def batch_performance(
     context: dg.AssetExecutionContext, data_batch: pd.DataFrame, platform: PlatformResource
 ) -> dg.Output[dict]:

@@ -8,6 +8,7 @@ import dagster as dg
 from ensemble_platform.decisions.log import decision_log_path, open_decision_store
 from ensemble_platform.decisions.outcomes import labelled_decisions
 from ensemble_platform.decisions.production_performance import production_performance as performance_of
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.governance.production_report import write_production_report
 from ensemble_platform.governance.rendering import md_table
@@ -15,7 +16,7 @@ from ensemble_platform.governance.rendering import md_table
 GROUP = "monitoring"
 
 
-@dg.asset(group_name=GROUP, kinds={"sqlite"})
+@dg.asset(group_name=GROUP, owners=owners(GROUP), kinds={"sqlite"})
 def production_performance(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.Output[dict]:
     """ROC AUC, log loss, ECE and accuracy at the decision threshold of the ensemble and each member on the
     dataset's labelled production decisions, per UTC day and overall; reviewer agreement with the ensemble.

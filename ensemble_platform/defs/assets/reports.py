@@ -7,9 +7,11 @@ import json
 import dagster as dg
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
+from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild
 from ensemble_platform.ensemble.predictions import MemberPredictions
+from ensemble_platform.governance.gate_text import gate_descriptions
 from ensemble_platform.governance.gates import evaluate_gates, gate_names
 from ensemble_platform.governance.model_card import MemberEntry, write_card_inputs
 from ensemble_platform.governance.publishing import publish_model_card, publish_report
@@ -46,7 +48,7 @@ def _report_metadata(build: EnsembleBuild, paths: dict, headline: dict, tables: 
 def _report_asset(kind: ReportKind):
     """One report asset: same inputs (the validated version and its holdout), its own numbers."""
 
-    @dg.asset(name=f"{kind.stem}_report", group_name=GROUP, pool="mlflow", kinds={"html"},
+    @dg.asset(name=f"{kind.stem}_report", group_name=GROUP, owners=owners(GROUP), pool="mlflow", kinds={"html"},
               description=kind.description)
     def _asset(
         context: dg.AssetExecutionContext,
@@ -66,14 +68,18 @@ def _report_asset(kind: ReportKind):
 REPORT_ASSETS = [_report_asset(kind) for kind in REPORTS]
 
 
+# What each gate checks, and its threshold under the default policy (shown on each check in the UI).
+GATE_DESCRIPTIONS = gate_descriptions(GovernancePolicy())
+
+
 def gate_check_name(gate: str) -> str:
     """Dagster check names are identifiers: `fairness.x` becomes `gate_fairness_x`."""
     return "gate_" + gate.replace(".", "_")
 
 
 @dg.asset(
-    group_name=GROUP, pool="mlflow", kinds={"mlflow"},
-    check_specs=[dg.AssetCheckSpec(gate_check_name(name), asset="release_gates", description=f"release gate {name}")
+    group_name=GROUP, owners=owners(GROUP), pool="mlflow", kinds={"mlflow"},
+    check_specs=[dg.AssetCheckSpec(gate_check_name(name), asset="release_gates", description=GATE_DESCRIPTIONS[name])
                  for name in gate_names(GovernancePolicy())],
 )
 def release_gates(
@@ -106,7 +112,8 @@ def release_gates(
         )
 
 
-@dg.asset(group_name=GROUP, pool="mlflow", kinds={"html"}, deps=[f"{kind.stem}_report" for kind in REPORTS])
+@dg.asset(group_name=GROUP, owners=owners(GROUP), pool="mlflow", kinds={"html"},
+          deps=[f"{kind.stem}_report" for kind in REPORTS])
 def model_card(
     context: dg.AssetExecutionContext,
     ensemble_config: EnsembleBuild,
@@ -129,5 +136,6 @@ def model_card(
     markdown = document.markdown(figure_dir=None)
     return dg.Output(markdown, metadata={
         **_report_metadata(ensemble_config, paths, {}, {}),
-        "model_card": dg.MetadataValue.md(markdown),
+        # Figures embedded as base64 PNG data URIs: Dagster's Markdown renderer allows `data:` image sources.
+        "model_card": dg.MetadataValue.md(document.markdown(embed_figures=True)),
     })

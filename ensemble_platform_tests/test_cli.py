@@ -1,0 +1,116 @@
+"""The command lines as a first user meets them: every argument explained, `--home` before or after the
+subcommand, an unknown dataset name refused before anything is created, and a Dagster home prepared
+like `make demo` prepares it. No graph runs here: a catalogue entry is all a home needs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ensemble_platform import cli
+from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.data.spec import load_spec
+from ensemble_platform.service import cli as service_cli
+from ensemble_platform.service.arguments import subparsers
+from ensemble_platform.settings import PlatformPaths
+from ensemble_platform_tests.conftest import write_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
+    missing = []
+    for each in [parser, *subparsers(parser)]:
+        for action in each._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [f"{each.prog} {c.dest}" for c in action._choices_actions if not c.help]
+            elif not action.help:
+                missing.append(f"{each.prog} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+@pytest.mark.parametrize("build", [cli.build_parser, service_cli.build_parser], ids=["platform", "service"])
+def test_every_argument_and_subcommand_has_help(build):
+    parser = build()
+    assert len(list(subparsers(parser))) > 20  # the walk reaches nested subcommands (reviews list, ...)
+    assert _undocumented(parser) == []
+
+
+def test_home_is_accepted_before_and_after_the_subcommand():
+    parser = cli.build_parser()
+    assert parser.parse_args(["--home", "/h", "status"]).home == "/h"
+    assert parser.parse_args(["status", "--home", "/h"]).home == "/h"
+    assert parser.parse_args(["reviews", "list", "--home", "/h"]).home == "/h"
+    assert parser.parse_args(["status"]).home is None
+    assert service_cli.build_parser().parse_args(["decisions", "verify", "--home", "/h"]).home == "/h"
+
+
+@pytest.fixture
+def known_home(tmp_path, credit_slice) -> Path:
+    """A home whose catalogue knows one dataset (credit_slice)."""
+    home = tmp_path / "home"
+    DatasetCatalog(PlatformPaths.from_env(home)).register(load_spec(write_spec(tmp_path / "dataset", credit_slice)))
+    return home
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "--dataset", "credit_slcie"],
+    ["audit", "--dataset", "credit_slcie"],
+    ["approve", "--dataset", "credit_slcie", "--version", "1.0.0", "--reviewer", "bob", "--decision", "approve",
+     "--note", "ok"],
+    ["promote", "--dataset", "credit_slcie", "--version", "1.0.0", "--to", "staging"],
+    ["export", "--dataset", "credit_slcie", "--version", "1.0.0"],
+    ["retrain", "--dataset", "credit_slcie"],
+    ["reviews", "sla", "--dataset", "credit_slcie"],
+    ["outcomes", "report", "--dataset", "credit_slcie"],
+    ["shadow", "report", "--dataset", "credit_slcie"],
+    ["serve", "--dataset", "credit_slcie"],
+], ids=lambda argv: argv[0] + ("_" + argv[1] if not argv[1].startswith("-") else ""))
+def test_an_unknown_dataset_name_is_refused_naming_the_known_ones(known_home, argv, capsys):
+    before = sorted(p.relative_to(known_home) for p in known_home.rglob("*"))
+    assert cli.main([*argv, "--home", str(known_home)]) == 2
+    err = capsys.readouterr().err
+    assert "'credit_slcie'" in err and "known: credit_slice" in err and "Traceback" not in err
+    assert sorted(p.relative_to(known_home) for p in known_home.rglob("*")) == before  # nothing created
+    assert not (known_home / "audit").exists()
+
+
+def test_the_service_command_line_refuses_an_unknown_dataset_too(known_home, capsys):
+    assert service_cli.main(["--home", str(known_home), "reviews", "list", "--dataset", "nope"]) == 2
+    assert "known: credit_slice" in capsys.readouterr().err
+
+
+def test_a_known_dataset_name_passes_the_check(known_home, capsys):
+    assert cli.main(["status", "--dataset", "credit_slice", "--home", str(known_home)]) == 0
+    assert "dataset credit_slice" in capsys.readouterr().out
+
+
+def test_the_cli_prepares_a_dagster_home_like_make_demo(tmp_path):
+    paths = PlatformPaths.from_env(tmp_path / "home")
+    config = cli.prepare_dagster_home(paths)
+    assert config == paths.dagster_home / "dagster.yaml"
+    assert yaml.safe_load(config.read_text()) == yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert yaml.safe_load(config.read_text())["telemetry"] == {"enabled": False}
+    config.write_text("telemetry:\n  enabled: false\n")  # an operator's own settings are kept
+    cli.prepare_dagster_home(paths)
+    assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_the_cli_instance_starts_without_dagsters_missing_config_warning(tmp_path):
+    """Outside `make` (no dagster.yaml in the home yet) the CLI's instance is the prepared one: no warning."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    code = ("from ensemble_platform.cli import _instance; from ensemble_platform.settings import PlatformPaths; "
+            f"print(_instance(PlatformPaths.from_env({str(home)!r})).run_launcher is not None)")
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=str(REPO))
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    assert "No dagster instance configuration file" not in done.stderr
+    assert (home / "dagster" / "dagster.yaml").is_file()
