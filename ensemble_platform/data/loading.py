@@ -121,7 +121,7 @@ def _coerce_declared_numeric(table: pd.DataFrame, spec: DatasetSpec) -> pd.DataF
 
 def _reject_unparseable(table: pd.DataFrame, spec: DatasetSpec) -> None:
     for column in table.columns:
-        if column == spec.target or column in spec.categorical:
+        if column == spec.target or column in (*spec.categorical, *spec.text, *spec.datetime):
             continue
         values = table[column].dropna()
         if values.empty or pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):

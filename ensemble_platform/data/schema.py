@@ -75,35 +75,17 @@ def infer_schema(table: pd.DataFrame, spec: DatasetSpec) -> FeatureSchema:
     dates = datetime_columns(table, spec)
     parts = {part_name(c, p): c for c in dates for p in DATETIME_PARTS}
     for column in feature_columns(table, spec):
-        values = table[column]
-        missing = float(values.isna().mean())
-        limit = spec.columns.drop_missing_above
-        if column in dates:
-            excluded[column] = (f"date/time ({'spec field datetime' if column in spec.datetime else 'inferred'}):"
-                                f" used through its numeric parts {[part_name(column, p) for p in DATETIME_PARTS]}")
-        elif values.notna().sum() == 0:
-            excluded[column] = "no values in the training rows"
-        elif limit is not None and missing > limit:
-            excluded[column] = (f"mostly empty: {missing:.0%} missing in the training rows, above "
-                                f"spec field columns.drop_missing_above ({limit})")
-        elif column in spec.text:
-            excluded[column] = "free text (spec field text); list it under 'categorical' to use it as levels"
-        elif column in spec.numeric or (column not in spec.categorical and _is_number(values)):
-            why = None if column in spec.numeric or column in parts else _identifier_reason(values, integer=True)
-            if why:
-                excluded[column] = why
-            else:
-                numeric.append(column)
-        elif column not in spec.categorical and (why := _text_reason(values) or _identifier_reason(values)):
-            excluded[column] = why
-        else:
-            categorical.append(column)
+        role, why = _role(table[column], spec, dates, parts)
+        if role == "excluded":
+            excluded[column] = str(why)
+            continue
+        (numeric if role == "numeric" else categorical).append(column)
+        missing = float(table[column].isna().mean())
         if column in parts:
             notes[column] = f"numeric part of date/time column {parts[column]!r}"
-        elif column in numeric or column in categorical:
-            if missing > spec.columns.report_missing_above:
-                notes[column] = (f"mostly empty: {missing:.0%} missing in the training rows (kept; batches are checked "
-                                 f"against this share; spec field columns.drop_missing_above or drop removes it)")
+        elif missing > spec.columns.report_missing_above:
+            notes[column] = (f"mostly empty: {missing:.0%} missing in the training rows (kept; batches are checked "
+                             f"against this share; spec field columns.drop_missing_above or drop removes it)")
     categories = {
         c: tuple(sorted(map(str, table[c].dropna().unique()))) for c in categorical
     }
@@ -114,6 +96,34 @@ def infer_schema(table: pd.DataFrame, spec: DatasetSpec) -> FeatureSchema:
     missing_share = {c: float(table[c].isna().mean()) for c in [*numeric, *categorical]}
     return FeatureSchema(tuple(numeric), tuple(categorical), categories, tuple(spec.sensitive), missing_share,
                          excluded, notes, tuple(c for c in dates if c in table.columns))
+
+
+def _role(values: pd.Series, spec: DatasetSpec, dates: list[str], parts: dict[str, str]) -> tuple[str, str | None]:
+    """('numeric' | 'categorical' | 'excluded', why excluded) for one feature column: spec
+    overrides first, then what the training values look like."""
+    column = str(values.name)
+    missing = float(values.isna().mean())
+    limit = spec.columns.drop_missing_above
+    if column in dates:
+        origin = "spec field datetime" if column in spec.datetime else "inferred"
+        return "excluded", (f"date/time ({origin}): used through its numeric parts "
+                            f"{[part_name(column, p) for p in DATETIME_PARTS]}")
+    if values.notna().sum() == 0:
+        return "excluded", "no values in the training rows"
+    if limit is not None and missing > limit:
+        return "excluded", (f"mostly empty: {missing:.0%} missing in the training rows, above "
+                            f"spec field columns.drop_missing_above ({limit})")
+    if column in spec.text:
+        return "excluded", "free text (spec field text); list it under 'categorical' to use it as levels"
+    if column in spec.numeric or column in parts:
+        return "numeric", None
+    if column in spec.categorical:
+        return "categorical", None
+    if _is_number(values):
+        why = _identifier_reason(values, integer=True)
+        return ("excluded", why) if why else ("numeric", None)
+    why = _text_reason(values) or _identifier_reason(values)
+    return ("excluded", why) if why else ("categorical", None)
 
 
 def _is_number(values: pd.Series) -> bool:
