@@ -149,8 +149,11 @@ def _run_job(args: argparse.Namespace, job: str, spec, trigger: str, **execute):
     defs = build_definitions(str(paths.home), spec_path)
     tags = {TRIGGER_TAG: trigger, **({DATASET_TAG: spec_path} if spec_path else {})}
     instance = _instance(paths)
-    return defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False,
-                                                        **execute), instance
+    from ensemble_platform.defs.failures import stack_traces_to_log
+
+    with stack_traces_to_log(paths.home):  # Dagster's stack traces to logs/cli.log, the rest to the terminal
+        return defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False,
+                                                            **execute), instance
 
 
 def cmd_register_batch(args: argparse.Namespace) -> int:
