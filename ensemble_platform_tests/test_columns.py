@@ -4,6 +4,7 @@ check a person can act on. All on tables built here."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,11 +16,11 @@ import pytest
 import yaml
 
 from ensemble_platform.data.loading import load_dataset
-from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, infer_schema
+from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema, infer_schema
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.data.validation import NON_NULL, validate_table
-from ensemble_platform.errors import DatasetSpecError
+from ensemble_platform.errors import DataError, DatasetSpecError
 from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.members.training import fit_member
@@ -87,6 +88,8 @@ def test_inference_recognises_and_reports_ids_text_dates_sparse_and_wide_columns
     assert schema.missing_share["months_since_delinquency"] == pytest.approx(0.7, abs=0.03)
     assert schema.missing_share["income"] == 0.0
     assert ["purpose", "not used", schema.excluded["purpose"]] in schema.inference_rows()
+    # Stored with the reference (and in the runtime) as JSON: nothing is lost on the way back.
+    assert FeatureSchema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
     # The training table is the baseline: a 70%-empty feature passes the training suite.
     assert validate_table(table, spec, schema).success
 
@@ -112,6 +115,9 @@ def test_spec_overrides_inference_and_unknown_fields_are_still_refused(tmp_path)
     assert "applied_on_month" in schema.numeric and "spec field datetime" in schema.excluded["applied_on"]
     assert "spec field text" in schema.excluded["job_title"]
     assert "columns.drop_missing_above" in schema.excluded["months_since_delinquency"]
+    not_a_date = table.assign(applied_on=table["applied_on"].where(table.index != 7, "soon"))
+    with pytest.raises(DataError, match=r"column 'applied_on' is a date/time column .* \['soon'\]"):
+        load_dataset(load_spec(awkward_spec(tmp_path / "d", not_a_date, datetime=["applied_on"])))
     with pytest.raises(DatasetSpecError, match="columns.colour"):
         load_spec(awkward_spec(tmp_path / "b", table, columns={"colour": 1}))
     with pytest.raises(DatasetSpecError, match="'text' and 'datetime'"):
