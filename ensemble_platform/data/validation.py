@@ -56,13 +56,9 @@ class DataValidationResult:
     def failure_summary(self) -> str:
         return "; ".join(
             f"{o.expectation}({o.column or 'table'}): observed {o.observed}"
-            + (f", expected {o.expected}" if o.expected else "") for o in self.failures
+            + (f", expected {o.expected}" if o.expected else "") + (f" (change: {o.remedy})" if o.remedy else "")
+            for o in self.failures
         )
-
-    def failure_lines(self) -> list[str]:
-        """One line per failing expectation a person can act on: column, expected, observed, remedy."""
-        return [f"{o.column or 'table'}: {o.expectation} expected {o.expected or '(see the suite)'}, "
-                f"observed {o.observed}" + (f" -> {o.remedy}" if o.remedy else "") for o in self.failures]
 
 
 def build_expectations(spec: DatasetSpec, schema: FeatureSchema, batch: bool = False, rows: int = 0) -> list:
