@@ -75,12 +75,12 @@ def summary_table(validation: dict) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ensemble_platform.definitions import build_definitions
-    from ensemble_platform.defs.runner import materialize_lifecycle
+    from ensemble_platform.defs.failures import run_lifecycle_or_refuse
 
     paths = PlatformPaths.from_env(args.home)
     defs = build_definitions(str(paths.home), args.dataset)
     started = time.perf_counter()
-    run = materialize_lifecycle(defs, _instance(paths))
+    run = run_lifecycle_or_refuse(defs, _instance(paths), paths.home)
     total = time.perf_counter() - started
     validation = run.validation
     assert validation is not None
@@ -172,8 +172,11 @@ def _run_job(args: argparse.Namespace, job: str, spec, trigger: str, **execute):
     defs = build_definitions(str(paths.home), spec_path)
     tags = {TRIGGER_TAG: trigger, **({DATASET_TAG: spec_path} if spec_path else {})}
     instance = _instance(paths)
-    return defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False,
-                                                        **execute), instance
+    from ensemble_platform.defs.failures import stack_traces_to_log
+
+    with stack_traces_to_log(paths.home):  # Dagster's stack traces to logs/cli.log, the rest to the terminal
+        return defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False,
+                                                            **execute), instance
 
 
 def cmd_register_batch(args: argparse.Namespace) -> int:
@@ -431,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         cause = _platform_error(exc)
         if cause is not None:
+            from ensemble_platform.defs.failures import log_traceback
+
+            log = log_traceback(PlatformPaths.from_env(getattr(args, "home", None)).home, exc)
+            print(f"(traceback in {log})", file=sys.stderr)
             print(f"error: {cause}", file=sys.stderr)
             return 2
         raise

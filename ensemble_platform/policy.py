@@ -205,3 +205,23 @@ class OperationsPolicy(BaseModel):
     # Days with fewer decisions are reported, never alerted on.
     min_daily_decisions: int = Field(default=30, ge=1)
     shadow: ShadowGatePolicy = ShadowGatePolicy()
+
+
+class ColumnsPolicy(BaseModel):
+    """The spec's `columns:` block: how the training table's columns are profiled and what a new
+    batch may depart from. It does not change ensemble versions (only what the members are fitted
+    on does, through the data and schema)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A feature more empty than this in the training rows fails the blocking data check (1.0: none
+    # does); drop it (`drop`, `drop_missing_above`) or raise this to train with it.
+    max_missing_share: float = Field(default=0.95, ge=0.0, le=1.0)
+    # A feature more empty than this in the training rows is reported as mostly empty (and kept).
+    report_missing_above: float = Field(default=0.5, ge=0.0, le=1.0)
+    # A feature more empty than this in the training rows is not used (dropped with the reason);
+    # null keeps every column that has at least one value.
+    drop_missing_above: float | None = Field(default=None, ge=0.0, lt=1.0)
+    # A batch column's missing share may depart from its training share by this much (either
+    # way), plus three standard errors of a share measured on the batch's rows.
+    missing_tolerance: float = Field(default=0.2, ge=0.0, le=1.0)

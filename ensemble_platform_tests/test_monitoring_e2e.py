@@ -30,12 +30,17 @@ def world(tmp_path_factory, credit_slice):
     paths, spec_path, _, _ = home_in_production(root, credit_slice)
     full = read_source(load_spec())
     unseen = full[~full["rownames"].isin(credit_slice["rownames"])].sample(300, random_state=1)
-    files = {"calm": root / "calm.csv", "inflated": root / "inflated.parquet", "broken": root / "broken.csv"}
+    files = {"calm": root / "calm.csv", "inflated": root / "inflated.parquet", "broken": root / "broken.csv",
+             "emptied": root / "emptied.csv"}
     unseen.iloc[:150].to_csv(files["calm"], index=False)  # labelled, same distribution
     inflated = unseen.iloc[150:].drop(columns=["Status"]).copy()  # unlabelled, prices and incomes up 60%
     inflated[INFLATED] = inflated[INFLATED] * 1.6
     inflated.to_parquet(files["inflated"], index=False)
     unseen.iloc[:40].drop(columns=["Price"]).to_csv(files["broken"], index=False)  # a feature column missing
+    # Income 60% empty where the training rows had it nearly always: beyond the missingness tolerance.
+    emptied = unseen.iloc[40:80].copy()
+    emptied.loc[emptied.index[:24], "Income"] = None
+    emptied.to_csv(files["emptied"], index=False)
     defs = build_definitions(str(paths.home), str(spec_path))
     return paths, spec_path, defs, dg.DagsterInstance.from_config(str(paths.dagster_home)), files
 
@@ -50,12 +55,12 @@ def test_batches_drift_quarantine_performance_and_retraining(world, capsys):
     paths, spec_path, defs, instance, files = world
     store = BatchStore(paths)
     assert cli.main(["--home", str(paths.home), "register-batch", str(files["calm"]), "--dataset", DATASET]) == 0
-    for name in ("inflated", "broken"):
+    for name in ("inflated", "broken", "emptied"):
         store.register(DATASET, files[name])
 
     inbox = _tick(defs, instance, "batch_inbox_sensor")
     keys = {r.partition_key.split("__")[1].split("-")[0]: r.partition_key for r in inbox.run_requests}
-    assert set(keys) == {"calm", "inflated", "broken"}
+    assert set(keys) == {"calm", "inflated", "broken", "emptied"}
     assert {r.tags[DATASET_TAG] for r in inbox.run_requests} == {str(spec_path.resolve())}
     assert set(inbox.dynamic_partitions_requests[0].partition_keys) == set(keys.values())
     assert _tick(defs, instance, "batch_inbox_sensor", inbox.cursor).run_requests == []  # asked once
@@ -75,6 +80,12 @@ def test_batches_drift_quarantine_performance_and_retraining(world, capsys):
     assert "Price" in reason["reason"] and not store.batch_dir(DATASET, batch_id).exists()
     for asset in ("batch_drift_report", "batch_performance"):
         assert not results["broken"].asset_materializations_for_node(asset)
+    # A batch whose missingness departs from the training baseline: quarantined naming the column.
+    assert not results["emptied"].success
+    emptied_id = keys["emptied"].split("__")[1]
+    reason = json.loads((store.quarantine_dir(DATASET, emptied_id) / "reason.json").read_text())["reason"]
+    assert reason.startswith("expect_column_proportion_of_non_null_values_to_be_between(Income): observed 0.")
+    assert "expected a non-null share between" in reason and "training rows: 0.9" in reason
 
     # The calm batch drifts too little to act on; the inflated one triggers a retraining request.
     calm, inflated = (results[n].output_for_node("batch_drift_report") for n in ("calm", "inflated"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ensemble_platform.data.loading import read_csv
+from ensemble_platform.data.schema import with_datetime_parts
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.errors import DataError
 from ensemble_platform.files import atomic_path, write_json
@@ -212,10 +213,11 @@ class BatchStore:
         return additions
 
 
-def read_batch(path: Path) -> pd.DataFrame:
+def read_batch(path: Path, datetime: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The batch file's rows, with the numeric parts of the `datetime` columns (those the members
+    use) derived as at training."""
     try:
-        if path.suffix.lower() == ".csv":
-            return read_csv(path)
-        return pd.read_parquet(path)
+        table = read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"batch file {path} could not be read as {path.suffix[1:]}: {exc}") from exc
+    return with_datetime_parts(table, [c for c in datetime if c in table.columns])

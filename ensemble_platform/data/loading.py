@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensemble_platform.data.schema import numeric_column
+from ensemble_platform.data.schema import (
+    DATETIME_PARTS,
+    datetime_columns,
+    numeric_column,
+    part_name,
+    with_datetime_parts,
+)
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.errors import DataError, DatasetSpecError
 
@@ -80,6 +86,7 @@ def prepare_table(raw: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     table = _coerce_declared_numeric(table, spec)
     _reject_unparseable(table, spec)
     _check_target(table, spec)
+    table = _add_datetime_parts(table, spec)
     if len(table) < _MIN_ROWS:
         raise DataError(f"data from {origin} has {len(table)} rows; at least {_MIN_ROWS} are needed")
     table[spec.target] = table[spec.target].astype(str)
@@ -94,6 +101,8 @@ def _require_columns(raw: pd.DataFrame, spec: DatasetSpec) -> None:
         ("drop", list(spec.drop)),
         ("numeric", list(spec.numeric)),
         ("categorical", list(spec.categorical)),
+        ("text", list(spec.text)),
+        ("datetime", list(spec.datetime)),
     ):
         missing = [c for c in columns if c not in present]
         if missing:
@@ -112,7 +121,7 @@ def _coerce_declared_numeric(table: pd.DataFrame, spec: DatasetSpec) -> pd.DataF
 
 def _reject_unparseable(table: pd.DataFrame, spec: DatasetSpec) -> None:
     for column in table.columns:
-        if column == spec.target or column in spec.categorical:
+        if column == spec.target or column in (*spec.categorical, *spec.text, *spec.datetime):
             continue
         values = table[column].dropna()
         if values.empty or pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -125,6 +134,17 @@ def _reject_unparseable(table: pd.DataFrame, spec: DatasetSpec) -> None:
                 f"column {column!r} looks numeric ({share:.0%} of values parse as numbers) but has "
                 f"unparseable values {bad}; fix the data or list the column under 'categorical'"
             )
+
+
+def _add_datetime_parts(table: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Date/time columns become numeric parts beside them (schema inference then uses the parts and
+    reports the column itself as not used)."""
+    dates = datetime_columns(table, spec)
+    taken = [part_name(c, p) for c in dates for p in DATETIME_PARTS if part_name(c, p) in table.columns]
+    if taken:
+        raise DataError(f"column(s) {taken} exist in {spec.source} but are the names of the numeric parts of "
+                        f"date/time column(s) {dates}; rename them or list the date column under 'categorical'")
+    return with_datetime_parts(table, dates)
 
 
 def _check_target(table: pd.DataFrame, spec: DatasetSpec) -> None:

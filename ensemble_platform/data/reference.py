@@ -40,3 +40,12 @@ class TrainingReference:
             raise DataError(f"{dataset} has no training reference in {directory}; run its data_job first")
         meta = json.loads((directory / SCHEMA).read_text())
         return cls(pd.read_parquet(directory / ROWS), FeatureSchema.from_dict(meta["schema"]), meta["train_hash"])
+
+    @staticmethod
+    def datetime_columns(paths: PlatformPaths, dataset: str) -> tuple[str, ...]:
+        """The date/time columns whose numeric parts the members use (none without a reference):
+        a batch carries the dates, the parts are derived from them as at training."""
+        path = paths.reference_dir(dataset) / SCHEMA
+        if not path.is_file():
+            return ()
+        return tuple(json.loads(path.read_text())["schema"].get("datetime", ()))

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ensemble_platform.errors import DatasetSpecError
-from ensemble_platform.policy import AutomationPolicy, GovernancePolicy, OperationsPolicy
+from ensemble_platform.policy import AutomationPolicy, ColumnsPolicy, GovernancePolicy, OperationsPolicy
 from ensemble_platform.settings import DATASET_ENV
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
@@ -30,6 +30,9 @@ class DatasetSpec(BaseModel):
     drop: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()  # optional overrides of type inference
     categorical: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()  # free text: not a feature (reported); list under `categorical` to use it
+    datetime: tuple[str, ...] = ()  # dates/times: replaced by numeric parts (see data/schema.py)
+    columns: ColumnsPolicy = ColumnsPolicy()
     use_sensitive_as_features: bool = False
     sensitive_bins: int = Field(default=4, ge=2, le=20)
     holdout_fraction: float = Field(default=0.25, gt=0.0, lt=0.9)
@@ -68,9 +71,14 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"target {self.target!r} is listed in 'drop'")
         if self.target in self.sensitive:
             raise ValueError(f"target {self.target!r} is listed in 'sensitive'")
-        both = set(self.numeric) & set(self.categorical)
-        if both:
-            raise ValueError(f"columns {sorted(both)} are listed as both 'numeric' and 'categorical'")
+        kinds = {"numeric": self.numeric, "categorical": self.categorical, "text": self.text,
+                 "datetime": self.datetime}
+        names = list(kinds)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                both = set(kinds[first]) & set(kinds[second])
+                if both:
+                    raise ValueError(f"columns {sorted(both)} are listed as both '{first}' and '{second}'")
         segment = self.operations.segment_column
         if segment is not None and (segment in self.sensitive or segment in self.drop or segment == self.target):
             raise ValueError(f"operations.segment_column {segment!r} must be a stored feature: not the target, "

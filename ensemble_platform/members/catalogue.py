@@ -15,21 +15,43 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, SplineTransformer, StandardScaler
 from xgboost import XGBClassifier
 
-from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema
 
 # Two cores on the reference machine: more threads only add contention.
 N_JOBS = 2
+# One-hot members keep at most this many columns per wide categorical (levels seen fewer than 5
+# times are grouped anyway).
+MAX_ONE_HOT_LEVELS = 30
+
+
+def narrow_and_wide(schema: FeatureSchema) -> tuple[list[str], list[str]]:
+    """The categoricals encoded level by level, and those with more than MAX_CATEGORY_LEVELS levels
+    (a job title typed by hand) whose rare levels are grouped. Tables without wide columns get the
+    same pipelines as before the split existed (same definitions, same member versions)."""
+    wide = [c for c in schema.categorical if len(schema.categories.get(c, ())) > MAX_CATEGORY_LEVELS]
+    return [c for c in schema.categorical if c not in wide], wide
+
+
+def _one_hot_parts(schema: FeatureSchema) -> list[tuple[str, object, list[str]]]:
+    narrow, wide = narrow_and_wide(schema)
+    parts: list[tuple[str, object, list[str]]] = [("cat", make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="__missing__"),
+        OneHotEncoder(handle_unknown="ignore", min_frequency=5, sparse_output=False),
+    ), narrow)]
+    if wide:
+        parts.append(("wide", make_pipeline(
+            SimpleImputer(strategy="constant", fill_value="__missing__"),
+            OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, max_categories=MAX_ONE_HOT_LEVELS,
+                          sparse_output=False),
+        ), wide))
+    return parts
 
 
 def one_hot_scaled(schema: FeatureSchema) -> ColumnTransformer:
     """Linear/distance models: median-imputed, scaled numerics (+ missing flags), one-hot cats."""
     numeric = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler())
-    categorical = make_pipeline(
-        SimpleImputer(strategy="constant", fill_value="__missing__"),
-        OneHotEncoder(handle_unknown="ignore", min_frequency=5, sparse_output=False),
-    )
     return ColumnTransformer(
-        [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
+        [("num", numeric, list(schema.numeric)), *_one_hot_parts(schema)],
         verbose_feature_names_out=False,
     )
 
@@ -44,15 +66,11 @@ def spline_one_hot(schema: FeatureSchema) -> ColumnTransformer:
         SplineTransformer(n_knots=3, degree=3, knots="quantile", extrapolation="constant"),
         StandardScaler(),
     )
-    categorical = make_pipeline(
-        SimpleImputer(strategy="constant", fill_value="__missing__"),
-        OneHotEncoder(handle_unknown="ignore", min_frequency=5, sparse_output=False),
-    )
     return ColumnTransformer(
         [
             ("num", numeric, list(schema.numeric)),
             ("missing", MissingIndicator(features="missing-only", error_on_new=False), list(schema.numeric)),
-            ("cat", categorical, list(schema.categorical)),
+            *_one_hot_parts(schema),
         ],
         verbose_feature_names_out=False,
     )
@@ -62,16 +80,21 @@ def _ordinal(schema: FeatureSchema, impute_numeric: bool) -> ColumnTransformer:
     """Tree models: numerics as they are (or imputed), categoricals as integer codes.
 
     Unknown and missing categories map to -1/NaN rather than failing: a production row with a
-    new category must still get a score (the data check flags it separately).
+    new category must still get a score (the data check flags it separately). Wide categoricals
+    keep their MAX_CATEGORY_LEVELS - 1 most frequent levels; the rest share one code.
     """
     numeric: object = SimpleImputer(strategy="median", add_indicator=True) if impute_numeric else "passthrough"
     categorical = OrdinalEncoder(
         handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1
     )
-    return ColumnTransformer(
-        [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
-        verbose_feature_names_out=False,
-    )
+    narrow, wide = narrow_and_wide(schema)
+    parts: list[tuple[str, object, list[str]]] = [("num", numeric, list(schema.numeric)), ("cat", categorical, narrow)]
+    if wide:
+        parts.append(("wide", OrdinalEncoder(
+            handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1,
+            max_categories=MAX_CATEGORY_LEVELS,
+        ), wide))
+    return ColumnTransformer(parts, verbose_feature_names_out=False)
 
 
 def _logistic_regression(schema: FeatureSchema, seed: int) -> Pipeline:
@@ -101,6 +124,7 @@ def _extra_trees(schema: FeatureSchema, seed: int) -> Pipeline:
 
 def _hist_gradient_boosting(schema: FeatureSchema, seed: int) -> Pipeline:
     n_numeric = len(schema.numeric)
+    # Narrow then wide: the column order `_ordinal` puts out.
     categorical_mask = [False] * n_numeric + [True] * len(schema.categorical)
     return Pipeline([
         ("prep", _ordinal(schema, impute_numeric=False)),

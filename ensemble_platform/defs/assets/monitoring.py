@@ -49,7 +49,7 @@ def data_batch(context: dg.AssetExecutionContext, platform: PlatformResource) ->
     store = BatchStore(platform.paths)
     source = store.receive(spec.name, batch_id)
     try:
-        table = read_batch(source)
+        table = read_batch(source, TrainingReference.datetime_columns(platform.paths, spec.name))
     except DataError as exc:
         store.quarantine(spec.name, batch_id, {"batch_id": batch_id, "reason": str(exc), "quarantined_at": utc_now()})
         raise
