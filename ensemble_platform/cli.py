@@ -430,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         refuse_unknown_dataset(args)
+    except PlatformError as exc:  # a usage error: nothing ran, nothing is written (not even a log)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         return args.func(args)
     except Exception as exc:
         cause = _platform_error(exc)
