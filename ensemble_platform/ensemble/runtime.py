@@ -35,6 +35,7 @@ from ensemble_platform.ensemble.strategies import (
     Combiner,
     GreedySelection,
     MajorityVote,
+    SingleMember,
     SoftAverage,
     Stacking,
     WeightedAverage,
@@ -215,7 +216,7 @@ def _loads(data: bytes) -> object:
 
 # The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
 OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
-    MajorityVote, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
+    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
 )
 
 

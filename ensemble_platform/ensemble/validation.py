@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.ensemble.selection import CandidateSet
+from ensemble_platform.ensemble.selection import SELECTION_RULE, CandidateSet
 from ensemble_platform.evaluation.agreement import agreement_summary
 from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, binary_metrics
 
@@ -32,6 +32,7 @@ def validation_report(
     ensemble's: chosen strategy and calibrator, cross-validated): the evidence the release gates
     compare, beside the holdout."""
     H = np.column_stack(list(member_holdout.values()))
+    served = np.column_stack([member_holdout[m.name] for m in config.members])  # pruned members have no say
     members = {name: binary_metrics(y_holdout, p) for name, p in member_holdout.items()}
     strategies = {
         name: binary_metrics(
@@ -60,9 +61,17 @@ def validation_report(
         "strategies": strategies,
         "best_member": best_member,
         "lift_over_best_member": lift,
-        "agreement": agreement_summary(H, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
+        "agreement": agreement_summary(served, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
+        # Served vs evaluated-but-pruned members; model selection: one member served, no combination.
+        "served_members": [m.name for m in config.members],
+        "pruned_members": {m.name: m.reason for m in config.pruned},
+        "model_selection": config.model_selection,
         "selection": {
             "criterion": candidates.criterion,
+            "rule": SELECTION_RULE,
+            "best_out_of_fold": candidates.best,
+            "order_of_simplicity": list(candidates.candidates),
+            "noise": candidates.noise_table(),
             "evidence": "out_of_fold_cross_validation",
             "folds": int(str(lineage.get("folds", 0))),
             "out_of_fold": candidates.evidence_table(),

@@ -12,6 +12,8 @@ The remaining members are combined:
                                                   members (`fallback`)
 
 Fewer working members than `min_members` for any row refuses the whole request (`RefusalError`).
+`min_members` is capped at the number of served members (pruned members are not in the runtime): under
+model selection (one served member) that member failing refuses the request.
 Every degraded row is routed to human review.
 
 Batch invariance. `runtime.score` is not batch-invariant: BLAS kernels (OpenBLAS gemv/gemm) handle the
@@ -281,7 +283,8 @@ class Decider:
         self.runtime = runtime
         self.manifest = dict(manifest)
         self.member_timeout_s = member_timeout_s
-        self.min_members = min_members
+        # Capped at the served members: a model-selection runtime (one member) refuses when it fails.
+        self.min_members = min(min_members, len(runtime.members))
         self.max_missing_share = max_missing_share
         self.max_abs_value = max_abs_value
         listed = {m["name"]: m for m in self.manifest.get("members", [])}

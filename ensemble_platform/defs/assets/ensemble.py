@@ -142,7 +142,7 @@ def ensemble_validation(
     scored = build.runtime.score(split.holdout)
     member_holdout = {n: oof_predictions.holdout[n].to_numpy() for n in oof_predictions.names}
     uncalibrated, _ = build.runtime.proba_from_members(
-        matrix(oof_predictions.holdout, oof_predictions.names), split.X_holdout()
+        matrix(oof_predictions.holdout, list(build.runtime.members)), split.X_holdout()
     )
     report = validation_report(
         build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(), uncalibrated,
