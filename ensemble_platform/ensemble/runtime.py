@@ -106,7 +106,9 @@ class EnsembleRuntime:
         """(before, after calibration) for member probabilities already computed (reports reuse
         the members' validated holdout predictions instead of predicting again). Combiner and
         calibrator run on fixed blocks of rows: a row's result does not depend on its batch."""
-        combined = blocked(lambda rows: self.combined_proba(P[rows], X.iloc[rows]), len(P))
+        needs_features = self.combiner.needs_features
+        combined = blocked(lambda rows: self.combiner.positive_proba(P[rows], X.iloc[rows] if needs_features else None),
+                           len(P))
         return combined, blocked(lambda rows: self.calibrator.transform(combined[rows]), len(combined))
 
     def member_and_ensemble_proba(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
