@@ -166,7 +166,9 @@ def _combination(inputs: ModelCardInputs) -> Section:
              f"{selection['folds']} shared folds" + (f" by the {selection['rule']}." if "rule" in selection else ".")]
     if c.model_selection:
         parts.append(f"**Model selection**: no combination beat the best single member beyond fold noise, so this "
-                     f"version serves one member, {md_text(names[0])}, alone (its probability, then the calibrator).")
+                     f"version serves one member, {md_text(names[0])}, alone (its probability, then the calibrator). "
+                     "Agreement is that one member's vote against the decision, so review for low agreement "
+                     "is in effect off; rows still go to review for unseen categories and missing features.")
     parts.extend(_noise_table(selection))
     for key in ("weights", "member_coefficients"):
         values = c.combiner.get(key)

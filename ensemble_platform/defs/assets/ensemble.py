@@ -86,6 +86,8 @@ def ensemble_candidates(
         candidates,
         metadata={
             "chosen": candidates.chosen,
+            "best_out_of_fold": candidates.best,
+            "model_selection": candidates.model_selection,
             "criterion": candidates.criterion,
             "out_of_fold_evidence": dg.MetadataValue.md(
                 metrics_table(candidates.evidence_table(), highlight=candidates.chosen)
@@ -119,6 +121,8 @@ def ensemble_config(
             "version": config.version,
             "previous_version": previous.version if previous else "none",
             "strategy": config.strategy,
+            "served_members": ", ".join(m.name for m in config.members),
+            "pruned_members": ", ".join(f"{m.name} ({m.reason})" for m in config.pruned) or "none",
             "config_hash": config.config_hash,
             "registered_model": config.registered_model or "",
             "registered_version": config.registered_version or "",
