@@ -90,3 +90,30 @@ def test_model_selection_serves_one_member_and_refuses_when_it_fails(split, memb
         broken.close()
     finally:
         decider.close()
+
+
+def test_model_card_says_model_selection_and_lists_pruned_members(slice_spec):
+    from ensemble_platform.ensemble.config import EnsembleConfig, MemberRef, PrunedMember
+    from ensemble_platform.governance.model_card import MemberEntry, ModelCardInputs, _combination, _constituents
+
+    served = MemberRef(name="xgboost", family="boosted", registered_model="d.xgboost", version="3", run_id="r3")
+    pruned = PrunedMember(name="k_nearest_neighbours", family="knn", registered_model="d.k_nearest_neighbours",
+                          version="2", run_id="r2", reason="not the selected member (single_member: model selection)")
+    config = EnsembleConfig(dataset="d", version="1.0.0", strategy="single_member", members=(served,),
+                            pruned=(pruned,), combiner={"member_index": 0})
+    metrics = {"roc_auc": 0.8, "log_loss": 0.4}
+    noise = {"single_member": {"mean_difference_to_best": 0.0004, "standard_error": 0.0011, "within_noise": True},
+             "stacking": {"mean_difference_to_best": 0.0, "standard_error": 0.0, "within_noise": True}}
+    validation = {"members": {"xgboost": metrics, "k_nearest_neighbours": {"roc_auc": 0.7, "log_loss": 0.5}},
+                  "selection": {"criterion": "log_loss", "folds": 5, "rule": "one-standard-error rule",
+                                "best_out_of_fold": "stacking", "order_of_simplicity": ["single_member", "stacking"],
+                                "noise": noise, "out_of_fold": {"single_member": metrics, "stacking": metrics}}}
+    inputs = ModelCardInputs(config, slice_spec, [MemberEntry("xgboost", "boosted", "d.xgboost", "3", "r3")],
+                             validation, {}, {}, {}, None, {})  # type: ignore[arg-type]
+    combination = _combination(inputs).body
+    assert "**Model selection**" in combination and "xgboost" in combination and "best out of fold: stacking" in combination
+    assert "| single_member | 0.4000 | 0.00040 | 0.00110 | yes |" in combination
+    assert "1 (model selection; min_members 2 applies to combinations)" in combination
+    constituents = _constituents(inputs).body
+    assert "**Evaluated but pruned**" in constituents
+    assert "| k_nearest_neighbours | knn | d.k_nearest_neighbours | 2 | not the selected member" in constituents
