@@ -73,6 +73,23 @@ def summary_table(validation: dict) -> str:
     return "\n".join(lines)
 
 
+def choice_sentence(validation: dict) -> str:
+    """The choice in words: model selection said plainly, else the strategy and the rule."""
+    selection = validation["selection"]
+    best = selection.get("best_out_of_fold", validation["chosen"])
+    if validation.get("model_selection"):
+        return (f"model selection: the single member {validation['served_members'][0]} "
+                f"({validation['chosen']}); no combination beat it beyond fold noise (best out of fold: {best})")
+    noise = "" if best == validation["chosen"] else f"; {best} was better only within fold noise"
+    return f"{validation['chosen']} (on out-of-fold {selection['criterion']}, one-standard-error rule{noise})"
+
+
+def served_sentence(validation: dict) -> str:
+    served, pruned = validation.get("served_members", []), validation.get("pruned_members", {})
+    text = f"{len(served)} ({', '.join(served)})"
+    return text + (f"; pruned (evaluated, not served): {', '.join(pruned)}" if pruned else "")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ensemble_platform.definitions import build_definitions
     from ensemble_platform.defs.failures import run_lifecycle_or_refuse
@@ -88,7 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(summary_table(validation))
     print()
-    print(f"chosen strategy   : {validation['chosen']} (on out-of-fold {validation['selection']['criterion']})")
+    print(f"chosen strategy   : {choice_sentence(validation)}")
+    print(f"served members    : {served_sentence(validation)}")
     print(f"ensemble version  : {validation['ensemble_version']}  config {validation['config_hash'][:12]}")
     print(f"lift over best member ({validation['best_member']}): "
           f"AUC {validation['lift_over_best_member']['roc_auc']:+.4f}, "

@@ -38,15 +38,21 @@ VERSION = "1.0.0"
 
 
 @pytest.fixture(scope="module")
-def production(tmp_path_factory, credit_slice):
+def served(tmp_path_factory, credit_slice):
+    """(runtime, manifest) of the production bundle and the version's parity set."""
     root = tmp_path_factory.mktemp("decider")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(root / "config"))
         _, _, release, result = home_in_production(root, credit_slice)
         bundle = Path(result.bundle.path)
         manifest, runtime, _ = load_verified_bundle(bundle, result.bundle.manifest_sha256)
-        parity = ParitySet.read(release.paths.parity_dir(DATASET, VERSION))
-        yield runtime, manifest, parity.rows
+        yield runtime, manifest, ParitySet.read(release.paths.parity_dir(DATASET, VERSION))
+
+
+@pytest.fixture(scope="module")
+def production(served):
+    runtime, manifest, parity = served
+    return runtime, manifest, parity.rows
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +121,7 @@ def fitted(combiner, runtime, frame: pd.DataFrame):
 
 # --- healthy ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n", [64, 256])
+@pytest.mark.parametrize("n", [1, 37, 64, 255, 256])
 def test_healthy_output_equals_runtime_score_bit_for_bit(production, rows, n):
     runtime, manifest, _ = production
     decider = decider_for(runtime, manifest, max_missing_share=1.0)
@@ -145,6 +151,18 @@ def test_a_row_gets_the_same_bits_alone_or_in_any_batch(production, rows):
             chunk = decider.decide(everything[start:start + size]).rows
             for offset, row in enumerate(chunk):
                 assert row == in_batch[start + offset], (size, start + offset)
+
+
+def test_the_holdout_scored_as_one_batch_or_row_by_row_gives_the_validated_scores(served):
+    runtime, manifest, parity = served
+    assert not parity.mismatches(runtime.score)  # the whole holdout as one batch
+    one_by_one = pd.concat([runtime.score(parity.rows.iloc[[i]]) for i in range(len(parity.rows))])
+    for column in parity.scores.columns:
+        np.testing.assert_array_equal(one_by_one[column].to_numpy(), parity.scores[column].to_numpy(), column)
+    decider = decider_for(runtime, manifest)
+    decided = [decider.decide(records(parity.rows.iloc[[i]])).rows[0] for i in range(len(parity.rows))]
+    decider.close()
+    np.testing.assert_array_equal([r.probability for r in decided], parity.scores["probability"].to_numpy())
 
 
 def test_empty_batch_is_an_empty_result(production):

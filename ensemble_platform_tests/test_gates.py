@@ -108,6 +108,15 @@ def test_structural_gates_min_members_and_agreement_threshold():
     assert {"data_validation", "min_members", "agreement_threshold"} == NOT_WAIVABLE
 
 
+def test_min_members_counts_served_members_and_accepts_model_selection():
+    two_served = _config(n_members=2, min_members=3)
+    assert not evaluate_gates(two_served, *_documents(two_served)).gate("min_members").passed
+    # Model selection: one member served by choice passes (min_members itself must still be >= 2).
+    chosen = _config(n_members=1).model_copy(update={"strategy": "single_member"})
+    gate = evaluate_gates(chosen, *_documents(chosen)).gate("min_members")
+    assert gate.passed and gate.value == 1 and "model selection" in gate.detail
+
+
 def test_documents_of_another_config_are_refused():
     config = _config()
     validation, calibration, fairness, gx = _documents(config)

@@ -65,3 +65,23 @@ def test_config_hash_ignores_member_run_ids_but_not_member_versions():
     moved = a.model_copy(update={"members": tuple(m.model_copy(update={"run_id": "elsewhere"}) for m in a.members)})
     assert moved.config_hash == a.config_hash
     assert _config(versions=("1", "2")).config_hash != a.config_hash
+
+
+def _pruned(config, version="1"):
+    from ensemble_platform.ensemble.config import PrunedMember
+
+    return config.model_copy(update={"pruned": (PrunedMember(
+        name="m9", family="f", registered_model="d.m9", version=version, run_id="r9", reason="weight 0 in stacking"),)})
+
+
+def test_pruned_members_are_content_and_a_new_pruned_version_is_minor():
+    a = _config(version="2.3.4")
+    assert "pruned" not in a.content()  # nothing pruned: the content (and hash) of before pruning existed
+    pruned = _pruned(a)
+    assert pruned.content()["pruned"] == [{"name": "m9", "family": "f", "registered_model": "d.m9", "version": "1",
+                                           "reason": "weight 0 in stacking"}]
+    assert next_version(a, pruned) == "2.4.0"
+    assert next_version(_pruned(a), _pruned(a, version="2")) == "2.4.0"
+    assert _pruned(a).config_hash == _pruned(a).model_copy(
+        update={"pruned": tuple(m.model_copy(update={"run_id": "elsewhere"}) for m in _pruned(a).pruned)}).config_hash
+    assert not a.model_selection and _config(versions=("1",)).model_selection

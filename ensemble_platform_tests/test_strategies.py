@@ -2,12 +2,20 @@
 
 import numpy as np
 import pytest
+from scipy.special import expit
 from sklearn.base import clone
 
-from ensemble_platform.ensemble.selection import cross_validated_proba, select_strategy
+from ensemble_platform.ensemble.pruning import prune_reason, restricted, used_columns
+from ensemble_platform.ensemble.selection import (
+    NOISE_SE_MULTIPLIER,
+    choose_within_noise,
+    cross_validated_proba,
+    select_strategy,
+)
 from ensemble_platform.ensemble.strategies import (
     GreedySelection,
     MajorityVote,
+    SingleMember,
     SoftAverage,
     Stacking,
     WeightedAverage,
@@ -114,11 +122,101 @@ def test_select_strategy_picks_best_out_of_fold_and_breaks_ties_towards_simpler(
     strategies = {"soft_average": SoftAverage(), "weighted_average": WeightedAverage(), "stacking": Stacking()}
     chosen = select_strategy(strategies, P, y, folds)
     losses = {n: ev.cv_metrics["log_loss"] for n, ev in chosen.candidates.items()}
-    assert chosen.chosen == min(losses, key=losses.get)
-    assert chosen.chosen != "soft_average"  # noise member drags the plain mean down
+    assert chosen.best == min(losses, key=losses.get)
+    assert chosen.chosen != "soft_average"  # noise member drags the plain mean down beyond noise
+    assert chosen.noise[chosen.chosen].within_noise and not chosen.noise["soft_average"].within_noise
     # Identical strategies: the first listed wins.
     tie = select_strategy({"a": SoftAverage(), "b": SoftAverage()}, P, y, folds)
     assert tie.chosen == "a"
+
+
+def test_noise_rule_keeps_the_simpler_strategy_when_the_gain_is_within_one_standard_error():
+    simple = np.array([0.50, 0.40, 0.45, 0.55, 0.48])
+    # The complex one is 0.0004 better on average, with fold differences that scatter around it.
+    complex_ = simple + np.array([-0.002, 0.001, -0.001, 0.0005, -0.0005])
+    chosen, best, noise = choose_within_noise({"simple": simple, "complex": complex_})
+    assert (chosen, best) == ("simple", "complex")
+    assert noise["simple"].mean_difference == pytest.approx(0.0004)
+    # sd of the differences (ddof=1) = sqrt(5.7e-6 / 4); SE = sd / sqrt(5)
+    assert noise["simple"].standard_error == pytest.approx(np.sqrt(5.7e-6 / 4 / 5))
+    assert noise["simple"].within_noise and NOISE_SE_MULTIPLIER == 1.0
+    assert noise["complex"].mean_difference == 0.0
+
+
+def test_noise_rule_takes_the_complex_strategy_when_it_is_better_in_every_fold():
+    simple = np.array([0.50, 0.40, 0.45, 0.55, 0.48])
+    complex_ = simple - np.array([0.004, 0.005, 0.0045, 0.0035, 0.005])
+    chosen, best, noise = choose_within_noise({"simple": simple, "complex": complex_})
+    assert (chosen, best) == ("complex", "complex")
+    assert noise["simple"].mean_difference == pytest.approx(0.0044)
+    assert noise["simple"].standard_error == pytest.approx(np.std([0.004, 0.005, 0.0045, 0.0035, 0.005], ddof=1)
+                                                           / np.sqrt(5))
+    assert not noise["simple"].within_noise
+
+
+def test_noise_rule_chooses_the_simplest_within_noise_not_the_second_best():
+    a = np.array([0.302, 0.316, 0.310, 0.286])  # simplest: 0.003 worse than d, SE 0.0037
+    b = np.array([0.40, 0.42, 0.41, 0.39])  # clearly worse
+    c = np.array([0.295, 0.325, 0.300, 0.290])  # second best
+    d = np.array([0.290, 0.322, 0.306, 0.284])  # best on average
+    chosen, best, noise = choose_within_noise({"a": a, "b": b, "c": c, "d": d})
+    assert (chosen, best) == ("a", "d")
+    assert noise["a"].mean_difference == pytest.approx(0.003)
+    assert noise["a"].standard_error == pytest.approx(np.sqrt(164e-6 / 3 / 4))
+    assert [n for n, comparison in noise.items() if comparison.within_noise] == ["a", "c", "d"]
+    # A stricter multiplier (0) keeps only the best and exact ties.
+    assert choose_within_noise({"a": a, "b": b, "c": c, "d": d}, multiplier=0.0)[0] == "d"
+
+
+def _one_calibrated_member(seed, n=600):
+    """Member 1 is the true probability (perfectly calibrated); member 0 a noisy copy, member 2 noise:
+    no combination can beat member 1 except by fold noise."""
+    rng = np.random.default_rng(seed)
+    truth = expit(rng.normal(0, 1.5, n))
+    y = (rng.uniform(size=n) < truth).astype(int)
+    noisy = np.clip(truth + rng.normal(0, 0.25, n), 0.01, 0.99)
+    return np.column_stack([noisy, truth, rng.uniform(0.01, 0.99, n)]), y, np.arange(n) % 5
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_model_selection_when_no_combination_helps(seed):
+    P, y, folds = _one_calibrated_member(seed)
+    strategies = {"single_member": SingleMember(), "soft_average": SoftAverage(), "weighted_average": WeightedAverage(),
+                  "greedy_selection": GreedySelection(), "stacking": Stacking()}
+    candidates = select_strategy(strategies, P, y, folds)
+    assert candidates.chosen == "single_member" and candidates.model_selection
+    assert candidates.chosen_evidence.combiner.member_index_ == 1
+    np.testing.assert_array_equal(candidates.chosen_evidence.combiner.positive_proba(P), P[:, 1])
+    if seed == 5:  # stacking is best out of fold here, by less than one standard error
+        assert candidates.best == "stacking"
+        comparison = candidates.noise["single_member"]
+        assert 0 < comparison.mean_difference <= comparison.standard_error
+
+
+def test_pruning_drops_zero_weight_members_and_keeps_the_probabilities():
+    P, y, _ = _synthetic()
+    weighted = WeightedAverage().fit(P, y)
+    weighted.weights_ = np.array([0.75, 0.0, 0.25])
+    assert used_columns(weighted) == [0, 2] and prune_reason(weighted, "weighted_average") == "weight 0 in weighted_average"
+    pruned = restricted(weighted, [0, 2])
+    assert pruned.n_members_ == 2 and weighted.n_members_ == 3  # the original is untouched
+    np.testing.assert_allclose(pruned.positive_proba(P[:, [0, 2]]), weighted.positive_proba(P), rtol=0, atol=1e-15)
+    single = SingleMember().fit(P, y)
+    assert used_columns(single) == [0]
+    np.testing.assert_array_equal(restricted(single, [0]).positive_proba(P[:, [0]]), P[:, 0])
+    greedy = GreedySelection(n_rounds=3).fit(P, y)
+    assert used_columns(greedy) == [j for j in range(3) if greedy.weights_[j] > 0]
+    # Combiners that use every member are not restricted.
+    assert used_columns(Stacking().fit(P, y)) == [0, 1, 2]
+    assert restricted(MajorityVote().fit(P, y), [0, 1, 2]).n_members_ == 3
+    with pytest.raises(ValueError, match="uses every member"):
+        restricted(SoftAverage().fit(P, y), [0, 1])
+
+
+def test_weighted_average_sets_round_off_weights_to_zero():
+    P, y, _ = _one_calibrated_member(0)
+    weights = WeightedAverage().fit(P, y).weights_
+    assert np.all((weights == 0) | (weights > 1e-9)) and weights.sum() == pytest.approx(1.0)
 
 
 def test_agreement_known_values():

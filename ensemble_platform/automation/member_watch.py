@@ -53,7 +53,8 @@ class MemberWatch:
             if config is None:
                 continue
             seen = result.cursor.setdefault(dataset, {})
-            new = {m.name: latest[m.registered_model] for m in config.members
+            # Pruned members too: a new version of one is re-evaluated (it may earn a say).
+            new = {m.name: latest[m.registered_model] for m in (*config.members, *config.pruned)
                    if m.registered_model in latest
                    and int(latest[m.registered_model].version) > max(int(m.version), seen.get(m.name, 0))}
             if not new:
@@ -63,7 +64,8 @@ class MemberWatch:
             usable = self._usable(dataset, config, new, result.skipped)
             if usable:
                 result.requests.append(RevalidationRequest(
-                    dataset, str(spec_path), {**config.member_versions(), **usable}, usable))
+                    dataset, str(spec_path), {**config.member_versions(), **config.pruned_versions(), **usable},
+                    usable))
         return result
 
     def _latest_versions(self) -> dict[str, ModelVersion]:

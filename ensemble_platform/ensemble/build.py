@@ -2,6 +2,7 @@
 
 The post-hoc calibrator is chosen and fitted here, on the chosen strategy's cross-validated
 out-of-fold probabilities: the holdout is not an input, so it cannot shape the calibrator.
+Members the chosen combiner gives no say are pruned from the served runtime (`ensemble.pruning`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import cloudpickle
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.ensemble.calibrators import CalibrationChoice, select_calibrator
-from ensemble_platform.ensemble.config import EnsembleConfig, next_version
+from ensemble_platform.ensemble.config import EnsembleConfig, PrunedMember, next_version
 from ensemble_platform.ensemble.predictions import MemberPredictions
+from ensemble_platform.ensemble.pruning import prune_reason, restricted, used_columns
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.ensemble.selection import CandidateSet
 from ensemble_platform.errors import PlatformError
@@ -46,12 +48,19 @@ def build_ensemble(
     chosen = candidates.chosen_evidence
     with single_threaded_math():
         calibration = select_calibrator(chosen.cv_proba, split.y_train, split.fold_of_row)
+    columns = used_columns(chosen.combiner)
+    combiner = restricted(chosen.combiner, columns)
+    served = [predictions.members[j] for j in columns]
+    reason = prune_reason(chosen.combiner, chosen.name)
+    pruned = tuple(PrunedMember(**m.model_dump(), reason=reason)
+                   for j, m in enumerate(predictions.members) if j not in columns)
     draft = EnsembleConfig(
         dataset=split.dataset,
         strategy=chosen.name,
-        members=tuple(predictions.members),
-        combiner=chosen.combiner.describe(),
-        combiner_sha256=hashlib.sha256(cloudpickle.dumps(chosen.combiner)).hexdigest(),
+        members=tuple(served),
+        pruned=pruned,
+        combiner=combiner.describe(),
+        combiner_sha256=hashlib.sha256(cloudpickle.dumps(combiner)).hexdigest(),
         selection_criterion=candidates.criterion,
         calibration=calibration.describe(),
         governance=governance,
@@ -66,8 +75,8 @@ def build_ensemble(
         dataset=split.dataset,
         version=config.version,
         schema=split.schema,
-        members={name: fits[name].pipeline for name in predictions.names},
-        combiner=chosen.combiner,
+        members={m.name: fits[m.name].pipeline for m in served},
+        combiner=combiner,
         calibrator=calibration.calibrator,
         agreement_threshold=governance.agreement_threshold,
         decision_threshold=governance.decision_threshold,

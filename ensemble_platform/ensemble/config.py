@@ -1,6 +1,6 @@
 """The ensemble config: the versioned artefact that makes decisions, and its semantic version.
 
-MAJOR: the strategy changed. MINOR: a member (or its version) changed. PATCH: only the learned
+MAJOR: the strategy changed. MINOR: a member (or its version) changed, served or evaluated-but-pruned. PATCH: only the learned
 combiner parameters (weights, meta-model), the post-hoc calibrator or the governance thresholds
 changed.
 Identical content keeps the previous version, so re-running on unchanged inputs is a no-op.
@@ -29,6 +29,13 @@ class MemberRef(BaseModel):
     run_id: str
 
 
+class PrunedMember(MemberRef):
+    """A member that was trained, registered and evaluated, but that the chosen combiner gives no say:
+    it is not served (see `ensemble.pruning`)."""
+
+    reason: str
+
+
 class EnsembleConfig(BaseModel):
     """What an ensemble version is. `version` is derived; everything else is content."""
 
@@ -37,7 +44,9 @@ class EnsembleConfig(BaseModel):
     dataset: str
     version: str = "0.0.0"
     strategy: str
-    members: tuple[MemberRef, ...]
+    members: tuple[MemberRef, ...]  # the served members, in the combiner's column order
+    # Evaluated but not served: the combiner gives them no say. The registry keeps their versions.
+    pruned: tuple[PrunedMember, ...] = ()
     combiner: dict[str, object] = Field(default_factory=dict)
     combiner_sha256: str = ""
     selection_criterion: str = "log_loss"
@@ -53,10 +62,12 @@ class EnsembleConfig(BaseModel):
         """Everything that defines behaviour: not the version, nor where it was registered."""
         # Member run ids are lineage, not behaviour: leaving them out makes the hash the same for
         # the same inputs in any platform home (a member is identified by model name + version).
+        # A config with nothing pruned has the content (and hash) it had before pruning existed.
         return self.model_dump(
             mode="json",
             exclude={"version": True, "registered_model": True, "registered_version": True,
-                     "combiner_sha256": True, "members": {"__all__": {"run_id"}}},
+                     "combiner_sha256": True, "members": {"__all__": {"run_id"}},
+                     "pruned": {"__all__": {"run_id"}} if self.pruned else True},
         )
 
     @property
@@ -76,7 +87,16 @@ class EnsembleConfig(BaseModel):
         return self.governance.decision_threshold
 
     def member_versions(self) -> dict[str, str]:
+        """The served members' versions."""
         return {m.name: m.version for m in self.members}
+
+    def pruned_versions(self) -> dict[str, str]:
+        return {m.name: m.version for m in self.pruned}
+
+    @property
+    def model_selection(self) -> bool:
+        """One member served: the choice was a single model, not a combination."""
+        return len(self.members) == 1
 
 
 def parse_semver(version: str) -> tuple[int, int, int]:
@@ -95,7 +115,8 @@ def bump_kind(previous: EnsembleConfig | None, new: EnsembleConfig) -> str | Non
         return None
     if previous.strategy != new.strategy:
         return "major"
-    if previous.member_versions() != new.member_versions():
+    if (previous.member_versions() != new.member_versions()
+            or previous.pruned_versions() != new.pruned_versions()):
         return "minor"
     return "patch"
 

@@ -3,6 +3,7 @@ into scores, and the one place that knows its stored shape (`save` / `load`).
 
 Validation scores the holdout through this object; the registered model and the serving bundle
 store it with `save` and the pyfunc loads it with `load`, so what was validated is what is served.
+Scoring is batch-invariant (`ensemble.batching`): a row gets the same bits alone or in any batch.
 
 Stored layout (a directory):
 
@@ -30,18 +31,19 @@ from sklearn.pipeline import Pipeline
 
 from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
+from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
 from ensemble_platform.ensemble.strategies import (
     Combiner,
     GreedySelection,
     MajorityVote,
+    SingleMember,
     SoftAverage,
     Stacking,
     WeightedAverage,
 )
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.agreement import vote_agreement
-from ensemble_platform.members.training import positive_proba
 from ensemble_platform.policy import UnseenCategoryPolicy
 
 T = TypeVar("T")
@@ -70,7 +72,8 @@ class EnsembleRuntime:
     max_missing_share: float = 0.5
 
     def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
-        return np.column_stack([positive_proba(model, X) for model in self.members.values()])
+        """Each member's probability per row, batch-invariant (`ensemble.batching`)."""
+        return np.column_stack([member_probabilities(model, X) for model in self.members.values()])
 
     def model_input(self, table: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.schema.features if c not in table.columns]
@@ -96,14 +99,17 @@ class EnsembleRuntime:
         return unseen if self.unseen_category == "review" else np.zeros(len(X), dtype=bool)
 
     def combined_proba(self, P: np.ndarray, X: pd.DataFrame) -> np.ndarray:
-        """The combiner's probability before post-hoc calibration."""
+        """The combiner's probability before post-hoc calibration (on the rows given, as one block)."""
         return self.combiner.positive_proba(P, X if self.combiner.needs_features else None)
 
     def proba_from_members(self, P: np.ndarray, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(before, after calibration) for member probabilities already computed (reports reuse
-        the members' validated holdout predictions instead of predicting again)."""
-        combined = self.combined_proba(P, X)
-        return combined, self.calibrator.transform(combined)
+        the members' validated holdout predictions instead of predicting again). Combiner and
+        calibrator run on fixed blocks of rows: a row's result does not depend on its batch."""
+        needs_features = self.combiner.needs_features
+        combined = blocked(lambda rows: self.combiner.positive_proba(P[rows], X.iloc[rows] if needs_features else None),
+                           len(P))
+        return combined, blocked(lambda rows: self.calibrator.transform(combined[rows]), len(combined))
 
     def member_and_ensemble_proba(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(members' probabilities, the calibrated ensemble probability) for monitoring: no review
@@ -215,7 +221,7 @@ def _loads(data: bytes) -> object:
 
 # The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
 OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
-    MajorityVote, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
+    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
 )
 
 

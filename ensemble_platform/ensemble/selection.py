@@ -8,16 +8,71 @@ holdout is not an input here, so it cannot influence the choice.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from ensemble_platform.ensemble.strategies import Combiner
-from ensemble_platform.evaluation.metrics import binary_metrics, is_better
+from ensemble_platform.ensemble.strategies import SINGLE_MEMBER, Combiner
+from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
 from ensemble_platform.threads import single_threaded_math
+
+# A more complex candidate must beat the simplest within-noise one by more than this many standard
+# errors of the paired fold differences (the classic one-standard-error rule).
+NOISE_SE_MULTIPLIER = 1.0
+SELECTION_RULE = (
+    "one-standard-error rule on paired per-fold differences: the simplest candidate whose mean fold "
+    f"loss exceeds the best candidate's by at most {NOISE_SE_MULTIPLIER:g} x SE(fold differences)"
+)
+# Stored keys of the per-candidate noise comparison (validation report, model card).
+MEAN_DIFFERENCE = "mean_difference_to_best"
+STANDARD_ERROR = "standard_error"
+WITHIN_NOISE = "within_noise"
+
+
+@dataclass(frozen=True)
+class NoiseComparison:
+    """One candidate against the best one, fold by fold."""
+
+    mean_difference: float  # mean over folds of (candidate's fold loss - best's fold loss), >= 0
+    standard_error: float  # sd(fold differences, ddof=1) / sqrt(K)
+    within_noise: bool  # mean_difference <= NOISE_SE_MULTIPLIER * standard_error
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {MEAN_DIFFERENCE: self.mean_difference, STANDARD_ERROR: self.standard_error,
+                WITHIN_NOISE: self.within_noise}
+
+
+def choose_within_noise(
+    fold_losses: dict[str, np.ndarray], multiplier: float = NOISE_SE_MULTIPLIER
+) -> tuple[str, str, dict[str, NoiseComparison]]:
+    """(chosen, best, comparison per candidate) from per-fold losses (lower is better), candidates in
+    order of simplicity. Ties for the best keep the simpler one."""
+    if not fold_losses:
+        raise ValueError("no candidates to choose from")
+    losses = {name: np.asarray(values, dtype=float) for name, values in fold_losses.items()}
+    counts = {len(values) for values in losses.values()}
+    if len(counts) != 1:
+        raise ValueError(f"candidates have losses for different numbers of folds: {sorted(counts)}")
+    best = min(losses, key=lambda name: float(losses[name].mean()))  # min keeps the first on ties
+    comparisons = {}
+    for name, values in losses.items():
+        differences = values - losses[best]
+        k = len(differences)
+        se = float(differences.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
+        mean = float(differences.mean())
+        comparisons[name] = NoiseComparison(mean, se, mean <= multiplier * se)
+    chosen = next(name for name, comparison in comparisons.items() if comparison.within_noise)
+    return chosen, best, comparisons
+
+
+def per_fold_loss(criterion: str, y: np.ndarray, proba: np.ndarray, fold_of_row: np.ndarray) -> np.ndarray:
+    """The criterion on each fold's rows, as a loss (higher-is-better metrics negated)."""
+    sign = 1.0 if criterion in LOWER_IS_BETTER else -1.0
+    return np.array([sign * binary_metrics(y[fold_of_row == k], proba[fold_of_row == k])[criterion]
+                     for k in np.unique(fold_of_row)])
 
 
 @dataclass
@@ -36,6 +91,8 @@ class CandidateSet:
     candidates: dict[str, StrategyEvidence]
     chosen: str
     criterion: str
+    best: str = ""  # lowest mean fold loss; `chosen` is the simplest candidate within noise of it
+    noise: dict[str, NoiseComparison] = field(default_factory=dict)
 
     @property
     def chosen_evidence(self) -> StrategyEvidence:
@@ -43,6 +100,14 @@ class CandidateSet:
 
     def evidence_table(self) -> dict[str, dict[str, float]]:
         return {name: dict(ev.cv_metrics) for name, ev in self.candidates.items()}
+
+    @property
+    def model_selection(self) -> bool:
+        """True when the chosen candidate is one member alone: no combination helped beyond noise."""
+        return self.chosen == SINGLE_MEMBER
+
+    def noise_table(self) -> dict[str, dict[str, float | bool]]:
+        return {name: comparison.as_dict() for name, comparison in self.noise.items()}
 
 
 def cross_validated_proba(
@@ -67,14 +132,11 @@ def select_strategy(
     criterion: str = "log_loss",
     log: ProgressLog = null_log,
 ) -> CandidateSet:
-    """Score every strategy on the shared folds, choose by `criterion`, refit on all rows.
-
-    Ties keep the earlier (simpler) strategy of `strategies`.
-    """
+    """Score every strategy on the shared folds, choose the simplest within fold noise of the best
+    (module docstring), refit on all rows. `strategies` are given in order of simplicity."""
     if np.isnan(P).any():
         raise ValueError("out-of-fold matrix has missing predictions; every training row needs one per member")
     candidates: dict[str, StrategyEvidence] = {}
-    chosen: str | None = None
     for i, (name, combiner) in enumerate(strategies.items(), start=1):
         started = time.perf_counter()
         with single_threaded_math():  # the fitted weights are versioned: no thread-count dependence
@@ -84,12 +146,14 @@ def select_strategy(
             name, fitted, cv_proba, binary_metrics(y, cv_proba), time.perf_counter() - started
         )
         candidates[name] = evidence
-        if chosen is None or is_better(criterion, evidence.cv_metrics[criterion],
-                                       candidates[chosen].cv_metrics[criterion]):
-            chosen = name
         log.info(
             f"strategy {i} of {len(strategies)} ({name}): out-of-fold {criterion} "
             f"{evidence.cv_metrics[criterion]:.4f} ({evidence.fit_seconds:.1f}s)"
         )
-    assert chosen is not None, "no strategies given"
-    return CandidateSet(candidates, chosen, criterion)
+    if not candidates:
+        raise ValueError("no strategies given")
+    chosen, best, noise = choose_within_noise(
+        {name: per_fold_loss(criterion, y, ev.cv_proba, fold_of_row) for name, ev in candidates.items()}
+    )
+    log.info(f"best out of fold: {best}; chosen (simplest within {NOISE_SE_MULTIPLIER:g} SE of it): {chosen}")
+    return CandidateSet(candidates, chosen, criterion, best, noise)

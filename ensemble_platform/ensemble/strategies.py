@@ -19,6 +19,8 @@ from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.members.catalogue import one_hot_scaled
 
 _EPS = 1e-6
+_WEIGHT_FLOOR = 1e-9  # learned weights below this are set to zero
+SINGLE_MEMBER = "single_member"  # the model-selection strategy's name
 
 
 def _clip(P: np.ndarray) -> np.ndarray:
@@ -157,7 +159,8 @@ class WeightedAverage(Combiner):
             constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
             options={"maxiter": 500, "ftol": 1e-10},
         )
-        weights = np.clip(result.x, 0.0, None)
+        # SLSQP leaves round-off (~1e-16) on its bounds: such a weight is zero (the member is pruned).
+        weights = np.where(result.x > _WEIGHT_FLOOR, result.x, 0.0)
         self.weights_ = weights / weights.sum()
         self.n_members_ = m
         self.classes_ = np.array([0, 1])
@@ -293,10 +296,34 @@ class Stacking(Combiner):
         return described
 
 
+class SingleMember(Combiner):
+    """Model selection: the one member with the best out-of-fold log loss, passed through unchanged.
+
+    The honest outcome when no combination beats the best member beyond fold noise: the served
+    ensemble is then that member alone (the others are pruned, see `ensemble.pruning`).
+    """
+
+    def fit(self, P, y, X=None):
+        P = np.asarray(P, dtype=float)
+        # np.argmin picks the lowest index on ties: deterministic.
+        self.member_index_ = int(np.argmin(_member_log_losses(P, y)))
+        self.n_members_ = P.shape[1]
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def positive_proba(self, P, X=None):
+        return np.array(np.asarray(P, dtype=float)[:, self.member_index_], dtype=float)
+
+    def describe(self):
+        return {"member_index": self.member_index_}
+
+
 def strategy_catalogue(schema: FeatureSchema, seed: int) -> dict[str, Combiner]:
     """Every strategy the platform considers, unfitted, in order of simplicity (ties favour the
-    simpler one)."""
+    simpler one). Model selection (the best single member) is the simplest: a combination is
+    chosen only when it beats it beyond fold noise (`selection.NOISE_SE_MULTIPLIER`)."""
     return {
+        SINGLE_MEMBER: SingleMember(),
         "majority_vote": MajorityVote(),
         "soft_average": SoftAverage(),
         "weighted_average": WeightedAverage(),

@@ -11,7 +11,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.ensemble.selection import CandidateSet
+from ensemble_platform.ensemble.selection import SELECTION_RULE, CandidateSet
 from ensemble_platform.evaluation.agreement import agreement_summary
 from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, binary_metrics
 
@@ -27,6 +27,10 @@ class SelectionEvidence(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     criterion: str
+    rule: str  # the choice rule (one-standard-error on paired fold differences)
+    best_out_of_fold: str  # the candidate with the lowest mean fold loss (chosen only when beyond noise)
+    order_of_simplicity: list[str]  # candidates, simplest first: ties within noise go to the first
+    noise: dict[str, dict[str, float | bool]]  # each candidate against the best: mean difference, SE, within noise
     evidence: str
     folds: int
     out_of_fold: dict[str, Metrics]
@@ -53,7 +57,10 @@ class ValidationReport(BaseModel):
     strategies: dict[str, Metrics]
     best_member: str
     lift_over_best_member: Metrics
-    agreement: dict[str, Any]
+    agreement: dict[str, Any]  # over the served members
+    served_members: list[str]
+    pruned_members: dict[str, str]  # evaluated but given no say: name -> reason
+    model_selection: bool  # one member served: no combination beat it beyond fold noise
     selection: SelectionEvidence
     lineage: dict[str, Any]
 
@@ -84,6 +91,7 @@ def validation_report(
     ensemble's: chosen strategy and calibrator, cross-validated): the evidence the release gates
     compare, beside the holdout."""
     H = np.column_stack(list(member_holdout.values()))
+    served = np.column_stack([member_holdout[m.name] for m in config.members])  # pruned members have no say
     members = {name: binary_metrics(y_holdout, p) for name, p in member_holdout.items()}
     strategies = {
         name: binary_metrics(
@@ -111,9 +119,16 @@ def validation_report(
         strategies=strategies,
         best_member=best_member,
         lift_over_best_member=lift,
-        agreement=agreement_summary(H, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
+        agreement=agreement_summary(served, ensemble_holdout, config.agreement_threshold, config.decision_threshold),
+        served_members=[m.name for m in config.members],
+        pruned_members={m.name: m.reason for m in config.pruned},
+        model_selection=config.model_selection,
         selection=SelectionEvidence(
             criterion=candidates.criterion,
+            rule=SELECTION_RULE,
+            best_out_of_fold=candidates.best,
+            order_of_simplicity=list(candidates.candidates),
+            noise=candidates.noise_table(),
             evidence="out_of_fold_cross_validation",
             folds=int(str(lineage.get("folds", 0))),
             out_of_fold=candidates.evidence_table(),

@@ -215,10 +215,18 @@ def _fairness_gap(gap: str, threshold: GapThreshold, inputs: GateInputs) -> Verd
 
 
 def _min_members(config: EnsembleConfig) -> Verdict:
+    """Served members (pruned ones do not count) against min_members; model selection (one member
+    served because no combination beat it beyond fold noise) passes by choice, saying so."""
     n, required = len(config.members), config.min_members
-    return Verdict("members in the ensemble; at least min_members, itself at least 2",
-                   required, n, n >= required >= 2,
-                   "" if required >= 2 else f"min_members {required} allows a one-model 'ensemble'")
+    if required < 2:
+        note = f"min_members {required} allows a one-model 'ensemble'"
+    elif config.model_selection:
+        note = ("model selection: one member served because no combination beat it beyond fold noise; "
+                "min_members applies to combinations, and that member failing refuses the request")
+    else:
+        note = f"{len(config.pruned)} evaluated member(s) pruned (no say in the combination)" if config.pruned else ""
+    return Verdict("served members; at least min_members (itself at least 2), or one under model selection",
+                   required, n, required >= 2 and (n >= required or config.model_selection), note)
 
 
 def _agreement_threshold(config: EnsembleConfig) -> Verdict:

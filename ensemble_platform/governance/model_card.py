@@ -131,7 +131,8 @@ def _identity(inputs: ModelCardInputs) -> Section:
     c = inputs.config
     rows: list[list[object]] = [["dataset", c.dataset], ["ensemble version", c.version], ["strategy", c.strategy],
             ["config hash", f"`{c.config_hash}`"], ["registered model", f"{c.registered_model} v{c.registered_version}"],
-            ["members", len(c.members)], ["decision threshold", c.decision_threshold]]
+            ["members served", len(c.members)], ["members evaluated but pruned", len(c.pruned)],
+            ["decision threshold", c.decision_threshold]]
     return Section("Identity", md_table(["property", "value"], rows) + (
         "\n\nThe version follows semver: MAJOR when the strategy changes, MINOR when a member version "
         "changes, PATCH when weights, the calibrator or governance thresholds change."))
@@ -142,16 +143,34 @@ def _constituents(inputs: ModelCardInputs) -> Section:
     rows = [[m.name, m.family, m.registered_model, m.version, f"`{m.run_id}`",
              ", ".join(f"{k}={v}" for k, v in m.key_params.items()) or "library defaults",
              holdout[m.name]["roc_auc"], holdout[m.name]["log_loss"]] for m in inputs.members]
-    return Section("Constituents", md_table(
-        ["member", "family", "registered model", "version", "MLflow run", "key hyper-parameters",
-         "holdout AUC", "holdout log loss"], rows))
+    table = md_table(["member", "family", "registered model", "version", "MLflow run", "key hyper-parameters",
+                      "holdout AUC", "holdout log loss"], rows)
+    pruned = inputs.config.pruned
+    if not pruned:
+        return Section("Constituents", table)
+    pruned_rows = [[m.name, m.family, m.registered_model, m.version, md_text(m.reason),
+                    holdout[m.name]["roc_auc"] if m.name in holdout else None,
+                    holdout[m.name]["log_loss"] if m.name in holdout else None] for m in pruned]
+    return Section("Constituents", table + (
+        "\n\n**Evaluated but pruned**: trained, registered and evaluated, but the chosen combination gives "
+        "them no say, so they are not served (not in the bundle, not loaded or called, not counted in "
+        "agreement or minimum members). The registry keeps their versions.\n\n")
+        + md_table(["member", "family", "registered model", "version", "why pruned", "holdout AUC",
+                    "holdout log loss"], pruned_rows))
 
 
 def _combination(inputs: ModelCardInputs) -> Section:
     c = inputs.config
     names = [m.name for m in c.members]
+    selection = inputs.validation["selection"]
     parts = [f"Strategy **{c.strategy}**, chosen on out-of-fold {c.selection_criterion} over "
-             f"{inputs.validation['selection']['folds']} shared folds."]
+             f"{selection['folds']} shared folds" + (f" by the {selection['rule']}." if "rule" in selection else ".")]
+    if c.model_selection:
+        parts.append(f"**Model selection**: no combination beat the best single member beyond fold noise, so this "
+                     f"version serves one member, {md_text(names[0])}, alone (its probability, then the calibrator). "
+                     "Agreement is that one member's vote against the decision, so review for low agreement "
+                     "is in effect off; rows still go to review for unseen categories and missing features.")
+    parts.extend(_noise_table(selection))
     for key in ("weights", "member_coefficients"):
         values = c.combiner.get(key)
         if isinstance(values, list) and len(values) == len(names):
@@ -165,10 +184,27 @@ def _combination(inputs: ModelCardInputs) -> Section:
     parts.append(md_table(["setting", "value"], [
         ["post-hoc calibrator", str(calibrator.get("method", "none")) + (f" {shown}" if shown else "")],
         ["agreement (review) threshold", c.agreement_threshold],
-        ["minimum members", c.min_members],
+        ["minimum members", f"1 (model selection; min_members {c.min_members} applies to combinations)"
+         if c.model_selection else c.min_members],
         ["decision threshold", c.decision_threshold],
     ]))
     return Section("Combination", "\n\n".join(parts))
+
+
+def _noise_table(selection: dict[str, Any]) -> list[str]:
+    """Each candidate's out-of-fold loss against the best one's, fold by fold (absent in reports
+    written before the noise rule)."""
+    noise, evidence = selection.get("noise"), selection.get("out_of_fold", {})
+    if not noise:
+        return []
+    criterion = selection["criterion"]
+    order = selection.get("order_of_simplicity", list(noise))
+    rows = [[name, evidence.get(name, {}).get(criterion), f"{noise[name]['mean_difference_to_best']:.5f}",
+             f"{noise[name]['standard_error']:.5f}", "yes" if noise[name]["within_noise"] else "no"] for name in order]
+    return [f"Candidates in order of simplicity (best out of fold: {md_text(selection['best_out_of_fold'])}); the "
+            "simplest one within noise of the best is chosen:",
+            md_table(["candidate", f"out-of-fold {criterion}", "mean fold difference to best", "standard error",
+                      "within noise"], rows)]
 
 
 def _lineage(inputs: ModelCardInputs) -> Section:

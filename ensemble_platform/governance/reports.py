@@ -117,9 +117,10 @@ class HoldoutView:
 
     @classmethod
     def of(cls, build: EnsembleBuild, predictions: MemberPredictions, split: TrainHoldoutSplit) -> HoldoutView:
-        P = matrix(predictions.holdout, predictions.names)
+        served = list(build.runtime.members)  # pruned members have no say: not in agreement or reports
+        P = matrix(predictions.holdout, served)
         before, after = build.runtime.proba_from_members(P, split.X_holdout())
-        return cls(build, split, tuple(predictions.names), P, before, after)
+        return cls(build, split, tuple(served), P, before, after)
 
     @property
     def config(self) -> EnsembleConfig:

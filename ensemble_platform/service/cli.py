@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"shadow: {args.shadow} scores every request off the response path (recorded as kind 'shadow')",
               flush=True)
     print(f"verified {args.bundle}: {decider.dataset} {decider.ensemble_version} (manifest {manifest_sha256[:16]}...), "
-          f"{len(runtime.members)} members, min_members {min_members}", flush=True)
+          f"{len(runtime.members)} members, min_members {decider.min_members}", flush=True)
     print(f"decision log: {decision_log.path} ({decision_log.count()} entries); review SLA {sla_hours:g} h"
           + (f", segments by {segment}" if segment else ""), flush=True)
     if args.no_auth:

@@ -150,6 +150,9 @@ def _build(contents: BundleContents, tree: Path) -> dict:
         "code_version": __version__,
         "created_at": contents.created_at,
         "members": members,
+        # Evaluated but not served (no file in the bundle): the combination gives them no say.
+        "pruned_members": [{"name": ref.name, "registered_model": ref.registered_model, "version": ref.version,
+                            "reason": ref.reason} for ref in config.pruned],
         "input_schema": input_schema(runtime.schema, runtime.unseen_category),
         "output": ["probability", "decision", "agreement", "needs_review"],
         "approval": contents.approval,

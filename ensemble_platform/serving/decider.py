@@ -12,19 +12,14 @@ The remaining members are combined:
                                                   members (`fallback`)
 
 Fewer working members than `min_members` for any row refuses the whole request (`RefusalError`).
+`min_members` is capped at the number of served members (pruned members are not in the runtime): under
+model selection (one served member) that member failing refuses the request.
 Every degraded row is routed to human review.
 
-Batch invariance. `runtime.score` is not batch-invariant: BLAS kernels (OpenBLAS gemv/gemm) handle the
-row tails of a matrix (row count not a multiple of 4/8) with a different accumulation order than full
-tiles, so LogisticRegression, KNN (distances) and Stacking gave a row different last bits in a batch of
-1, 3, 7, 17, 63 or 255 rows than in a batch of 64 or 1000 (measured on credit_data; tree ensembles,
-HistGradientBoosting and XGBoost were exact at every size). The decider therefore evaluates every
-member whose final estimator is not in `ROW_EXACT_ESTIMATORS`, the combiner and the calibrator on fixed
-blocks of `BLOCK_ROWS` rows (the last block padded with copies of its first row; padding rows never
-influence other rows' results): a row gets the same bits alone or in any batch, so replaying one stored
-row reproduces it exactly. With every member healthy the result equals `runtime.score(rows)` bit for bit
-whenever the batch itself takes full BLAS tiles (its row count is a multiple of 8; tested at 64 and
-256 rows); on other sizes `runtime.score` is the one whose bits depend on the batch.
+Batch invariance (`ensemble.batching`): members, combiner and calibrator are evaluated on fixed blocks of
+rows, exactly as `EnsembleRuntime.score` evaluates them, so a row gets the same bits alone or in any
+batch, and with every member healthy the result equals `runtime.score(rows)` (the validated scores)
+bit for bit at any batch size; replaying one stored row reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -32,35 +27,20 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.pipeline import Pipeline
 
+from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.ensemble.strategies import MajorityVote, SoftAverage, WeightedAverage
 from ensemble_platform.errors import DataError, PlatformError
 from ensemble_platform.evaluation.agreement import vote_agreement
-from ensemble_platform.members.catalogue import final_estimator
-from ensemble_platform.members.training import positive_proba
 
-BLOCK_ROWS = 64
-# Final estimators whose prediction for a row depends on that row only, in any batch (trees summed in a
-# fixed order; no BLAS reduction across features). Anything else is scored in fixed blocks.
-ROW_EXACT_ESTIMATORS = frozenset({
-    "RandomForestClassifier", "ExtraTreesClassifier", "DecisionTreeClassifier", "ExtraTreeClassifier",
-    "HistGradientBoostingClassifier", "GradientBoostingClassifier", "XGBClassifier",
-})
-# Preprocessing steps that work value by value (or row by row) with fitted constants: batch-invariant.
-ELEMENTWISE_TRANSFORMS = frozenset({
-    "SimpleImputer", "MissingIndicator", "StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler",
-    "OneHotEncoder", "OrdinalEncoder", "SplineTransformer", "KBinsDiscretizer", "Binarizer",
-})
 # Numbers beyond this magnitude are refused: squared in distances or exponentiated they overflow.
 DEFAULT_MAX_ABS_VALUE = 1e150
 DEFAULT_MEMBER_TIMEOUT_S = 2.0
@@ -204,51 +184,6 @@ def jsonable_features(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-# --- exact, batch-invariant evaluation ----------------------------------------------------------
-
-def blocked(fn: Callable[[np.ndarray], np.ndarray], n: int, block: int = BLOCK_ROWS) -> np.ndarray:
-    """`fn` (row positions -> one value per position) evaluated on fixed blocks of `block` positions, the
-    last block padded by repeating its first position: every row sees the same kernel shapes in any batch."""
-    parts = []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        positions = np.arange(start, stop)
-        if len(positions) < block:
-            positions = np.concatenate([positions, np.full(block - len(positions), start)])
-        parts.append(np.asarray(fn(positions), dtype=float).reshape(-1)[: stop - start])
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def is_row_exact(model: Any) -> bool:
-    return type(final_estimator(model)).__name__ in ROW_EXACT_ESTIMATORS
-
-
-def is_elementwise(step: Any) -> bool:
-    """A preprocessing step (or a ColumnTransformer / Pipeline of them) that maps each value, or each row,
-    on its own with no reduction across features: its output for a row does not depend on the batch."""
-    if isinstance(step, str):
-        return step in ("passthrough", "drop")
-    if isinstance(step, Pipeline):
-        return all(is_elementwise(inner) for _, inner in step.steps)
-    if isinstance(step, ColumnTransformer):
-        fitted = getattr(step, "transformers_", step.transformers)
-        return all(is_elementwise(inner) for _, inner, _ in fitted)
-    return type(step).__name__ in ELEMENTWISE_TRANSFORMS
-
-
-def member_probabilities(model: Any, X: pd.DataFrame) -> np.ndarray:
-    """The member's positive-class probability per row, independent of the batch the row is in: row-exact
-    members on the whole batch; others with elementwise preprocessing on the whole batch and the final
-    estimator on fixed blocks; anything else entirely on fixed blocks."""
-    if is_row_exact(model):
-        return np.asarray(positive_proba(model, X), dtype=float)
-    if isinstance(model, Pipeline) and len(model.steps) > 1 and is_elementwise(model[:-1]):
-        Z = model[:-1].transform(X)
-        estimator = model.steps[-1][1]
-        return blocked(lambda positions: positive_proba(estimator, Z[positions]), len(X))
-    return blocked(lambda positions: positive_proba(model, X.iloc[positions]), len(X))
-
-
 def majority_vote(P: np.ndarray, threshold: float, tie_breaker: int | None) -> np.ndarray:
     """Positive vote share of the columns of P; exact ties are broken by column `tie_breaker` (or, without
     one, by the mean probability) moving the share by `TIE_EPSILON`."""
@@ -281,7 +216,8 @@ class Decider:
         self.runtime = runtime
         self.manifest = dict(manifest)
         self.member_timeout_s = member_timeout_s
-        self.min_members = min_members
+        # Capped at the served members: a model-selection runtime (one member) refuses when it fails.
+        self.min_members = min(min_members, len(runtime.members))
         self.max_missing_share = max_missing_share
         self.max_abs_value = max_abs_value
         listed = {m["name"]: m for m in self.manifest.get("members", [])}

@@ -88,6 +88,8 @@ def ensemble_candidates(
         candidates,
         metadata={
             "chosen": candidates.chosen,
+            "best_out_of_fold": candidates.best,
+            "model_selection": candidates.model_selection,
             "criterion": candidates.criterion,
             "out_of_fold_evidence": dg.MetadataValue.md(
                 metrics_table(candidates.evidence_table(), highlight=candidates.chosen)
@@ -121,6 +123,8 @@ def ensemble_config(
             "version": config.version,
             "previous_version": previous.version if previous else "none",
             "strategy": config.strategy,
+            "served_members": ", ".join(m.name for m in config.members),
+            "pruned_members": ", ".join(f"{m.name} ({m.reason})" for m in config.pruned) or "none",
             "config_hash": config.config_hash,
             "registered_model": config.registered_model or "",
             "registered_version": config.registered_version or "",
@@ -144,7 +148,7 @@ def ensemble_validation(
     scored = build.runtime.score(split.holdout)
     member_holdout = {n: oof_predictions.holdout[n].to_numpy() for n in oof_predictions.names}
     uncalibrated, _ = build.runtime.proba_from_members(
-        matrix(oof_predictions.holdout, oof_predictions.names), split.X_holdout()
+        matrix(oof_predictions.holdout, list(build.runtime.members)), split.X_holdout()
     )
     report = validation_report(
         build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(), uncalibrated,
