@@ -459,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             from ensemble_platform.defs.failures import log_traceback
 
             log = log_traceback(PlatformPaths.from_env(getattr(args, "home", None)).home, exc)
-            print(f"(traceback in {log})", file=sys.stderr)
-            print(f"error: {cause}", file=sys.stderr)
+            # The cause stays last on the terminal (a data refusal ends with its failing expectations).
+            first, *rest = str(cause).splitlines() or [""]
+            print("\n".join([f"error: {first} (traceback in {log})", *rest]), file=sys.stderr)
             return 2
         raise
 
