@@ -3,6 +3,7 @@ holdout probabilities from the refit model."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,6 +19,7 @@ from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
 from ensemble_platform.members.catalogue import (
     get_member_spec,
+    key_params,
     model_params,
     pipeline_definition,
     predict_single_threaded,
@@ -31,7 +33,9 @@ class MemberFit:
 
     name: str
     family: str
-    pipeline: Pipeline  # refit on the whole training split
+    # Refit on the whole training split; None in a record (`record()`): what asset values hold,
+    # the fitted model itself being a registry artefact loaded only where scoring happens.
+    pipeline: Pipeline | None
     oof_proba: np.ndarray  # one per training row, each from a model that did not see it
     holdout_proba: np.ndarray
     oof_metrics: dict[str, float]
@@ -44,6 +48,21 @@ class MemberFit:
     version: str | None = None
     run_id: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    key_params: dict[str, object] | None = None  # the catalogue's settings off the defaults (records keep them)
+
+    def fitted(self) -> Pipeline:
+        """The fitted pipeline, failing clearly on a record (whose model lives in the registry)."""
+        if self.pipeline is None:
+            raise ValueError(f"member {self.name} is a record without its fitted pipeline; load version "
+                             f"{self.version} of {self.registered_model} from the registry")
+        return self.pipeline
+
+    def record(self) -> MemberFit:
+        """The fit without the fitted model: predictions, metrics and registry coordinates (a few
+        arrays of one float per row), what asset values and the ensemble stage carry."""
+        if self.pipeline is None:
+            return self
+        return dataclasses.replace(self, pipeline=None, key_params=key_params(self.pipeline))
 
 
 def member_fingerprint(name: str, definition: dict[str, str], split: TrainHoldoutSplit, seed: int) -> str:

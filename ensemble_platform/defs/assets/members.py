@@ -23,7 +23,8 @@ def member_model(
     context: dg.AssetExecutionContext, train_holdout_split: TrainHoldoutSplit, platform: PlatformResource
 ) -> dg.Output[MemberFit]:
     """Out-of-fold probabilities on the shared folds, refit on the training split, holdout
-    probabilities, and a registered MLflow model version `<dataset>.<member>`."""
+    probabilities, and a registered MLflow model version `<dataset>.<member>`. The stored value is
+    the fit's record (predictions, metrics, registry coordinates), not the fitted model."""
     name = context.partition_key
     spec = platform.spec()
     fit = fit_member(name, train_holdout_split, spec.seed, log=context.log)
@@ -32,7 +33,7 @@ def member_model(
     )
     context.log.info(f"member {name}: registered {fit.registered_model} version {fit.version}")
     return dg.Output(
-        fit,
+        fit.record(),  # predictions and registry coordinates; the fitted model is the registry's artefact
         metadata={
             "registered_model": fit.registered_model,
             "version": fit.version,
