@@ -49,3 +49,37 @@ def test_every_member_fits_and_scores_better_than_chance(split):
         fit = fit_member(name, split, seed=0)
         assert not np.isnan(fit.oof_proba).any()
         assert binary_metrics(split.y_train, fit.oof_proba)["roc_auc"] > 0.7, name
+
+
+def test_members_are_bounded_only_above_the_row_threshold(split):
+    from ensemble_platform.members.scale import FOREST_SAMPLE_ROWS, KNN_REFERENCE_ROWS, SCALE_ROWS
+
+    for name in MEMBER_NAMES:
+        plain = pipeline_definition(catalogue.CATALOGUE[name].build(split.schema, 0))
+        assert pipeline_definition(catalogue.build_for_rows(name, split.schema, 0, SCALE_ROWS)) == plain, name
+    big = {name: pipeline_definition(catalogue.build_for_rows(name, split.schema, 0, SCALE_ROWS + 1))
+           for name in MEMBER_NAMES}
+    # The bounds are in the definition, so the version says what was trained.
+    assert big["k_nearest_neighbours"]["model__max_reference"] == str(KNN_REFERENCE_ROWS)
+    assert big["random_forest"]["model__max_samples"] == str(FOREST_SAMPLE_ROWS)
+    assert big["extra_trees"]["model__bootstrap"] == "True"
+    assert big["hist_gradient_boosting"]["model__early_stopping"] == "True"
+
+
+def test_reference_sample_knn_keeps_a_stratified_sample_and_stores_safely(split):
+    from ensemble_platform import safe_format
+    from ensemble_platform.ensemble.runtime import OWN_TYPES
+    from ensemble_platform.members.scale import ReferenceSampleKNeighbors
+
+    X, y = split.X_train(), split.y_train
+    pipeline = catalogue.build_for_rows("k_nearest_neighbours", split.schema, 0, 10**6)
+    pipeline.set_params(model__max_reference=200, model__n_neighbors=10).fit(X, y)
+    model = pipeline.steps[-1][1]
+    assert isinstance(model, ReferenceSampleKNeighbors) and model.n_samples_fit_ == 200
+    assert abs(model._y.mean() - y.mean()) < 0.005  # stratified: the positive share is kept
+    loaded = safe_format.loads(safe_format.dumps(pipeline), OWN_TYPES)
+    assert np.array_equal(loaded.predict_proba(split.X_holdout()), pipeline.predict_proba(split.X_holdout()))
+    # Without a cap (or below it) it is plain k-NN on every row.
+    full = catalogue.build_for_rows("k_nearest_neighbours", split.schema, 0, 10**6).set_params(
+        model__max_reference=None).fit(X, y)
+    assert full.steps[-1][1].n_samples_fit_ == len(y)

@@ -44,6 +44,7 @@ from ensemble_platform.ensemble.strategies import (
 )
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.agreement import vote_agreement
+from ensemble_platform.members.scale import ReferenceSampleKNeighbors
 from ensemble_platform.policy import UnseenCategoryPolicy
 
 T = TypeVar("T")
@@ -223,7 +224,8 @@ def _loads(data: bytes) -> object:
 
 # The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
 OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
-    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
+    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator,
+    ReferenceSampleKNeighbors,  # the k-NN member bounded at scale (members.scale)
 )
 
 

@@ -24,6 +24,7 @@ from ensemble_platform.members.catalogue import (
     pipeline_definition,
     predict_single_threaded,
 )
+from ensemble_platform.members.scale import bounded_for_rows
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,16 @@ def positive_proba(model, X) -> np.ndarray:
     return np.asarray(model.predict_proba(X))[:, classes.index(1)]
 
 
+def fold_progress(name: str, k: int, n_folds: int, rows_fitted: int, elapsed: float) -> str:
+    """`member x: fold k of K done (12.3s, 8,100 rows/s, ETA 49s)`: rows/s counts the rows fitted
+    so far; the ETA assumes the remaining folds and the refit on all rows (about one fold and a
+    quarter at 5 folds) go at the same rate."""
+    rate = rows_fitted / elapsed if elapsed > 0 else float("inf")
+    remaining_rows = rows_fitted / k * (n_folds - k) + rows_fitted / k * n_folds / max(n_folds - 1, 1)
+    eta = remaining_rows / rate if rate not in (0, float("inf")) else 0.0
+    return f"member {name}: fold {k} of {n_folds} done ({elapsed:.1f}s, {rate:,.0f} rows/s, ETA {eta:.0f}s)"
+
+
 def out_of_fold_proba(template, split: TrainHoldoutSplit, name: str, log: ProgressLog = null_log) -> np.ndarray:
     """One probability per training row, each from a clone of `template` fitted on the other
     shared folds (so no row's own label reaches its prediction)."""
@@ -92,13 +103,14 @@ def out_of_fold_proba(template, split: TrainHoldoutSplit, name: str, log: Progre
     for k, (fit_rows, predict_rows) in enumerate(folds, start=1):
         model = predict_single_threaded(clone(template).fit(X_train.iloc[fit_rows], y_train[fit_rows]))
         oof[predict_rows] = positive_proba(model, X_train.iloc[predict_rows])
-        log.info(f"member {name}: fold {k} of {len(folds)} done ({time.perf_counter() - started:.1f}s)")
+        log.info(fold_progress(name, k, len(folds), len(fit_rows) * k, time.perf_counter() - started))
     return oof
 
 
 def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog = null_log) -> MemberFit:
     spec = get_member_spec(name)
-    template = spec.build(split.schema, seed)
+    # Bounded above SCALE_ROWS training rows (`members.scale`); the definition records the bounds.
+    template = bounded_for_rows(name, spec.build(split.schema, seed), len(split.y_train), seed)
     started = time.perf_counter()
     oof = out_of_fold_proba(template, split, name, log)
     X_train = split.X_train()
