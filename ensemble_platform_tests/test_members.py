@@ -83,3 +83,14 @@ def test_reference_sample_knn_keeps_a_stratified_sample_and_stores_safely(split)
     full = catalogue.build_for_rows("k_nearest_neighbours", split.schema, 0, 10**6).set_params(
         model__max_reference=None).fit(X, y)
     assert full.steps[-1][1].n_samples_fit_ == len(y)
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate():
+    from ensemble_platform.members.memory import BASE_MB, estimated_peak_mb, memory_problem
+
+    assert estimated_peak_mb(0) == BASE_MB
+    assert estimated_peak_mb(2_000_000, 28) > 2 * estimated_peak_mb(2_000_000, 14) - BASE_MB - 1
+    assert memory_problem("credit_data", 3_340, 14, available=8_000) is None
+    assert memory_problem("credit_data", 3_340, 14, available=None) is None  # unknown: not refused
+    problem = memory_problem("big", 10_000_000, 14, available=8_000)
+    assert problem and "10,000,000 rows" in problem and "GB" in problem and "7.8 GB available" in problem
