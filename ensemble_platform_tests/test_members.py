@@ -94,3 +94,21 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate():
     assert memory_problem("credit_data", 3_340, 14, available=None) is None  # unknown: not refused
     problem = memory_problem("big", 10_000_000, 14, available=8_000)
     assert problem and "10,000,000 rows" in problem and "GB" in problem and "7.8 GB available" in problem
+
+
+@pytest.mark.parametrize("name", ["random_forest", "extra_trees"])
+def test_fast_forest_path_is_bit_identical_row_by_row_and_in_batches(split, name):
+    from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, fast_predict_proba, forest_proba
+    from ensemble_platform.members.training import positive_proba
+
+    pipeline = fit_member(name, split, seed=0).fitted()
+    X = split.X_holdout()
+    plain = pipeline.predict_proba(X)  # scikit-learn's own path (joblib, one thread)
+    forest = pipeline.steps[-1][1]
+    assert np.array_equal(forest_proba(forest, pipeline[:-1].transform(X)), plain)
+    rows = np.vstack([fast_predict_proba(pipeline, X.iloc[[i]]) for i in range(len(X))])
+    assert np.array_equal(rows, plain)
+    batches = np.vstack([fast_predict_proba(pipeline, X.iloc[i:i + FAST_PATH_MAX_ROWS])
+                         for i in range(0, len(X), FAST_PATH_MAX_ROWS)])
+    assert np.array_equal(batches, plain)
+    assert np.array_equal(positive_proba(pipeline, X.iloc[:1]), plain[:1, 1])

@@ -24,6 +24,7 @@ from ensemble_platform.members.catalogue import (
     pipeline_definition,
     predict_single_threaded,
 )
+from ensemble_platform.members.fast_predict import fast_predict_proba
 from ensemble_platform.members.scale import bounded_for_rows
 
 
@@ -80,7 +81,7 @@ def positive_proba(model, X) -> np.ndarray:
     if not hasattr(model, "predict_proba"):
         raise TypeError(f"{type(model).__name__} cannot predict probabilities (no predict_proba)")
     classes = list(getattr(model, "classes_", [0, 1]))
-    return np.asarray(model.predict_proba(X))[:, classes.index(1)]
+    return fast_predict_proba(model, X)[:, classes.index(1)]
 
 
 def fold_progress(name: str, k: int, n_folds: int, rows_fitted: int, elapsed: float) -> str:
