@@ -127,6 +127,7 @@ def step_table(dagster_home: Path, samples: list[tuple[float, float]]) -> dict[s
     instance = dg.DagsterInstance.get()
     steps: dict[str, dict] = {}
     for run in instance.get_runs():
+        partition = run.tags.get("dagster/partition")
         starts = {}
         for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
@@ -137,7 +138,7 @@ def step_table(dagster_home: Path, samples: list[tuple[float, float]]) -> dict[s
             elif event.event_type_value == "STEP_SUCCESS" and entry.step_key in starts:
                 begin, end = starts[entry.step_key], entry.timestamp
                 rss = [mb for t, mb in samples if begin <= t <= end]
-                key = entry.step_key
+                key = f"{entry.step_key}[{partition}]" if partition else entry.step_key
                 steps[key] = {"seconds": round(end - begin, 1), "tree_peak_rss_mb": round(max(rss, default=0.0), 1)}
     return steps
 
@@ -214,7 +215,7 @@ def main() -> None:
         result = measure(rows, args.code.resolve(), not args.no_stacking, args.out.parent if args.keep else None)
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=1, default=str), flush=True)
-        for step, figures in sorted(result["steps"].items(), key=lambda kv: -kv[1]["seconds"])[:12]:
+        for step, figures in sorted(result["steps"].items(), key=lambda kv: -kv[1]["seconds"])[:16]:
             print(f"  {step:45s} {figures['seconds']:8.1f}s {figures['tree_peak_rss_mb']:9.0f} MB", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(args.out.read_text()) if args.out.is_file() else []
