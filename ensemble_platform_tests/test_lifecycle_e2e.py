@@ -191,3 +191,21 @@ def test_blocking_expectations_stop_the_split(tmp_path, credit_slice):
     assert len(checks) == 1 and not checks[0].passed
     assert "Income" in json.dumps(checks[0].metadata["result"].value)
     assert instance.get_latest_materialization_event(dg.AssetKey("train_holdout_split")) is None
+
+
+def test_asset_values_are_documents_not_fitted_models(lifecycle):
+    """Fitted members are registry artefacts: the stored asset values carry predictions, records and
+    the combiner, never a fitted member (issue 18: each copy cost 1.8 GB at 320k rows)."""
+    import pickle
+
+    paths, _ = lifecycle
+    storage = paths.asset_storage("credit_slice")
+    for name in MEMBER_NAMES:
+        record = pickle.loads((storage / "member_model" / name).read_bytes())
+        assert record.pipeline is None and record.key_params is not None and record.version == "1", name
+    predictions = pickle.loads((storage / "oof_predictions").read_bytes())
+    assert all(fit.pipeline is None for fit in predictions.fits.values())
+    build = pickle.loads((storage / "ensemble_config").read_bytes())
+    assert build.runtime.members == {} and build.config.members
+    # Small: one float per row and member, not trees (the forests alone pickle to megabytes).
+    assert max((storage / "member_model" / name).stat().st_size for name in MEMBER_NAMES) < 200_000

@@ -49,3 +49,67 @@ def test_every_member_fits_and_scores_better_than_chance(split):
         fit = fit_member(name, split, seed=0)
         assert not np.isnan(fit.oof_proba).any()
         assert binary_metrics(split.y_train, fit.oof_proba)["roc_auc"] > 0.7, name
+
+
+def test_members_are_bounded_only_above_the_row_threshold(split):
+    from ensemble_platform.members.scale import FOREST_SAMPLE_ROWS, KNN_REFERENCE_ROWS, SCALE_ROWS
+
+    for name in MEMBER_NAMES:
+        plain = pipeline_definition(catalogue.CATALOGUE[name].build(split.schema, 0))
+        assert pipeline_definition(catalogue.build_for_rows(name, split.schema, 0, SCALE_ROWS)) == plain, name
+    big = {name: pipeline_definition(catalogue.build_for_rows(name, split.schema, 0, SCALE_ROWS + 1))
+           for name in MEMBER_NAMES}
+    # The bounds are in the definition, so the version says what was trained.
+    assert big["k_nearest_neighbours"]["model__max_reference"] == str(KNN_REFERENCE_ROWS)
+    assert big["random_forest"]["model__max_samples"] == str(FOREST_SAMPLE_ROWS)
+    assert big["extra_trees"]["model__bootstrap"] == "True"
+    assert big["hist_gradient_boosting"]["model__early_stopping"] == "True"
+
+
+def test_reference_sample_knn_keeps_a_stratified_sample_and_stores_safely(split):
+    from ensemble_platform import safe_format
+    from ensemble_platform.ensemble.runtime import OWN_TYPES
+    from ensemble_platform.members.scale import ReferenceSampleKNeighbors
+
+    X, y = split.X_train(), split.y_train
+    pipeline = catalogue.build_for_rows("k_nearest_neighbours", split.schema, 0, 10**6)
+    pipeline.set_params(model__max_reference=200, model__n_neighbors=10).fit(X, y)
+    model = pipeline.steps[-1][1]
+    assert isinstance(model, ReferenceSampleKNeighbors) and model.n_samples_fit_ == 200
+    assert abs(model._y.mean() - y.mean()) < 0.005  # stratified: the positive share is kept
+    loaded = safe_format.loads(safe_format.dumps(pipeline), OWN_TYPES)
+    assert np.array_equal(loaded.predict_proba(split.X_holdout()), pipeline.predict_proba(split.X_holdout()))
+    # Without a cap (or below it) it is plain k-NN on every row.
+    full = catalogue.build_for_rows("k_nearest_neighbours", split.schema, 0, 10**6).set_params(
+        model__max_reference=None).fit(X, y)
+    assert full.steps[-1][1].n_samples_fit_ == len(y)
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate():
+    from ensemble_platform.members.memory import BASE_MB, estimated_peak_mb, memory_problem
+
+    assert estimated_peak_mb(0) == BASE_MB
+    assert estimated_peak_mb(2_000_000, 28) - BASE_MB == pytest.approx(2 * (estimated_peak_mb(2_000_000, 14) - BASE_MB))
+    assert 600 < estimated_peak_mb(3_340) < 760 and 780 < estimated_peak_mb(7_500) < 960  # measured 669, 868 MB
+    assert memory_problem("credit_data", 3_340, 14, available=8_000) is None
+    assert memory_problem("credit_data", 3_340, 14, available=None) is None  # unknown: not refused
+    problem = memory_problem("big", 10_000_000, 14, available=8_000)
+    assert problem and "10,000,000 rows" in problem and "GB" in problem and "7.8 GB available" in problem
+
+
+@pytest.mark.parametrize("name", ["random_forest", "extra_trees"])
+def test_fast_forest_path_is_bit_identical_row_by_row_and_in_batches(split, name):
+    from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, fast_predict_proba, forest_proba
+    from ensemble_platform.members.training import positive_proba
+
+    pipeline = fit_member(name, split, seed=0).fitted()
+    X = split.X_holdout()
+    plain = pipeline.predict_proba(X)  # scikit-learn's own path (joblib, one thread)
+    forest = pipeline.steps[-1][1]
+    assert np.array_equal(forest_proba(forest, pipeline[:-1].transform(X)), plain)
+    rows = np.vstack([fast_predict_proba(pipeline, X.iloc[[i]]) for i in range(len(X))])
+    assert np.array_equal(rows, plain)
+    batches = np.vstack([fast_predict_proba(pipeline, X.iloc[i:i + FAST_PATH_MAX_ROWS])
+                         for i in range(0, len(X), FAST_PATH_MAX_ROWS)])
+    assert np.array_equal(batches, plain)
+    assert np.array_equal(positive_proba(pipeline, X.iloc[:1]), plain[:1, 1])

@@ -8,13 +8,14 @@ Members the chosen combiner gives no say are pruned from the served runtime (`en
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import cloudpickle
 
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.ensemble.calibrators import CalibrationChoice, select_calibrator
-from ensemble_platform.ensemble.config import EnsembleConfig, PrunedMember, next_version
+from ensemble_platform.ensemble.config import EnsembleConfig, MemberRef, PrunedMember, next_version
 from ensemble_platform.ensemble.predictions import MemberPredictions
 from ensemble_platform.ensemble.pruning import prune_reason, restricted, used_columns
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
@@ -24,6 +25,9 @@ from ensemble_platform.members.training import MemberFit
 from ensemble_platform.policy import GovernancePolicy
 from ensemble_platform.threads import single_threaded_math
 
+# Loads the fitted models of the served members (the registry's artefacts, in the Dagster layer).
+ModelLoader = Callable[[list[MemberRef]], dict[str, object]]
+
 
 @dataclass
 class EnsembleBuild:
@@ -31,15 +35,24 @@ class EnsembleBuild:
     runtime: EnsembleRuntime
     calibration: CalibrationChoice
 
+    def document(self) -> EnsembleBuild:
+        """The build without the fitted members (the runtime keeps combiner, calibrator, schema and
+        thresholds): what the `ensemble_config` asset stores. The members are registry artefacts,
+        loaded only where scoring happens; reports work from the stored probability matrices."""
+        return replace(self, runtime=replace(self.runtime, members={}))
+
 
 def build_ensemble(
     candidates: CandidateSet,
     predictions: MemberPredictions,
-    fits: dict[str, MemberFit],
+    fits: Mapping[str, MemberFit] | None,
     split: TrainHoldoutSplit,
     previous: EnsembleConfig | None,
     governance: GovernancePolicy = GovernancePolicy(),
+    load_models: ModelLoader | None = None,
 ) -> EnsembleBuild:
+    """The versioned config and its runtime. The served members' fitted models come from
+    `load_models` (only the served ones are loaded) or else from `fits`."""
     if len(predictions.members) < governance.min_members:
         raise PlatformError(
             f"ensemble of {split.dataset} has {len(predictions.members)} member(s); the spec's "
@@ -75,7 +88,7 @@ def build_ensemble(
         dataset=split.dataset,
         version=config.version,
         schema=split.schema,
-        members={m.name: fits[m.name].pipeline for m in served},
+        members=_served_models(served, fits, load_models),
         combiner=combiner,
         calibrator=calibration.calibrator,
         agreement_threshold=governance.agreement_threshold,
@@ -84,3 +97,13 @@ def build_ensemble(
         max_missing_share=governance.max_missing_share,
     )
     return EnsembleBuild(config, runtime, calibration)
+
+
+def _served_models(served: list[MemberRef], fits: Mapping[str, MemberFit] | None,
+                   load_models: ModelLoader | None) -> dict:
+    if load_models is not None:
+        models = load_models(served)
+        return {m.name: models[m.name] for m in served}
+    if fits is None:
+        raise PlatformError("build_ensemble needs the members' fits or a loader of their registered models")
+    return {m.name: fits[m.name].fitted() for m in served}

@@ -44,6 +44,7 @@ from ensemble_platform.ensemble.strategies import (
 )
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.agreement import vote_agreement
+from ensemble_platform.members.scale import ReferenceSampleKNeighbors
 from ensemble_platform.policy import UnseenCategoryPolicy
 
 T = TypeVar("T")
@@ -123,15 +124,17 @@ class EnsembleRuntime:
         so the score looks confident while it rests on almost nothing."""
         return (X.isna().mean(axis=1) > self.max_missing_share).to_numpy()
 
-    def score(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Probability (calibrated), decision, agreement and review flag per input row."""
+    def score(self, table: pd.DataFrame, member_proba: np.ndarray | None = None) -> pd.DataFrame:
+        """Probability (calibrated), decision, agreement and review flag per input row.
+        `member_proba`: the members' probabilities of these rows, already computed (validation
+        passes the stored, bit-identical holdout predictions instead of predicting again)."""
         if len(table) == 0:
             self.model_input(table)  # still names missing columns
             return pd.DataFrame({"probability": pd.Series(dtype=float), "decision": pd.Series(dtype=int),
                                  "agreement": pd.Series(dtype=float), "needs_review": pd.Series(dtype=bool)})
         X = self.model_input(table)
         unseen = self.unseen_categories(X)
-        P = self.member_matrix(X)
+        P = self.member_matrix(X) if member_proba is None else member_proba
         _, proba = self.proba_from_members(P, X)
         # Agreement compares each member's own vote with the ensemble's decision at one threshold.
         agreement = vote_agreement(P, proba, self.decision_threshold)
@@ -221,7 +224,8 @@ def _loads(data: bytes) -> object:
 
 # The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
 OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
-    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
+    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator,
+    ReferenceSampleKNeighbors,  # the k-NN member bounded at scale (members.scale)
 )
 
 

@@ -3,6 +3,7 @@ and no choice has seen, the agreement distribution and the lift over the best me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,36 @@ def validation_report(
         ),
         lineage=lineage,
     )
+
+
+# Rows of the holdout re-scored through the runtime (members included) to check the scores
+# validation derived from the stored member predictions; the bundle export re-scores all of them.
+PARITY_SAMPLE_ROWS = 256
+
+
+def parity_sample(n_rows: int, seed: int, size: int = PARITY_SAMPLE_ROWS) -> np.ndarray:
+    """Sorted positions of a seeded sample of `size` rows (all rows when fewer)."""
+    if n_rows <= size:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
+
+
+def sampled_parity_problems(
+    score: Callable[[pd.DataFrame], pd.DataFrame], rows: pd.DataFrame, expected: pd.DataFrame, seed: int,
+    size: int = PARITY_SAMPLE_ROWS,
+) -> list[str]:
+    """Where scoring a seeded sample of `rows` through `score` (the runtime with its members)
+    differs from `expected` (the scores derived from the stored member predictions); empty when
+    every column matches bit for bit. Scoring is batch-invariant, so a sample must match."""
+    positions = parity_sample(len(rows), seed, size)
+    got = score(rows.iloc[positions])
+    want = expected.iloc[positions]
+    problems = []
+    for column in want.columns:
+        if column not in got.columns:
+            problems.append(f"column {column!r} is missing from the runtime's scores")
+            continue
+        differ = int((want[column].to_numpy() != got[column].to_numpy()).sum())
+        if differ:
+            problems.append(f"column {column!r} differs on {differ} of {len(positions)} sampled holdout rows")
+    return problems

@@ -104,7 +104,7 @@ class Registry(RegistryStages, RegistryDownloads):
                 name="model",
                 # Trees and XGBoost do not load from skops without a trusted-types list.
                 serialization_format="cloudpickle",
-                signature=infer_signature(example, fit.pipeline.predict_proba(example)),
+                signature=infer_signature(example, fit.fitted().predict_proba(example)),
                 pip_requirements=runtime_requirements(),
             )
         version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})

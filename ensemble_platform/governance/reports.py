@@ -117,7 +117,7 @@ class HoldoutView:
 
     @classmethod
     def of(cls, build: EnsembleBuild, predictions: MemberPredictions, split: TrainHoldoutSplit) -> HoldoutView:
-        served = list(build.runtime.members)  # pruned members have no say: not in agreement or reports
+        served = [m.name for m in build.config.members]  # pruned members have no say (the runtime may hold no models)
         P = matrix(predictions.holdout, served)
         before, after = build.runtime.proba_from_members(P, split.X_holdout())
         return cls(build, split, tuple(served), P, before, after)

@@ -16,6 +16,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, SplineTransform
 from xgboost import XGBClassifier
 
 from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema
+from ensemble_platform.members.scale import bounded_for_rows
 
 # Two cores on the reference machine: more threads only add contention.
 N_JOBS = 2
@@ -177,6 +178,13 @@ CATALOGUE: dict[str, MemberSpec] = {
     )
 }
 MEMBER_NAMES: tuple[str, ...] = tuple(CATALOGUE)
+
+
+def build_for_rows(name: str, schema: FeatureSchema, seed: int, n_rows: int) -> Pipeline:
+    """The member as the catalogue trains it on `n_rows` training rows: the family's pipeline,
+    bounded above `scale.SCALE_ROWS` rows (k-NN reference sample, forest sample size, boosting
+    early stopping); the bounds are parameters, so the member definition records them."""
+    return bounded_for_rows(name, get_member_spec(name).build(schema, seed), n_rows, seed)
 
 
 def get_member_spec(name: str) -> MemberSpec:

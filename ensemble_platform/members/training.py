@@ -3,6 +3,7 @@ holdout probabilities from the refit model."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,10 +19,13 @@ from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
 from ensemble_platform.members.catalogue import (
     get_member_spec,
+    key_params,
     model_params,
     pipeline_definition,
     predict_single_threaded,
 )
+from ensemble_platform.members.fast_predict import fast_predict_proba
+from ensemble_platform.members.scale import bounded_for_rows
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,9 @@ class MemberFit:
 
     name: str
     family: str
-    pipeline: Pipeline  # refit on the whole training split
+    # Refit on the whole training split; None in a record (`record()`): what asset values hold,
+    # the fitted model itself being a registry artefact loaded only where scoring happens.
+    pipeline: Pipeline | None
     oof_proba: np.ndarray  # one per training row, each from a model that did not see it
     holdout_proba: np.ndarray
     oof_metrics: dict[str, float]
@@ -44,6 +50,21 @@ class MemberFit:
     version: str | None = None
     run_id: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    key_params: dict[str, object] | None = None  # the catalogue's settings off the defaults (records keep them)
+
+    def fitted(self) -> Pipeline:
+        """The fitted pipeline, failing clearly on a record (whose model lives in the registry)."""
+        if self.pipeline is None:
+            raise ValueError(f"member {self.name} is a record without its fitted pipeline; load version "
+                             f"{self.version} of {self.registered_model} from the registry")
+        return self.pipeline
+
+    def record(self) -> MemberFit:
+        """The fit without the fitted model: predictions, metrics and registry coordinates (a few
+        arrays of one float per row), what asset values and the ensemble stage carry."""
+        if self.pipeline is None:
+            return self
+        return dataclasses.replace(self, pipeline=None, key_params=key_params(self.pipeline))
 
 
 def member_fingerprint(name: str, definition: dict[str, str], split: TrainHoldoutSplit, seed: int) -> str:
@@ -60,7 +81,17 @@ def positive_proba(model, X) -> np.ndarray:
     if not hasattr(model, "predict_proba"):
         raise TypeError(f"{type(model).__name__} cannot predict probabilities (no predict_proba)")
     classes = list(getattr(model, "classes_", [0, 1]))
-    return np.asarray(model.predict_proba(X))[:, classes.index(1)]
+    return fast_predict_proba(model, X)[:, classes.index(1)]
+
+
+def fold_progress(name: str, k: int, n_folds: int, rows_fitted: int, elapsed: float) -> str:
+    """`member x: fold k of K done (12.3s, 8,100 rows/s, ETA 49s)`: rows/s counts the rows fitted
+    so far; the ETA assumes the remaining folds and the refit on all rows (about one fold and a
+    quarter at 5 folds) go at the same rate."""
+    rate = rows_fitted / elapsed if elapsed > 0 else float("inf")
+    remaining_rows = rows_fitted / k * (n_folds - k) + rows_fitted / k * n_folds / max(n_folds - 1, 1)
+    eta = remaining_rows / rate if rate not in (0, float("inf")) else 0.0
+    return f"member {name}: fold {k} of {n_folds} done ({elapsed:.1f}s, {rate:,.0f} rows/s, ETA {eta:.0f}s)"
 
 
 def out_of_fold_proba(template, split: TrainHoldoutSplit, name: str, log: ProgressLog = null_log) -> np.ndarray:
@@ -73,13 +104,14 @@ def out_of_fold_proba(template, split: TrainHoldoutSplit, name: str, log: Progre
     for k, (fit_rows, predict_rows) in enumerate(folds, start=1):
         model = predict_single_threaded(clone(template).fit(X_train.iloc[fit_rows], y_train[fit_rows]))
         oof[predict_rows] = positive_proba(model, X_train.iloc[predict_rows])
-        log.info(f"member {name}: fold {k} of {len(folds)} done ({time.perf_counter() - started:.1f}s)")
+        log.info(fold_progress(name, k, len(folds), len(fit_rows) * k, time.perf_counter() - started))
     return oof
 
 
 def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog = null_log) -> MemberFit:
     spec = get_member_spec(name)
-    template = spec.build(split.schema, seed)
+    # Bounded above SCALE_ROWS training rows (`members.scale`); the definition records the bounds.
+    template = bounded_for_rows(name, spec.build(split.schema, seed), len(split.y_train), seed)
     started = time.perf_counter()
     oof = out_of_fold_proba(template, split, name, log)
     X_train = split.X_train()

@@ -1,23 +1,29 @@
 """Ensemble stage: member matrices, candidate strategies, the versioned config, validation."""
 
 
+import tempfile
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 
+from ensemble_platform import safe_format
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.defs.assets.members import member_model
 from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild, build_ensemble
-from ensemble_platform.ensemble.config import ConfigStore
+from ensemble_platform.ensemble.config import ConfigStore, MemberRef
 from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
+from ensemble_platform.ensemble.runtime import OWN_TYPES
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
-from ensemble_platform.ensemble.validation import VALIDATION_FILE, validation_report
-from ensemble_platform.errors import LineageError
+from ensemble_platform.ensemble.validation import VALIDATION_FILE, sampled_parity_problems, validation_report
+from ensemble_platform.errors import LineageError, PlatformError
 from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.files import write_json
 from ensemble_platform.governance.registry import member_model_name
+from ensemble_platform.governance.release_bundle import registered_runtime
 from ensemble_platform.governance.rendering import metrics_table
 from ensemble_platform.members.adoption import adopt_member
 from ensemble_platform.members.catalogue import MEMBER_NAMES
@@ -25,6 +31,26 @@ from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.parity import ParitySet
 
 GROUP = "ensemble"
+
+
+def registered_members(platform: PlatformResource):
+    """Loader of the served members' fitted models from the registry: each version's safe artefact
+    (checked against its SHA-256 tag; the bytes bundles copy), or its MLflow model for a version
+    registered without one. Only the assets that score load fitted members."""
+
+    def load(members: list[MemberRef]) -> dict[str, object]:
+        registry, models = platform.registry(), {}
+        with tempfile.TemporaryDirectory() as scratch:
+            for member in members:
+                path = registry.download_member_artefact(member.registered_model, member.version,
+                                                         Path(scratch) / member.name)
+                if path is None:
+                    models[member.name], _ = registry.load_member(member.registered_model, member.version)
+                else:
+                    models[member.name] = safe_format.loads(path.read_bytes(), OWN_TYPES)
+        return models
+
+    return load
 
 
 class MemberVersions(dg.Config):
@@ -54,6 +80,7 @@ def oof_predictions(
         fits[name] = adopt_member(name, model, entry.tags, entry.name, str(version), entry.run_id,
                                   train_holdout_split, log=context.log)
     predictions = collect_member_predictions(fits, train_holdout_split, list(MEMBER_NAMES))
+    predictions.fits = {name: fit.record() for name, fit in predictions.fits.items()}  # no fitted models
     paths = write_parquet(predictions, platform.paths.predictions_dir(train_holdout_split.dataset))
     return dg.Output(
         predictions,
@@ -110,11 +137,12 @@ def ensemble_config(
     split = train_holdout_split
     store = ConfigStore(platform.paths.configs_dir(split.dataset))
     previous = store.latest()
-    build = build_ensemble(ensemble_candidates, oof_predictions, oof_predictions.fits, split, previous,
-                           governance=platform.spec().governance)
+    build = build_ensemble(ensemble_candidates, oof_predictions, None, split, previous,
+                           governance=platform.spec().governance, load_models=registered_members(platform))
     config = platform.registry().register_ensemble(build.config, build.runtime, split.X_train(), context.run_id)
     path = store.save(config)
     build.config = config
+    build = build.document()  # the stored value: config, combiner, calibrator; members stay in the registry
     bumped = "unchanged" if previous and previous.version == config.version else f"from {previous.version if previous else 'none'}"
     context.log.info(f"ensemble config {config.version} ({bumped}): {config.strategy}")
     return dg.Output(
@@ -145,10 +173,14 @@ def ensemble_validation(
 ) -> dg.Output[dict]:
     """Holdout metrics of every member and strategy, agreement and lift; validation.json."""
     split, build = train_holdout_split, ensemble_config
-    scored = build.runtime.score(split.holdout)
+    served = [m.name for m in build.config.members]
+    # From the members' stored holdout probabilities (bit-identical to predicting again), then a
+    # seeded sample of rows through the registered runtime, members included, must match exactly.
+    scored = build.runtime.score(split.holdout, member_proba=matrix(oof_predictions.holdout, served))
+    _check_sampled_parity(context, platform, build, split, scored)
     member_holdout = {n: oof_predictions.holdout[n].to_numpy() for n in oof_predictions.names}
     uncalibrated, _ = build.runtime.proba_from_members(
-        matrix(oof_predictions.holdout, list(build.runtime.members)), split.X_holdout()
+        matrix(oof_predictions.holdout, served), split.X_holdout()
     )
     report = validation_report(
         build.config, ensemble_candidates, member_holdout, scored["probability"].to_numpy(), uncalibrated,
@@ -183,3 +215,18 @@ def ensemble_validation(
             "report_path": dg.MetadataValue.path(str(path)),
         },
     )
+
+
+def _check_sampled_parity(context, platform: PlatformResource, build: EnsembleBuild, split: TrainHoldoutSplit,
+                          scored) -> None:
+    """Scores derived from stored predictions must be what the registered runtime gives."""
+    config = build.config
+    if not config.registered_version:
+        raise PlatformError(f"ensemble config {config.version} of {config.dataset} is not registered")
+    runtime = registered_runtime(platform.registry(), config.dataset, config.registered_version)
+    problems = sampled_parity_problems(runtime.score, split.holdout, scored, platform.spec().seed)
+    if problems:
+        raise PlatformError(f"validation of {config.dataset} {config.version}: the scores derived from the stored "
+                            "member predictions differ from the registered runtime's: " + "; ".join(problems))
+    context.log.info(f"sampled parity: the registered runtime reproduces the validated scores of "
+                     f"{min(len(split.holdout), 256)} holdout rows exactly")

@@ -19,6 +19,7 @@ from ensemble_platform.governance.release import Release
 from ensemble_platform.governance.rendering import md_table
 from ensemble_platform.governance.reports import REPORTS, HoldoutView, Report, ReportKind
 from ensemble_platform.members.catalogue import key_params
+from ensemble_platform.members.training import MemberFit
 from ensemble_platform.policy import GovernancePolicy
 
 GROUP = "governance"
@@ -128,7 +129,7 @@ def model_card(
     write_card_inputs(
         platform.paths.version_reports_dir(config.dataset, config.version),
         [MemberEntry(m.name, m.family, m.registered_model, m.version, m.run_id,
-                     key_params(oof_predictions.fits[m.name].pipeline)) for m in config.members],
+                     _key_params(oof_predictions.fits[m.name])) for m in config.members],
         platform.spec(),
     )
     document, paths = publish_model_card(platform.registry(), config)
@@ -139,3 +140,8 @@ def model_card(
         # Figures embedded as base64 PNG data URIs: Dagster's Markdown renderer allows `data:` image sources.
         "model_card": dg.MetadataValue.md(document.markdown(embed_figures=True)),
     })
+
+
+def _key_params(fit: MemberFit) -> dict[str, object]:
+    """A record keeps its key parameters; a fit still holding its model computes them."""
+    return fit.key_params if fit.key_params is not None else key_params(fit.fitted())

@@ -1,0 +1,62 @@
+"""Members bounded at scale: above SCALE_ROWS training rows the catalogue caps what grows
+faster than the data (k-NN's reference set, forests' per-tree samples, boosting's iterations).
+
+The bounds are set as estimator parameters, so they are part of the member definition the
+fingerprint hashes: a version says what was trained. Below the threshold nothing changes (the
+default data's definitions, versions and metrics are those of the unbounded members).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+
+# Training tables up to this many rows get the catalogue's members as they are.
+SCALE_ROWS = 50_000
+# k-NN keeps a stratified sample of this many reference rows (predict cost grows with it).
+KNN_REFERENCE_ROWS = 20_000
+# Each forest tree sees a bootstrap sample of this many rows.
+FOREST_SAMPLE_ROWS = 20_000
+# Boosting stops when the loss on a split of the fit's own rows has not improved for this many iterations.
+BOOSTING_PATIENCE = 20
+BOOSTING_VALIDATION_FRACTION = 0.1
+
+
+class ReferenceSampleKNeighbors(KNeighborsClassifier):
+    """k-nearest neighbours whose reference set is a stratified, seeded sample of at most
+    `max_reference` training rows (all rows when fewer): prediction costs O(max_reference) per
+    row instead of O(training rows), and fitting stays linear."""
+
+    def __init__(self, n_neighbors=5, *, weights="uniform", algorithm="auto", leaf_size=30, p=2,
+                 metric="minkowski", metric_params=None, n_jobs=None, max_reference=None, random_state=None):
+        super().__init__(n_neighbors=n_neighbors, weights=weights, algorithm=algorithm, leaf_size=leaf_size,
+                         p=p, metric=metric, metric_params=metric_params, n_jobs=n_jobs)
+        self.max_reference = max_reference
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        y = np.asarray(y)
+        if self.max_reference is not None and len(y) > self.max_reference:
+            X, _, y, _ = train_test_split(X, y, train_size=self.max_reference, stratify=y,
+                                          random_state=self.random_state)
+        return super().fit(X, y)
+
+
+def bounded_for_rows(name: str, pipeline: Pipeline, n_rows: int, seed: int) -> Pipeline:
+    """The catalogue member `name` as trained on `n_rows` training rows: unchanged up to SCALE_ROWS,
+    bounded above it (see the module docstring)."""
+    if n_rows <= SCALE_ROWS:
+        return pipeline
+    model = pipeline.steps[-1][1]
+    if name == "k_nearest_neighbours":
+        params = model.get_params()
+        pipeline.steps[-1] = (pipeline.steps[-1][0], ReferenceSampleKNeighbors(
+            **params, max_reference=KNN_REFERENCE_ROWS, random_state=seed))
+    elif name in ("random_forest", "extra_trees"):
+        model.set_params(bootstrap=True, max_samples=FOREST_SAMPLE_ROWS)
+    elif name == "hist_gradient_boosting":
+        model.set_params(early_stopping=True, validation_fraction=BOOSTING_VALIDATION_FRACTION,
+                         n_iter_no_change=BOOSTING_PATIENCE, scoring="loss")
+    return pipeline
