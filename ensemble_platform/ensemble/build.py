@@ -40,6 +40,7 @@ def build_ensemble(
     previous: EnsembleConfig | None,
     governance: GovernancePolicy = GovernancePolicy(),
 ) -> EnsembleBuild:
+    """The members' measured costs (`candidates.member_costs`) go into the config as evidence, not content."""
     if len(predictions.members) < governance.min_members:
         raise PlatformError(
             f"ensemble of {split.dataset} has {len(predictions.members)} member(s); the spec's "
@@ -65,6 +66,9 @@ def build_ensemble(
         calibration=calibration.describe(),
         governance=governance,
         data_hash=split.data_hash,
+        selection=candidates.selection,
+        member_costs=dict(zip(predictions.names, candidates.member_costs)),
+        expected_cost_per_row=chosen.cost_per_row,
     )
     config = draft.model_copy(update={"version": next_version(previous, draft)})
     if previous is not None and previous.config_hash == config.config_hash:

@@ -31,8 +31,9 @@ from sklearn.pipeline import Pipeline
 
 from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
-from ensemble_platform.ensemble.batching import blocked, member_probabilities
+from ensemble_platform.ensemble.batching import BLOCK_ROWS, blocked, member_probabilities
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
+from ensemble_platform.ensemble.cost_aware import Cascade, LazyCombiner, LazyResult, Router
 from ensemble_platform.ensemble.strategies import (
     Combiner,
     GreedySelection,
@@ -118,6 +119,38 @@ class EnsembleRuntime:
         P = self.member_matrix(X)
         return P, self.proba_from_members(P, X)[1]
 
+    @property
+    def lazy(self) -> bool:
+        """Whether a row calls only the members it needs (cascade, router)."""
+        return isinstance(self.combiner, LazyCombiner)
+
+    def lazy_member_proba(self, X: pd.DataFrame) -> tuple[np.ndarray, LazyResult]:
+        """(member probabilities, NaN where a member was not called; the lazy result): each member is
+        called only on the rows that need it, on fixed blocks (`ensemble.batching`), so a row's value
+        is the one the eager computation gives. The combiner runs on fixed blocks of rows too."""
+        if not isinstance(self.combiner, LazyCombiner):
+            raise TypeError(f"{type(self.combiner).__name__} is not a lazy combiner")
+        combiner, models = self.combiner, list(self.members.values())
+        P = np.full((len(X), len(models)), np.nan)
+
+        def block_result(rows: np.ndarray) -> LazyResult:
+            X_block = X.iloc[rows]
+
+            def fetch(j: int, subset: np.ndarray) -> np.ndarray:
+                values = member_probabilities(models[j], X_block.iloc[subset])
+                P[rows[subset], j] = values
+                return values
+
+            return combiner.lazy_proba(fetch, len(rows), X_block)
+
+        results = [block_result(np.arange(start, min(start + BLOCK_ROWS, len(X))))
+                   for start in range(0, len(X), BLOCK_ROWS)]
+        if not results:
+            return P, LazyResult(np.zeros(0), np.zeros((0, len(models)), dtype=bool), np.zeros(0, dtype=int))
+        return P, LazyResult(np.concatenate([r.proba for r in results]),
+                             np.vstack([r.called for r in results]),
+                             np.concatenate([r.route for r in results]))
+
     def mostly_missing(self, X: pd.DataFrame) -> np.ndarray:
         """Rows missing more than `max_missing_share` of their features: the members impute them,
         so the score looks confident while it rests on almost nothing."""
@@ -131,10 +164,15 @@ class EnsembleRuntime:
                                  "agreement": pd.Series(dtype=float), "needs_review": pd.Series(dtype=bool)})
         X = self.model_input(table)
         unseen = self.unseen_categories(X)
-        P = self.member_matrix(X)
-        _, proba = self.proba_from_members(P, X)
-        # Agreement compares each member's own vote with the ensemble's decision at one threshold.
-        agreement = vote_agreement(P, proba, self.decision_threshold)
+        if self.lazy:
+            P, result = self.lazy_member_proba(X)
+            proba = blocked(lambda rows: self.calibrator.transform(result.proba[rows]), len(X))
+            agreement = called_vote_agreement(P, proba, self.decision_threshold)
+        else:
+            P = self.member_matrix(X)
+            _, proba = self.proba_from_members(P, X)
+            # Agreement compares each member's own vote with the ensemble's decision at one threshold.
+            agreement = vote_agreement(P, proba, self.decision_threshold)
         return pd.DataFrame(
             {
                 "probability": proba,
@@ -209,6 +247,14 @@ class EnsembleRuntime:
         )
 
 
+def called_vote_agreement(P: np.ndarray, proba: np.ndarray, threshold: float) -> np.ndarray:
+    """Share of the members that voted (not NaN: called for the row) whose decision equals the
+    ensemble's; equals `vote_agreement` when every member was called."""
+    called = ~np.isnan(P)
+    same = (np.where(called, P, 0.0) >= threshold) == (np.asarray(proba) >= threshold)[:, None]
+    return (same & called).sum(axis=1) / np.maximum(called.sum(axis=1), 1)
+
+
 def _dumps(part: object) -> bytes:
     return safe_format.dumps(part)
 
@@ -221,7 +267,8 @@ def _loads(data: bytes) -> object:
 
 # The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
 OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
-    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator
+    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, Cascade, Router,
+    FeatureSchema, ProbabilityCalibrator,
 )
 
 

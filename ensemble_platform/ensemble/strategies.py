@@ -21,6 +21,8 @@ from ensemble_platform.members.catalogue import one_hot_scaled
 _EPS = 1e-6
 _WEIGHT_FLOOR = 1e-9  # learned weights below this are set to zero
 SINGLE_MEMBER = "single_member"  # the model-selection strategy's name
+CASCADE = "cascade"  # cost-aware strategies (ensemble.cost_aware)
+ROUTER = "router"
 
 
 def _clip(P: np.ndarray) -> np.ndarray:
@@ -318,11 +320,16 @@ class SingleMember(Combiner):
         return {"member_index": self.member_index_}
 
 
-def strategy_catalogue(schema: FeatureSchema, seed: int) -> dict[str, Combiner]:
+def strategy_catalogue(schema: FeatureSchema, seed: int, costs: tuple[float, ...] | None = None,
+                       tolerance: float = 0.002) -> dict[str, Combiner]:
     """Every strategy the platform considers, unfitted, in order of simplicity (ties favour the
     simpler one). Model selection (the best single member) is the simplest: a combination is
-    chosen only when it beats it beyond fold noise (`selection.NOISE_SE_MULTIPLIER`)."""
-    return {
+    chosen only when it beats it beyond fold noise (`selection.NOISE_SE_MULTIPLIER`).
+
+    With the members' `costs` (seconds per row, per member column), the cost-aware strategies
+    (`ensemble.cost_aware`: cascade, router) are candidates too, last; they are eligible only under
+    a spec's `selection:` block (`selection.eligible_candidates`)."""
+    fixed: dict[str, Combiner] = {
         SINGLE_MEMBER: SingleMember(),
         "majority_vote": MajorityVote(),
         "soft_average": SoftAverage(),
@@ -330,4 +337,12 @@ def strategy_catalogue(schema: FeatureSchema, seed: int) -> dict[str, Combiner]:
         "greedy_selection": GreedySelection(),
         "stacking": Stacking(random_state=seed),
         "stacking_passthrough": Stacking(C=0.1, passthrough=True, schema=schema, random_state=seed),
+    }
+    if costs is None:
+        return fixed
+    from ensemble_platform.ensemble.cost_aware import Cascade, Router  # cost_aware builds on this module
+
+    return fixed | {
+        CASCADE: Cascade(costs=tuple(costs), tolerance=tolerance),
+        ROUTER: Router(schema=schema, costs=tuple(costs), tolerance=tolerance, random_state=seed),
     }

@@ -1,0 +1,321 @@
+"""Cost-aware strategies: a cascade and a router (mixture of experts), both computed lazily.
+
+Both follow the `Combiner` contract (fitted on the out-of-fold matrix P, `positive_proba(P, X)`),
+and both compute through `lazy_proba(fetch, n, X)`, where `fetch(j, rows)` returns member j's
+probabilities for those rows only. The eager `positive_proba` is that same computation with `fetch`
+reading columns of P, so what validation scores is exactly what lazy serving computes, and the
+members a row needs are known per row (`LazyResult.called`).
+
+* `Cascade`: members ordered by measured cost (cheapest first). Stage k's probability is the mean of
+  the first k+1 members (later stages use the earlier stages' outputs); a row exits at the first
+  stage whose probability is at least `exit_bands_[k]` away from the decision threshold; the last
+  stage is the full soft average. The bands are chosen on the fitting rows, stage by stage, as the
+  narrowest that keep the cascade's log loss within `tolerance` of the full soft average's.
+* `Router`: a seeded multinomial logistic regression on the features predicts which member has the
+  lowest log loss on a row (ties to the cheaper member); a row goes to that member alone when the
+  router's confidence (its top class probability) reaches `confidence_threshold_`, else to the full
+  soft average. The threshold is chosen on inner cross-validated router predictions of the fitting
+  rows: the lowest that keeps log loss within `tolerance` of the full soft average's.
+
+Both are fitted and chosen on out-of-fold rows only (`ensemble.selection`): the holdout never
+reaches the router or the bands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
+
+from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.ensemble.batching import BLOCK_ROWS
+from ensemble_platform.ensemble.strategies import Combiner, _log_loss
+from ensemble_platform.members.catalogue import one_hot_scaled
+
+MemberFetch = Callable[[int, np.ndarray], np.ndarray]
+FALLBACK = -1  # router route code: the row went to the full ensemble
+NEVER_EXIT = 1.0  # a band no probability reaches (|p - t| < 1 for a threshold inside (0, 1))
+NEVER_ROUTE = 2.0  # a confidence no router reaches
+BAND_GRID = tuple(round(b, 3) for b in np.arange(0.02, 0.5, 0.02)) + (NEVER_EXIT,)
+CONFIDENCE_GRID = tuple(round(c, 3) for c in np.arange(0.0, 1.0, 0.05)) + (NEVER_ROUTE,)
+
+
+@dataclass(frozen=True)
+class LazyResult:
+    """Per row: the combined probability, which members were called, and the route code."""
+
+    proba: np.ndarray  # (n,)
+    called: np.ndarray  # (n, members) bool
+    route: np.ndarray  # (n,) int: cascade: the stage a row exited at (0-based); router: member or FALLBACK
+
+
+def _cost_order(costs: tuple[float, ...] | None, m: int) -> list[int]:
+    """Member columns cheapest first (ties and unknown costs keep column order)."""
+    if costs is None:
+        return list(range(m))
+    if len(costs) != m:
+        raise ValueError(f"costs has {len(costs)} entries for {m} members; expected one per member column")
+    return [int(j) for j in np.argsort(np.asarray(costs, dtype=float), kind="stable")]
+
+
+class LazyCombiner(Combiner):
+    """A combiner whose rows need only some members; `positive_proba` is the lazy computation on P."""
+
+    def lazy_proba(self, fetch: MemberFetch, n: int, X: pd.DataFrame | None = None) -> LazyResult:
+        raise NotImplementedError
+
+    def positive_proba(self, P, X=None):
+        P = np.asarray(P, dtype=float)
+        return self.lazy_proba(lambda j, rows: P[rows, j], len(P), X).proba
+
+    def calls(self, P: np.ndarray, X: pd.DataFrame | None = None) -> np.ndarray:
+        """(n, members) bool: which members each row of P needs."""
+        P = np.asarray(P, dtype=float)
+        return self.lazy_proba(lambda j, rows: P[rows, j], len(P), X).called
+
+    def route_reason(self, code: int) -> str:
+        """Why a row called only some members, in words."""
+        raise NotImplementedError
+
+
+def _soft_average(fetch: MemberFetch, rows: np.ndarray, m: int, called: np.ndarray,
+                  have: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Mean of all members on `rows` (summed in column order), calling the ones not in `have`."""
+    total = np.zeros(len(rows))
+    for j in range(m):
+        values = have[j] if have is not None and j in have else fetch(j, rows)
+        called[rows, j] = True
+        total = total + values
+    return total / m
+
+
+class Cascade(LazyCombiner):
+    """Cheapest members first; a row stops at the first confident stage (module docstring).
+
+    Parameters
+    ----------
+    costs : tuple of float or None
+        Measured predict cost per row of each member column (None: column order).
+    tolerance : float, default=0.002
+        How much worse (log loss on the fitting rows) than the full soft average the cascade may be.
+    threshold : float, default=0.5
+        The decision threshold the exit bands are measured from.
+
+    Attributes
+    ----------
+    order_ : list of int
+        Member columns in stage order.
+    exit_bands_ : list of float
+        One per stage but the last; a row exits at stage k when |p_k - threshold| >= exit_bands_[k]
+        (`NEVER_EXIT`: no row exits there).
+    """
+
+    def __init__(self, costs: tuple[float, ...] | None = None, tolerance: float = 0.002, threshold: float = 0.5):
+        self.costs = costs
+        self.tolerance = tolerance
+        self.threshold = threshold
+
+    def _stage_proba(self, P: np.ndarray) -> np.ndarray:
+        total, stages = np.zeros(len(P)), []
+        for k, j in enumerate(self.order_, start=1):
+            total = total + P[:, j]
+            stages.append(total / k)
+        return np.column_stack(stages)
+
+    def _exit_proba(self, stages: np.ndarray, bands: list[float]) -> np.ndarray:
+        proba, open_rows = stages[:, -1].copy(), np.ones(len(stages), dtype=bool)
+        for k, band in enumerate(bands):
+            exits = open_rows & (np.abs(stages[:, k] - self.threshold) >= band)
+            proba[exits] = stages[exits, k]
+            open_rows &= ~exits
+        return proba
+
+    def fit(self, P, y, X=None):
+        P = np.asarray(P, dtype=float)
+        m = P.shape[1]
+        self.order_ = _cost_order(self.costs, m)
+        stages = self._stage_proba(P)
+        budget = _log_loss(y, stages[:, -1]) + self.tolerance
+        bands = [NEVER_EXIT] * (m - 1)
+        for k in range(m - 1):  # stage by stage, the narrowest band that keeps the budget
+            for band in BAND_GRID:
+                trial = bands[:k] + [band] + bands[k + 1:]
+                if _log_loss(y, self._exit_proba(stages, trial)) <= budget:
+                    # A band no fitting row reaches is untested: no row exits there at all.
+                    reached = bool((np.abs(stages[:, k] - self.threshold) >= band).any())
+                    bands[k] = float(band) if reached else NEVER_EXIT
+                    break
+        self.exit_bands_ = bands
+        self.n_members_ = m
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def lazy_proba(self, fetch, n, X=None):
+        m = self.n_members_
+        proba, route = np.zeros(n), np.full(n, m - 1)
+        called = np.zeros((n, m), dtype=bool)
+        open_rows, total = np.arange(n), np.zeros(n)
+        for k, j in enumerate(self.order_):
+            if len(open_rows) == 0:
+                break
+            total[open_rows] = total[open_rows] + fetch(j, open_rows)
+            called[open_rows, j] = True
+            stage = total[open_rows] / (k + 1)
+            exits = (np.abs(stage - self.threshold) >= self.exit_bands_[k]) if k < m - 1 else np.ones(len(stage), bool)
+            proba[open_rows[exits]] = stage[exits]
+            route[open_rows[exits]] = k
+            open_rows = open_rows[~exits]
+        return LazyResult(proba, called, route)
+
+    def route_reason(self, code):
+        return f"exited at stage {int(code) + 1} of {self.n_members_}"
+
+    def describe(self):
+        return {"stage_order": list(self.order_), "exit_bands": [float(b) for b in self.exit_bands_],
+                "threshold": self.threshold, "tolerance": self.tolerance, "final_stage": "soft_average"}
+
+
+class Router(LazyCombiner):
+    """Mixture of experts: one member per confident row, the full soft average otherwise.
+
+    Parameters
+    ----------
+    schema : FeatureSchema
+        Encodes the features the router reads.
+    costs : tuple of float or None
+        Member costs per row; per-row loss ties go to the cheaper member.
+    tolerance : float, default=0.002
+        How much worse (log loss, inner out-of-fold) than the full soft average routing may be.
+    C : float, default=1.0
+        Inverse regularisation of the router's logistic regression.
+    random_state : int, default=0
+        Seed of the router and of its inner folds.
+    inner_folds : int, default=3
+        Folds of the inner cross-validation that chooses the confidence threshold.
+
+    Attributes
+    ----------
+    features_ : ColumnTransformer
+        Encodes X for the router.
+    router_ : LogisticRegression or None
+        Predicts the best member (its classes are member columns); None when one member is always best.
+    constant_member_ : int
+        The member every row goes to when `router_` is None (else -1).
+    confidence_threshold_ : float
+        Rows whose router confidence is below this go to the full soft average.
+    """
+
+    needs_features = True
+
+    def __init__(self, schema: FeatureSchema | None = None, costs: tuple[float, ...] | None = None,
+                 tolerance: float = 0.002, C: float = 1.0, random_state: int = 0, inner_folds: int = 3):
+        self.schema = schema
+        self.costs = costs
+        self.tolerance = tolerance
+        self.C = C
+        self.random_state = random_state
+        self.inner_folds = inner_folds
+
+    def _best_member(self, P: np.ndarray, y: np.ndarray) -> np.ndarray:
+        p = np.clip(P, 1e-6, 1 - 1e-6)
+        losses = -(y[:, None] * np.log(p) + (1 - y[:, None]) * np.log1p(-p))
+        order = _cost_order(self.costs, P.shape[1])
+        return np.asarray(order)[np.argmin(losses[:, order], axis=1)]  # argmin: first (cheapest) on ties
+
+    def _fit_router(self, Z: np.ndarray, target: np.ndarray) -> tuple[LogisticRegression | None, int]:
+        if len(np.unique(target)) < 2:
+            return None, int(target[0])
+        model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
+        return model.fit(Z, target), -1
+
+    @staticmethod
+    def _choices(model: LogisticRegression | None, constant: int, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(member per row, confidence per row), on fixed blocks (batch-invariant)."""
+        if model is None:
+            return np.full(len(Z), constant), np.ones(len(Z))
+        if len(Z) == 0:
+            return np.zeros(0, dtype=int), np.zeros(0)
+        proba = _blocked_rows(lambda rows: model.predict_proba(Z[rows]), len(Z))
+        return np.asarray(model.classes_)[np.argmax(proba, axis=1)], proba.max(axis=1)
+
+    def fit(self, P, y, X=None):
+        if X is None or self.schema is None:
+            raise ValueError("Router needs the original features X and a schema")
+        P, y = np.asarray(P, dtype=float), np.asarray(y)
+        m = P.shape[1]
+        target = self._best_member(P, y)
+        self.features_ = one_hot_scaled(self.schema).fit(X)
+        Z = np.asarray(self.features_.transform(X), dtype=float)
+        # Inner out-of-fold router choices: the threshold is chosen on routes the router did not fit.
+        member, confidence = np.zeros(len(y), dtype=int), np.zeros(len(y))
+        folds = KFold(self.inner_folds, shuffle=True, random_state=self.random_state)
+        for fit_rows, predict_rows in folds.split(Z):
+            model, constant = self._fit_router(Z[fit_rows], target[fit_rows])
+            member[predict_rows], confidence[predict_rows] = self._choices(model, constant, Z[predict_rows])
+        full = P.mean(axis=1)
+        budget = _log_loss(y, full) + self.tolerance
+        routed_proba = P[np.arange(len(y)), member]
+        self.confidence_threshold_ = next(
+            c for c in CONFIDENCE_GRID if _log_loss(y, np.where(confidence >= c, routed_proba, full)) <= budget
+        )
+        self.router_, self.constant_member_ = self._fit_router(Z, target)
+        self.n_members_ = m
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def route(self, X: pd.DataFrame) -> np.ndarray:
+        """Per row: the member the router sends it to, or FALLBACK (the full soft average)."""
+        Z = np.asarray(self.features_.transform(X), dtype=float)
+        member, confidence = self._choices(self.router_, self.constant_member_, Z)
+        return np.where(confidence >= self.confidence_threshold_, member, FALLBACK)
+
+    def lazy_proba(self, fetch, n, X=None):
+        if X is None:
+            raise ValueError("Router needs the original features X")
+        m = self.n_members_
+        route = self.route(X)
+        proba, called = np.zeros(n), np.zeros((n, m), dtype=bool)
+        for j in range(m):
+            rows = np.flatnonzero(route == j)
+            if len(rows):
+                proba[rows] = fetch(j, rows)
+                called[rows, j] = True
+        fallback = np.flatnonzero(route == FALLBACK)
+        if len(fallback):
+            proba[fallback] = _soft_average(fetch, fallback, m, called)
+        return LazyResult(proba, called, route)
+
+    def route_reason(self, code):
+        return "router not confident: full ensemble" if code == FALLBACK else f"routed to member {int(code)}"
+
+    def describe(self):
+        described: dict[str, object] = {
+            "router_model": "LogisticRegression" if self.router_ is not None else "constant",
+            "C": self.C, "tolerance": self.tolerance,
+            "confidence_threshold": float(self.confidence_threshold_),
+            "fallback": "soft_average",
+        }
+        if self.router_ is not None:
+            described["routable_members"] = [int(c) for c in self.router_.classes_]
+            described["intercepts"] = [round(float(b), 12) for b in self.router_.intercept_]
+            described["coefficients"] = [[round(float(c), 12) for c in row] for row in self.router_.coef_]
+        else:
+            described["routable_members"] = [self.constant_member_]
+        return described
+
+
+def _blocked_rows(fn: Callable[[np.ndarray], np.ndarray], n: int) -> np.ndarray:
+    """`fn` (row positions -> one row of values per position) on fixed `BLOCK_ROWS` blocks, the last
+    padded with its first position as `batching.blocked` does: a row's values do not depend on its batch."""
+    parts = []
+    for start in range(0, n, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, n)
+        positions = np.arange(start, stop)
+        if len(positions) < BLOCK_ROWS:
+            positions = np.concatenate([positions, np.full(BLOCK_ROWS - len(positions), start)])
+        parts.append(np.asarray(fn(positions), dtype=float)[: stop - start])
+    return np.vstack(parts)
