@@ -41,7 +41,10 @@ def test_cascade_exit_bands_known_answer():
     np.testing.assert_array_equal(called[:, 1], ~easy)
     proba = cascade.positive_proba(P)
     np.testing.assert_array_equal(proba[easy], P[easy, 0])
-    np.testing.assert_allclose(proba[~easy], (0.5 + P[~easy, 1]) / 2)  # stage 2 averages stages 1 and 2
+    # Stage 2 is the fitted weighted average of members 0 and 1 (weights on the simplex).
+    w = cascade.stage_weights_[1]
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    np.testing.assert_allclose(proba[~easy], w[0] * 0.5 + w[1] * P[~easy, 1])
 
 
 def test_cascade_orders_stages_by_cost():
@@ -84,7 +87,7 @@ def test_router_known_answer_routes_by_feature():
     routed = router.route(X)
     one = routed != FALLBACK
     np.testing.assert_array_equal(router.positive_proba(P, X)[one], P[one, routed[one]])
-    np.testing.assert_allclose(router.positive_proba(P, X)[~one], P[~one].mean(axis=1))
+    np.testing.assert_allclose(router.positive_proba(P, X)[~one], (P @ router.fallback_weights_)[~one])
 
 
 def test_router_falls_back_to_the_full_ensemble_when_unsure():
@@ -98,7 +101,9 @@ def test_router_falls_back_to_the_full_ensemble_when_unsure():
     X = pd.DataFrame({"x": rng.normal(size=n)})
     router = Router(schema=FeatureSchema(numeric=("x",), categorical=()), tolerance=0.0).fit(P, y, X)
     assert (router.route(X) == FALLBACK).mean() > 0.9
-    np.testing.assert_allclose(router.positive_proba(P, X), P.mean(axis=1), rtol=0, atol=1e-15)
+    fallback = router.route(X) == FALLBACK
+    np.testing.assert_allclose(router.positive_proba(P, X)[fallback], (P @ router.fallback_weights_)[fallback],
+                               rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("which", ["cascade", "router"])

@@ -6,16 +6,18 @@ probabilities for those rows only. The eager `positive_proba` is that same compu
 reading columns of P, so what validation scores is exactly what lazy serving computes, and the
 members a row needs are known per row (`LazyResult.called`).
 
-* `Cascade`: members ordered by measured cost (cheapest first). Stage k's probability is the mean of
-  the first k+1 members (later stages use the earlier stages' outputs); a row exits at the first
-  stage whose probability is at least `exit_bands_[k]` away from the decision threshold; the last
-  stage is the full soft average. The bands are chosen on the fitting rows, stage by stage, as the
-  narrowest that keep the cascade's log loss within `tolerance` of the full soft average's.
+* `Cascade`: members ordered by measured cost (cheapest first). Stage k's probability is the
+  log-loss-optimal weighted average of the first k+1 members (later stages use the earlier stages'
+  outputs); a row exits at the first stage whose probability is at least `exit_bands_[k]` away from
+  the decision threshold; the last stage is the full weighted average. The bands are chosen on the
+  fitting rows, stage by stage, as the narrowest that keep the cascade's log loss within
+  `tolerance` of the full weighted average's.
 * `Router`: a seeded multinomial logistic regression on the features predicts which member has the
   lowest log loss on a row (ties to the cheaper member); a row goes to that member alone when the
   router's confidence (its top class probability) reaches `confidence_threshold_`, else to the full
-  soft average. The threshold is chosen on inner cross-validated router predictions of the fitting
-  rows: the lowest that keeps log loss within `tolerance` of the full soft average's.
+  ensemble (the weighted average of all members). The threshold is chosen on inner cross-validated
+  router predictions of the fitting rows: the lowest that keeps log loss within `tolerance` of the
+  full ensemble's.
 
 Both are fitted and chosen on out-of-fold rows only (`ensemble.selection`): the holdout never
 reaches the router or the bands.
@@ -33,7 +35,7 @@ from sklearn.model_selection import KFold
 
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.batching import BLOCK_ROWS
-from ensemble_platform.ensemble.strategies import Combiner, _log_loss
+from ensemble_platform.ensemble.strategies import Combiner, WeightedAverage, _log_loss
 from ensemble_platform.members.catalogue import one_hot_scaled
 
 MemberFetch = Callable[[int, np.ndarray], np.ndarray]
@@ -82,15 +84,26 @@ class LazyCombiner(Combiner):
         raise NotImplementedError
 
 
-def _soft_average(fetch: MemberFetch, rows: np.ndarray, m: int, called: np.ndarray,
-                  have: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """Mean of all members on `rows` (summed in column order), calling the ones not in `have`."""
-    total = np.zeros(len(rows))
-    for j in range(m):
-        values = have[j] if have is not None and j in have else fetch(j, rows)
+def _simplex_weights(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Out-of-fold-log-loss-optimal convex weights of the columns of P (`WeightedAverage`)."""
+    return np.asarray(WeightedAverage().fit(P, y).weights_, dtype=float)
+
+
+def _weighted(columns: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """sum_i weights[i] * columns[i], accumulated in order, value by value (no BLAS reduction:
+    a row's result does not depend on its batch)."""
+    total = np.zeros(len(columns[0])) if columns else np.zeros(0)
+    for w, column in zip(weights, columns):
+        total = total + w * column
+    return total
+
+
+def _full_ensemble(fetch: MemberFetch, rows: np.ndarray, weights: np.ndarray, called: np.ndarray) -> np.ndarray:
+    """The full weighted average on `rows`, calling the members with a non-zero weight."""
+    used = [j for j in range(len(weights)) if weights[j] > 0]
+    for j in used:
         called[rows, j] = True
-        total = total + values
-    return total / m
+    return _weighted([fetch(j, rows) for j in used], weights[used])
 
 
 class Cascade(LazyCombiner):
@@ -101,7 +114,7 @@ class Cascade(LazyCombiner):
     costs : tuple of float or None
         Measured predict cost per row of each member column (None: column order).
     tolerance : float, default=0.002
-        How much worse (log loss on the fitting rows) than the full soft average the cascade may be.
+        How much worse (log loss on the fitting rows) than the full weighted average the cascade may be.
     threshold : float, default=0.5
         The decision threshold the exit bands are measured from.
 
@@ -109,6 +122,9 @@ class Cascade(LazyCombiner):
     ----------
     order_ : list of int
         Member columns in stage order.
+    stage_weights_ : list of ndarray
+        Stage k's probability is the weighted average (weights on the simplex, fitted on the fitting
+        rows) of the first k+1 members in stage order; the last stage is the full weighted average.
     exit_bands_ : list of float
         One per stage but the last; a row exits at stage k when |p_k - threshold| >= exit_bands_[k]
         (`NEVER_EXIT`: no row exits there).
@@ -120,11 +136,9 @@ class Cascade(LazyCombiner):
         self.threshold = threshold
 
     def _stage_proba(self, P: np.ndarray) -> np.ndarray:
-        total, stages = np.zeros(len(P)), []
-        for k, j in enumerate(self.order_, start=1):
-            total = total + P[:, j]
-            stages.append(total / k)
-        return np.column_stack(stages)
+        return np.column_stack([
+            _weighted([P[:, j] for j in self.order_[: k + 1]], self.stage_weights_[k]) for k in range(len(self.order_))
+        ])
 
     def _exit_proba(self, stages: np.ndarray, bands: list[float]) -> np.ndarray:
         proba, open_rows = stages[:, -1].copy(), np.ones(len(stages), dtype=bool)
@@ -138,6 +152,9 @@ class Cascade(LazyCombiner):
         P = np.asarray(P, dtype=float)
         m = P.shape[1]
         self.order_ = _cost_order(self.costs, m)
+        # Stage k: the log-loss-optimal weighted average of the first k+1 members (cost order).
+        self.stage_weights_ = [_simplex_weights(P[:, self.order_[: k + 1]], y) if k else np.ones(1)
+                               for k in range(m)]
         stages = self._stage_proba(P)
         budget = _log_loss(y, stages[:, -1]) + self.tolerance
         bands = [NEVER_EXIT] * (m - 1)
@@ -158,13 +175,13 @@ class Cascade(LazyCombiner):
         m = self.n_members_
         proba, route = np.zeros(n), np.full(n, m - 1)
         called = np.zeros((n, m), dtype=bool)
-        open_rows, total = np.arange(n), np.zeros(n)
+        open_rows, seen = np.arange(n), np.full((n, m), np.nan)
         for k, j in enumerate(self.order_):
             if len(open_rows) == 0:
                 break
-            total[open_rows] = total[open_rows] + fetch(j, open_rows)
+            seen[open_rows, j] = fetch(j, open_rows)
             called[open_rows, j] = True
-            stage = total[open_rows] / (k + 1)
+            stage = _weighted([seen[open_rows, i] for i in self.order_[: k + 1]], self.stage_weights_[k])
             exits = (np.abs(stage - self.threshold) >= self.exit_bands_[k]) if k < m - 1 else np.ones(len(stage), bool)
             proba[open_rows[exits]] = stage[exits]
             route[open_rows[exits]] = k
@@ -176,11 +193,12 @@ class Cascade(LazyCombiner):
 
     def describe(self):
         return {"stage_order": list(self.order_), "exit_bands": [float(b) for b in self.exit_bands_],
-                "threshold": self.threshold, "tolerance": self.tolerance, "final_stage": "soft_average"}
+                "stage_weights": [[round(float(w), 12) for w in weights] for weights in self.stage_weights_],
+                "threshold": self.threshold, "tolerance": self.tolerance}
 
 
 class Router(LazyCombiner):
-    """Mixture of experts: one member per confident row, the full soft average otherwise.
+    """Mixture of experts: one member per confident row, the full ensemble otherwise.
 
     Parameters
     ----------
@@ -189,7 +207,7 @@ class Router(LazyCombiner):
     costs : tuple of float or None
         Member costs per row; per-row loss ties go to the cheaper member.
     tolerance : float, default=0.002
-        How much worse (log loss, inner out-of-fold) than the full soft average routing may be.
+        How much worse (log loss, inner out-of-fold) than the full ensemble routing may be.
     C : float, default=1.0
         Inverse regularisation of the router's logistic regression.
     random_state : int, default=0
@@ -206,7 +224,9 @@ class Router(LazyCombiner):
     constant_member_ : int
         The member every row goes to when `router_` is None (else -1).
     confidence_threshold_ : float
-        Rows whose router confidence is below this go to the full soft average.
+        Rows whose router confidence is below this go to the full ensemble.
+    fallback_weights_ : ndarray
+        The full ensemble: the log-loss-optimal weighted average of all members (fitting rows).
     """
 
     needs_features = True
@@ -256,7 +276,8 @@ class Router(LazyCombiner):
         for fit_rows, predict_rows in folds.split(Z):
             model, constant = self._fit_router(Z[fit_rows], target[fit_rows])
             member[predict_rows], confidence[predict_rows] = self._choices(model, constant, Z[predict_rows])
-        full = P.mean(axis=1)
+        self.fallback_weights_ = _simplex_weights(P, y)
+        full = _weighted([P[:, j] for j in range(m)], self.fallback_weights_)
         budget = _log_loss(y, full) + self.tolerance
         routed_proba = P[np.arange(len(y)), member]
         self.confidence_threshold_ = next(
@@ -268,7 +289,7 @@ class Router(LazyCombiner):
         return self
 
     def route(self, X: pd.DataFrame) -> np.ndarray:
-        """Per row: the member the router sends it to, or FALLBACK (the full soft average)."""
+        """Per row: the member the router sends it to, or FALLBACK (the full ensemble)."""
         Z = np.asarray(self.features_.transform(X), dtype=float)
         member, confidence = self._choices(self.router_, self.constant_member_, Z)
         return np.where(confidence >= self.confidence_threshold_, member, FALLBACK)
@@ -286,7 +307,7 @@ class Router(LazyCombiner):
                 called[rows, j] = True
         fallback = np.flatnonzero(route == FALLBACK)
         if len(fallback):
-            proba[fallback] = _soft_average(fetch, fallback, m, called)
+            proba[fallback] = _full_ensemble(fetch, fallback, self.fallback_weights_, called)
         return LazyResult(proba, called, route)
 
     def route_reason(self, code):
@@ -297,7 +318,7 @@ class Router(LazyCombiner):
             "router_model": "LogisticRegression" if self.router_ is not None else "constant",
             "C": self.C, "tolerance": self.tolerance,
             "confidence_threshold": float(self.confidence_threshold_),
-            "fallback": "soft_average",
+            "fallback_weights": [round(float(w), 12) for w in self.fallback_weights_],
         }
         if self.router_ is not None:
             described["routable_members"] = [int(c) for c in self.router_.classes_]

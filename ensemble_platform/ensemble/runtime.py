@@ -31,7 +31,7 @@ from sklearn.pipeline import Pipeline
 
 from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
-from ensemble_platform.ensemble.batching import BLOCK_ROWS, blocked, member_probabilities
+from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
 from ensemble_platform.ensemble.cost_aware import Cascade, LazyCombiner, LazyResult, Router
 from ensemble_platform.ensemble.strategies import (
@@ -126,30 +126,20 @@ class EnsembleRuntime:
 
     def lazy_member_proba(self, X: pd.DataFrame) -> tuple[np.ndarray, LazyResult]:
         """(member probabilities, NaN where a member was not called; the lazy result): each member is
-        called only on the rows that need it, on fixed blocks (`ensemble.batching`), so a row's value
-        is the one the eager computation gives. The combiner runs on fixed blocks of rows too."""
+        called only on the rows that need it. Batch-invariant like the eager path: members score
+        rows batch-invariantly (`ensemble.batching`), the cascade's arithmetic is value by value and
+        the router scores its features on fixed blocks, so a row's result equals the eager one."""
         if not isinstance(self.combiner, LazyCombiner):
             raise TypeError(f"{type(self.combiner).__name__} is not a lazy combiner")
-        combiner, models = self.combiner, list(self.members.values())
+        models = list(self.members.values())
         P = np.full((len(X), len(models)), np.nan)
 
-        def block_result(rows: np.ndarray) -> LazyResult:
-            X_block = X.iloc[rows]
+        def fetch(j: int, rows: np.ndarray) -> np.ndarray:
+            values = member_probabilities(models[j], X.iloc[rows])
+            P[rows, j] = values
+            return values
 
-            def fetch(j: int, subset: np.ndarray) -> np.ndarray:
-                values = member_probabilities(models[j], X_block.iloc[subset])
-                P[rows[subset], j] = values
-                return values
-
-            return combiner.lazy_proba(fetch, len(rows), X_block)
-
-        results = [block_result(np.arange(start, min(start + BLOCK_ROWS, len(X))))
-                   for start in range(0, len(X), BLOCK_ROWS)]
-        if not results:
-            return P, LazyResult(np.zeros(0), np.zeros((0, len(models)), dtype=bool), np.zeros(0, dtype=int))
-        return P, LazyResult(np.concatenate([r.proba for r in results]),
-                             np.vstack([r.called for r in results]),
-                             np.concatenate([r.route for r in results]))
+        return P, self.combiner.lazy_proba(fetch, len(X), X if self.combiner.needs_features else None)
 
     def mostly_missing(self, X: pd.DataFrame) -> np.ndarray:
         """Rows missing more than `max_missing_share` of their features: the members impute them,
