@@ -232,3 +232,69 @@ def test_costs_are_evidence_not_content():
     measured = config.model_copy(update={"member_costs": {"a": 1e-5}, "expected_cost_per_row": 2e-5})
     assert measured.config_hash == config.config_hash
     assert config.model_copy(update={"selection": SelectionPolicy(max_cost_ratio=1.5)}).config_hash != config.config_hash
+
+
+class FailingMember(CountingMember):
+    def predict_proba(self, X):
+        raise RuntimeError("member down")
+
+
+def _router_runtime(split, fits, members):
+    P = np.column_stack([f.oof_proba for f in fits])
+    router = Router(schema=split.schema, tolerance=0.1).fit(P, split.y_train, split.X_train())
+    return _runtime(split, fits, router, members)
+
+
+def test_decider_serves_lazily_and_records_skipped_members(split, two_fits):
+    from ensemble_platform.serving.decider import Decider
+
+    counting = {f.name: CountingMember(f.pipeline) for f in two_fits}
+    runtime = _router_runtime(split, two_fits, counting)
+    holdout = split.holdout.reset_index(drop=True).iloc[:40]
+    expected = runtime.score(holdout)
+    for member in counting.values():
+        member.rows.clear()
+    decider = Decider(runtime, {}, min_members=1)
+    try:
+        rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
+                .astype(object).to_dict("records")]
+        batch = decider.decide(rows)
+    finally:
+        decider.close()
+    np.testing.assert_array_equal([r.probability for r in batch.rows], expected["probability"].to_numpy())
+    np.testing.assert_array_equal([r.agreement for r in batch.rows], expected["agreement"].to_numpy())
+    names = list(counting)
+    for row in batch.rows:
+        assert set(row.members) | set(row.skipped) == set(names) and not set(row.members) & set(row.skipped)
+        assert not row.degraded
+        for name in row.skipped:
+            assert row.skipped[name].startswith("routed to ")
+    assert any(row.skipped for row in batch.rows)
+    called = {name: sum(name in row.members for row in batch.rows) for name in names}
+    assert called == {name: len(m.rows) for name, m in counting.items()}  # the wrapper saw exactly those rows
+
+
+def test_decider_lazy_member_failure_falls_back_to_the_full_ensemble_degraded(split, two_fits):
+    from ensemble_platform.serving.decider import Decider
+
+    members = {f.name: CountingMember(f.pipeline) for f in two_fits}
+    runtime = _router_runtime(split, two_fits, members)
+    holdout = split.holdout.reset_index(drop=True).iloc[:40]
+    route = runtime.combiner.route(runtime.model_input(holdout))
+    routed = [name for j, name in enumerate(members) if (route == j).any()]
+    assert routed, "the router routes at least one row to one member"
+    broken = routed[0]
+    runtime.members[broken] = FailingMember(two_fits[list(members).index(broken)].pipeline)
+    decider = Decider(runtime, {}, min_members=1)
+    try:
+        rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
+                .astype(object).to_dict("records")]
+        batch = decider.decide(rows)
+    finally:
+        decider.close()
+    working = [name for name in members if name != broken]
+    for row in batch.rows:
+        assert row.degraded and broken in row.excluded and not row.skipped
+        assert row.members[working[0]].probability is not None
+    # The full ensemble over the working member: its probability (weights renormalised), then the calibrator.
+    assert batch.rows[0].combined == pytest.approx(batch.rows[0].members[working[0]].probability)

@@ -79,8 +79,12 @@ class LazyCombiner(Combiner):
         P = np.asarray(P, dtype=float)
         return self.lazy_proba(lambda j, rows: P[rows, j], len(P), X).called
 
-    def route_reason(self, code: int) -> str:
-        """Why a row called only some members, in words."""
+    def route_reason(self, code: int, names: list[str]) -> str:
+        """Why a row called only some members, in words (`names`: the member columns' names)."""
+        raise NotImplementedError
+
+    def full_weights(self) -> np.ndarray:
+        """The full ensemble's weights per member column (the degraded-mode fallback)."""
         raise NotImplementedError
 
 
@@ -188,8 +192,13 @@ class Cascade(LazyCombiner):
             open_rows = open_rows[~exits]
         return LazyResult(proba, called, route)
 
-    def route_reason(self, code):
-        return f"exited at stage {int(code) + 1} of {self.n_members_}"
+    def route_reason(self, code, names):
+        return f"cascade exited at stage {int(code) + 1} of {self.n_members_}"
+
+    def full_weights(self):
+        weights = np.zeros(self.n_members_)
+        weights[self.order_] = self.stage_weights_[-1]
+        return weights
 
     def describe(self):
         return {"stage_order": list(self.order_), "exit_bands": [float(b) for b in self.exit_bands_],
@@ -310,8 +319,11 @@ class Router(LazyCombiner):
             proba[fallback] = _full_ensemble(fetch, fallback, self.fallback_weights_, called)
         return LazyResult(proba, called, route)
 
-    def route_reason(self, code):
-        return "router not confident: full ensemble" if code == FALLBACK else f"routed to member {int(code)}"
+    def route_reason(self, code, names):
+        return "router not confident: full ensemble" if code == FALLBACK else f"routed to {names[int(code)]}"
+
+    def full_weights(self):
+        return np.asarray(self.fallback_weights_, dtype=float)
 
     def describe(self):
         described: dict[str, object] = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.selection import SELECTION_RULE, CandidateSet
@@ -36,6 +36,10 @@ class SelectionEvidence(BaseModel):
     out_of_fold: dict[str, Metrics]
     members_out_of_fold: dict[str, Metrics]
     ensemble_out_of_fold: Metrics
+    # Accuracy-cost frontier (`CandidateSet.frontier_table`): per candidate, out-of-fold log loss and
+    # AUC against expected predict seconds per row, its ratio to the cheapest member, eligible, chosen.
+    frontier: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_cost_ratio: float | None = None  # the spec's selection budget (None: no budget)
 
 
 class ValidationReport(BaseModel):
@@ -134,6 +138,8 @@ def validation_report(
             out_of_fold=candidates.evidence_table(),
             members_out_of_fold=members_oof,
             ensemble_out_of_fold=ensemble_oof,
+            frontier=candidates.frontier_table(),
+            max_cost_ratio=candidates.selection.max_cost_ratio if candidates.selection is not None else None,
         ),
         lineage=lineage,
     )
