@@ -109,7 +109,12 @@ class CandidateSet:
         return self.candidates[self.chosen]
 
     def evidence_table(self) -> dict[str, dict[str, float]]:
-        return {name: dict(ev.cv_metrics) for name, ev in self.candidates.items()}
+        """Out-of-fold metrics of the candidates the choice was made among (every candidate, cost-aware
+        ones included, is on the frontier: `frontier_table`)."""
+        return {name: dict(ev.cv_metrics) for name, ev in self.candidates.items() if self.is_eligible(name)}
+
+    def is_eligible(self, name: str) -> bool:
+        return not self.eligible or name in self.eligible
 
     @property
     def model_selection(self) -> bool:
@@ -125,7 +130,7 @@ class CandidateSet:
                 "log_loss": ev.cv_metrics["log_loss"], "roc_auc": ev.cv_metrics["roc_auc"],
                 "cost_per_row": ev.cost_per_row, "members_called_per_row": ev.members_called_per_row,
                 "cost_ratio": (ev.cost_per_row / cheapest if ev.cost_per_row is not None and cheapest else None),
-                "eligible": not self.eligible or name in self.eligible, "chosen": name == self.chosen,
+                "eligible": self.is_eligible(name), "chosen": name == self.chosen,
             }
             for name, ev in self.candidates.items()
         }

@@ -131,7 +131,7 @@ def validation_report(
             criterion=candidates.criterion,
             rule=SELECTION_RULE,
             best_out_of_fold=candidates.best,
-            order_of_simplicity=list(candidates.candidates),
+            order_of_simplicity=[name for name in candidates.candidates if candidates.is_eligible(name)],
             noise=candidates.noise_table(),
             evidence="out_of_fold_cross_validation",
             folds=int(str(lineage.get("folds", 0))),
