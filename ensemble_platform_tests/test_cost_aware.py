@@ -298,3 +298,16 @@ def test_decider_lazy_member_failure_falls_back_to_the_full_ensemble_degraded(sp
         assert row.members[working[0]].probability is not None
     # The full ensemble over the working member: its probability (weights renormalised), then the calibrator.
     assert batch.rows[0].combined == pytest.approx(batch.rows[0].members[working[0]].probability)
+
+
+@pytest.mark.parametrize("which", ["cascade", "router"])
+def test_lazy_runtime_round_trips_through_the_safe_format(split, two_fits, which, tmp_path):
+    P = np.column_stack([f.oof_proba for f in two_fits])
+    combiner = (Cascade(costs=(1.0, 2.0), tolerance=0.1).fit(P, split.y_train) if which == "cascade"
+                else Router(schema=split.schema, tolerance=0.1).fit(P, split.y_train, split.X_train()))
+    runtime = _runtime(split, two_fits, combiner, {f.name: f.pipeline for f in two_fits})
+    runtime.save(tmp_path / "runtime")
+    loaded = EnsembleRuntime.load(tmp_path / "runtime")
+    assert type(loaded.combiner) is type(combiner) and loaded.combiner.describe() == combiner.describe()
+    holdout = split.holdout.reset_index(drop=True)
+    pd.testing.assert_frame_equal(loaded.score(holdout), runtime.score(holdout))
