@@ -11,7 +11,7 @@ import pytest
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.ensemble.cost_aware import FALLBACK, Cascade, Router
+from ensemble_platform.ensemble.cost_aware import FALLBACK, Cascade, Router, route_labels, routing_rates
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.ensemble.selection import select_strategy
 from ensemble_platform.ensemble.strategies import CASCADE, ROUTER, strategy_catalogue
@@ -311,3 +311,21 @@ def test_lazy_runtime_round_trips_through_the_safe_format(split, two_fits, which
     assert type(loaded.combiner) is type(combiner) and loaded.combiner.describe() == combiner.describe()
     holdout = split.holdout.reset_index(drop=True)
     pd.testing.assert_frame_equal(loaded.score(holdout), runtime.score(holdout))
+
+
+def test_routing_rates_by_sensitive_group_known_answer():
+    labels = ["a", "a", "full ensemble", "b", "b", "b"]
+    rates = routing_rates(labels, {"sex": pd.Series(["f", "f", "f", "m", "m", "m"])})
+    assert rates == {"sex": {"f": {"a": pytest.approx(2 / 3), "b": 0.0, "full ensemble": pytest.approx(1 / 3)},
+                             "m": {"a": 0.0, "b": 1.0, "full ensemble": 0.0}}}
+
+
+def test_route_labels_name_the_member_or_the_stage():
+    P, y, X, schema = _router_data()
+    router = Router(schema=schema, tolerance=0.0).fit(P, y, X)
+    labels = route_labels(router, P, X, ["left", "right"])
+    side = np.where(X["x"].to_numpy() < 0, "left", "right")
+    routed = np.array(labels) != "full ensemble"
+    assert (np.array(labels)[routed] == side[routed]).mean() > 0.95
+    cascade = Cascade(costs=(1.0, 2.0)).fit(P, y)
+    assert set(route_labels(cascade, P, None, ["left", "right"])) <= {"stage 1", "stage 2"}

@@ -341,6 +341,26 @@ class Router(LazyCombiner):
         return described
 
 
+def route_labels(combiner: LazyCombiner, P: np.ndarray, X: pd.DataFrame | None, names: list[str]) -> list[str]:
+    """Per row of the member matrix P: where the lazy combiner sent it (router: the member's name or
+    "full ensemble"; cascade: "stage k")."""
+    result = combiner.lazy_proba(lambda j, rows: np.asarray(P, dtype=float)[rows, j], len(P), X)
+    if isinstance(combiner, Router):
+        return ["full ensemble" if code == FALLBACK else names[int(code)] for code in result.route]
+    return [f"stage {int(code) + 1}" for code in result.route]
+
+
+def routing_rates(labels: list[str], groups: dict[str, pd.Series]) -> dict[str, dict[str, dict[str, float]]]:
+    """attribute -> group -> route label -> share of the group's rows (routing rates by sensitive group)."""
+    routes = pd.Series(labels)
+    rates: dict[str, dict[str, dict[str, float]]] = {}
+    for attribute, group in groups.items():
+        table = pd.crosstab(pd.Series(np.asarray(group, dtype=object), name="group"), routes.rename("route"),
+                            normalize="index")
+        rates[attribute] = {str(g): {str(r): float(v) for r, v in row.items()} for g, row in table.iterrows()}
+    return rates
+
+
 def _blocked_rows(fn: Callable[[np.ndarray], np.ndarray], n: int) -> np.ndarray:
     """`fn` (row positions -> one row of values per position) on fixed `BLOCK_ROWS` blocks, the last
     padded with its first position as `batching.blocked` does: a row's values do not depend on its batch."""
