@@ -329,3 +329,13 @@ def test_route_labels_name_the_member_or_the_stage():
     assert (np.array(labels)[routed] == side[routed]).mean() > 0.95
     cascade = Cascade(costs=(1.0, 2.0)).fit(P, y)
     assert set(route_labels(cascade, P, None, ["left", "right"])) <= {"stage 1", "stage 2"}
+
+
+def test_under_a_budget_model_selection_picks_the_best_affordable_member():
+    P, y, folds, X, schema = _selection_inputs()
+    costs = np.array([1.0, 10.0])  # member 1 has the lower log loss; only member 0 is within 1.0 x the cheapest
+    result = select_strategy({"single_member": strategy_catalogue(schema, 0)["single_member"]}, P, y, folds, X,
+                             costs=costs, selection=SelectionPolicy(max_cost_ratio=1.0))
+    assert result.chosen == "single_member"
+    assert result.chosen_evidence.combiner.member_index_ == 0  # member 1 is better but 10x the budget
+    assert result.frontier_table()["single_member"]["cost_per_row"] == pytest.approx(1.0)

@@ -16,7 +16,7 @@ from sklearn.base import clone
 
 from ensemble_platform.ensemble.cost_aware import LazyCombiner
 from ensemble_platform.ensemble.pruning import used_columns
-from ensemble_platform.ensemble.strategies import SINGLE_MEMBER, Combiner
+from ensemble_platform.ensemble.strategies import SINGLE_MEMBER, Combiner, SingleMember
 from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
 from ensemble_platform.policy import SelectionPolicy
@@ -207,6 +207,11 @@ def select_strategy(
     cost-aware candidates be chosen. Without it, only fixed-cost candidates are eligible."""
     if selection is not None:
         criterion = selection.objective
+        if selection.max_cost_ratio is not None and costs is not None and SINGLE_MEMBER in strategies:
+            # Under a budget, model selection picks the best member within it (the cheapest always is).
+            budget = selection.max_cost_ratio * float(np.min(costs))
+            strategies = {name: SingleMember(costs=tuple(float(c) for c in costs), max_cost=budget)
+                          if name == SINGLE_MEMBER else combiner for name, combiner in strategies.items()}
     if np.isnan(P).any():
         raise ValueError("out-of-fold matrix has missing predictions; every training row needs one per member")
     candidates: dict[str, StrategyEvidence] = {}

@@ -303,12 +303,30 @@ class SingleMember(Combiner):
 
     The honest outcome when no combination beats the best member beyond fold noise: the served
     ensemble is then that member alone (the others are pruned, see `ensemble.pruning`).
+
+    Parameters
+    ----------
+    costs : tuple of float or None
+        Predict seconds per row per member column; with `max_cost`, only members within it compete
+        (a spec's `selection.max_cost_ratio` budget). None: every member.
+    max_cost : float or None
+        The budget in seconds per row.
     """
+
+    def __init__(self, costs: tuple[float, ...] | None = None, max_cost: float | None = None):
+        self.costs = costs
+        self.max_cost = max_cost
 
     def fit(self, P, y, X=None):
         P = np.asarray(P, dtype=float)
+        losses = _member_log_losses(P, y)
+        if self.costs is not None and self.max_cost is not None:  # a cost budget: only members within it
+            affordable = np.asarray(self.costs, dtype=float) <= self.max_cost * (1 + 1e-9)
+            if not affordable.any():
+                raise ValueError(f"no member costs at most {self.max_cost:.3g} s/row; costs: {list(self.costs)}")
+            losses = np.where(affordable, losses, np.inf)
         # np.argmin picks the lowest index on ties: deterministic.
-        self.member_index_ = int(np.argmin(_member_log_losses(P, y)))
+        self.member_index_ = int(np.argmin(losses))
         self.n_members_ = P.shape[1]
         self.classes_ = np.array([0, 1])
         return self
