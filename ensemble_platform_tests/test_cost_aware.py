@@ -339,3 +339,27 @@ def test_under_a_budget_model_selection_picks_the_best_affordable_member():
     assert result.chosen == "single_member"
     assert result.chosen_evidence.combiner.member_index_ == 0  # member 1 is better but 10x the budget
     assert result.frontier_table()["single_member"]["cost_per_row"] == pytest.approx(1.0)
+
+
+def test_fairness_report_shows_routing_rates_by_sensitive_group(split, two_fits, tmp_path, credit_slice):
+    from types import SimpleNamespace
+
+    from ensemble_platform.data.spec import load_spec
+    from ensemble_platform.governance.reports import HoldoutView, build_fairness_report
+    from ensemble_platform_tests.conftest import write_spec
+
+    runtime = _router_runtime(split, two_fits, {f.name: f.pipeline for f in two_fits})
+    P = np.column_stack([f.holdout_proba for f in two_fits])
+    before, after = runtime.proba_from_members(P, split.X_holdout())
+    config = EnsembleConfig(dataset=split.dataset, version="1.0.0", strategy=ROUTER, members=())
+    view = HoldoutView(SimpleNamespace(runtime=runtime, config=config), split,  # type: ignore[arg-type]
+                       tuple(runtime.members), P, before, after)
+    spec = load_spec(write_spec(tmp_path, credit_slice))
+    report = build_fairness_report(view, spec)
+    routing = report.data["routing"]
+    assert set(routing) == set(spec.sensitive)
+    for groups in routing.values():
+        for shares in groups.values():
+            assert sum(shares.values()) == pytest.approx(1.0)
+            assert set(shares) <= {*runtime.members, "full ensemble"}
+    assert any(s.heading == f"Routing by {spec.sensitive[0]}" for s in report.document.sections)
