@@ -110,6 +110,25 @@ class GovernancePolicy(BaseModel):
     gates: GatePolicy = GatePolicy()
 
 
+class SelectionPolicy(BaseModel):
+    """The spec's optional `selection:` block: choose the strategy on an accuracy-cost frontier.
+
+    Absent, the platform's rule stands (the simplest of the fixed-cost strategies within fold noise of
+    the best, see `ensemble.selection`). Present, every candidate (cascade and router included)
+    whose expected out-of-fold predict cost per row is at most `max_cost_ratio` x the cheapest
+    member's is eligible, and the same noise rule on `objective` chooses among those.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    objective: Literal["log_loss", "brier", "roc_auc"] = "log_loss"
+    # Budget: expected cost per row relative to the cheapest member (1.0 = one cheapest member); null: none.
+    max_cost_ratio: float | None = Field(default=None, ge=1.0)
+    # How much worse (log loss, nats per row) than the full ensemble a cascade's exit bands and a
+    # router's fallback confidence may make it, out of fold.
+    cost_tolerance: float = Field(default=0.002, ge=0.0)
+
+
 def worst_status(statuses: list[str]) -> str:
     """The most severe of several statuses ('pass' when there are none)."""
     return max(statuses, key=STATUS_ORDER.index, default="pass")

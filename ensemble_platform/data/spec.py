@@ -11,7 +11,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ensemble_platform.errors import DatasetSpecError
-from ensemble_platform.policy import AutomationPolicy, ColumnsPolicy, GovernancePolicy, OperationsPolicy
+from ensemble_platform.policy import (
+    AutomationPolicy,
+    ColumnsPolicy,
+    GovernancePolicy,
+    OperationsPolicy,
+    SelectionPolicy,
+)
 from ensemble_platform.settings import DATASET_ENV
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
@@ -43,6 +49,8 @@ class DatasetSpec(BaseModel):
     governance: GovernancePolicy = GovernancePolicy()
     automation: AutomationPolicy = AutomationPolicy()
     operations: OperationsPolicy = OperationsPolicy()
+    # Optional accuracy-cost choice of the strategy (cascade, router); absent: the usual rule.
+    selection: SelectionPolicy | None = None
     # The directory of the spec file: relative `source` paths resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
     # Where the spec was read from (None for specs built in code): sensors and schedules launch

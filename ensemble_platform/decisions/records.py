@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.integrity import canonical_json
 
@@ -128,6 +128,9 @@ class DecisionRecord(_RecordHeader):
     input_sha256: str
     stored_columns: list[str]
     features: dict[str, Any]
+    # Lazy strategies (cascade, router): members not called for this row -> why; they are not in
+    # `members` and did not vote (agreement is over the members that voted). Empty: every member ran.
+    skipped_members: dict[str, str] = Field(default_factory=dict)
 
 
 class RefusalRecord(_RecordHeader):

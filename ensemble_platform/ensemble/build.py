@@ -52,7 +52,8 @@ def build_ensemble(
     load_models: ModelLoader | None = None,
 ) -> EnsembleBuild:
     """The versioned config and its runtime. The served members' fitted models come from
-    `load_models` (only the served ones are loaded) or else from `fits`."""
+    `load_models` (only the served ones are loaded) or else from `fits`. The members' measured costs
+    (`candidates.member_costs`) go into the config as evidence, not content."""
     if len(predictions.members) < governance.min_members:
         raise PlatformError(
             f"ensemble of {split.dataset} has {len(predictions.members)} member(s); the spec's "
@@ -78,6 +79,9 @@ def build_ensemble(
         calibration=calibration.describe(),
         governance=governance,
         data_hash=split.data_hash,
+        selection=candidates.selection,
+        member_costs=dict(zip(predictions.names, candidates.member_costs)),
+        expected_cost_per_row=chosen.cost_per_row,
     )
     config = draft.model_copy(update={"version": next_version(previous, draft)})
     if previous is not None and previous.config_hash == config.config_hash:

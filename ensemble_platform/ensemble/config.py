@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.files import write_atomic
-from ensemble_platform.policy import GovernancePolicy
+from ensemble_platform.policy import GovernancePolicy, SelectionPolicy
 
 
 class MemberRef(BaseModel):
@@ -55,6 +56,12 @@ class EnsembleConfig(BaseModel):
     # Review, decision and fairness thresholds: part of the content, so changing one is a new version.
     governance: GovernancePolicy = GovernancePolicy()
     data_hash: str = ""
+    # The spec's accuracy-cost selection block (content when set; absent keeps the hash it had before).
+    selection: SelectionPolicy | None = None
+    # Measurements, not content (never hashed): each member's predict seconds per row, timed at fit,
+    # and the chosen strategy's expected seconds per row over the members it calls (out of fold).
+    member_costs: dict[str, float] = Field(default_factory=dict)
+    expected_cost_per_row: float | None = None
     registered_model: str | None = None
     registered_version: str | None = None
 
@@ -63,12 +70,17 @@ class EnsembleConfig(BaseModel):
         # Member run ids are lineage, not behaviour: leaving them out makes the hash the same for
         # the same inputs in any platform home (a member is identified by model name + version).
         # A config with nothing pruned has the content (and hash) it had before pruning existed.
-        return self.model_dump(
-            mode="json",
-            exclude={"version": True, "registered_model": True, "registered_version": True,
-                     "combiner_sha256": True, "members": {"__all__": {"run_id"}},
-                     "pruned": {"__all__": {"run_id"}} if self.pruned else True},
-        )
+        # Costs are measurements (timing noise must not make a new version); an absent selection
+        # block leaves the content as it was before cost-aware selection existed.
+        exclude: dict[str, Any] = {
+            "version": True, "registered_model": True, "registered_version": True,
+            "combiner_sha256": True, "members": {"__all__": {"run_id"}},
+            "pruned": {"__all__": {"run_id"}} if self.pruned else True,
+            "member_costs": True, "expected_cost_per_row": True,
+        }
+        if self.selection is None:
+            exclude["selection"] = True
+        return self.model_dump(mode="json", exclude=exclude)
 
     @property
     def config_hash(self) -> str:

@@ -12,7 +12,7 @@ from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.ensemble.config import MemberRef
 from ensemble_platform.errors import LineageError
 from ensemble_platform.files import atomic_path
-from ensemble_platform.members.training import MemberFit
+from ensemble_platform.members.training import MemberFit, predict_cost_per_row
 
 
 @dataclass
@@ -71,3 +71,12 @@ def write_parquet(predictions: MemberPredictions, directory: Path) -> dict[str, 
         with atomic_path(paths[key]) as tmp:
             frame.to_parquet(tmp, index=False)
     return paths
+
+
+def member_costs(predictions: MemberPredictions, X_train: pd.DataFrame) -> np.ndarray:
+    """Each member's predict seconds per row, in column order: as measured at fit, or measured now
+    on the training rows for a member without a measurement (one adopted from the registry)."""
+    return np.array([
+        fit.predict_seconds_per_row if fit.predict_seconds_per_row > 0 else predict_cost_per_row(fit.fitted(), X_train)
+        for fit in (predictions.fits[name] for name in predictions.names)
+    ])

@@ -33,6 +33,7 @@ from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
 from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
+from ensemble_platform.ensemble.cost_aware import Cascade, LazyCombiner, LazyResult, Router
 from ensemble_platform.ensemble.strategies import (
     Combiner,
     GreedySelection,
@@ -119,6 +120,32 @@ class EnsembleRuntime:
         P = self.member_matrix(X)
         return P, self.proba_from_members(P, X)[1]
 
+    @property
+    def lazy(self) -> bool:
+        """Whether a row calls only the members it needs (cascade, router)."""
+        return isinstance(self.combiner, LazyCombiner)
+
+    def lazy_member_proba(
+        self, X: pd.DataFrame, member_proba: np.ndarray | None = None
+    ) -> tuple[np.ndarray, LazyResult]:
+        """(member probabilities, NaN where a member was not called; the lazy result): each member is
+        called only on the rows that need it. Batch-invariant like the eager path: members score
+        rows batch-invariantly (`ensemble.batching`), the cascade's arithmetic is value by value and
+        the router scores its features on fixed blocks, so a row's result equals the eager one.
+        `member_proba`: the members' probabilities already computed (read instead of calling them)."""
+        if not isinstance(self.combiner, LazyCombiner):
+            raise TypeError(f"{type(self.combiner).__name__} is not a lazy combiner")
+        models = list(self.members.values())
+        P = np.full((len(X), len(models)), np.nan)
+
+        def fetch(j: int, rows: np.ndarray) -> np.ndarray:
+            values = (member_probabilities(models[j], X.iloc[rows]) if member_proba is None
+                      else member_proba[rows, j])
+            P[rows, j] = values
+            return values
+
+        return P, self.combiner.lazy_proba(fetch, len(X), X if self.combiner.needs_features else None)
+
     def mostly_missing(self, X: pd.DataFrame) -> np.ndarray:
         """Rows missing more than `max_missing_share` of their features: the members impute them,
         so the score looks confident while it rests on almost nothing."""
@@ -134,10 +161,15 @@ class EnsembleRuntime:
                                  "agreement": pd.Series(dtype=float), "needs_review": pd.Series(dtype=bool)})
         X = self.model_input(table)
         unseen = self.unseen_categories(X)
-        P = self.member_matrix(X) if member_proba is None else member_proba
-        _, proba = self.proba_from_members(P, X)
-        # Agreement compares each member's own vote with the ensemble's decision at one threshold.
-        agreement = vote_agreement(P, proba, self.decision_threshold)
+        if self.lazy:
+            P, result = self.lazy_member_proba(X, member_proba)
+            proba = blocked(lambda rows: self.calibrator.transform(result.proba[rows]), len(X))
+            agreement = called_vote_agreement(P, proba, self.decision_threshold)
+        else:
+            P = self.member_matrix(X) if member_proba is None else member_proba
+            _, proba = self.proba_from_members(P, X)
+            # Agreement compares each member's own vote with the ensemble's decision at one threshold.
+            agreement = vote_agreement(P, proba, self.decision_threshold)
         return pd.DataFrame(
             {
                 "probability": proba,
@@ -212,6 +244,14 @@ class EnsembleRuntime:
         )
 
 
+def called_vote_agreement(P: np.ndarray, proba: np.ndarray, threshold: float) -> np.ndarray:
+    """Share of the members that voted (not NaN: called for the row) whose decision equals the
+    ensemble's; equals `vote_agreement` when every member was called."""
+    called = ~np.isnan(P)
+    same = (np.where(called, P, 0.0) >= threshold) == (np.asarray(proba) >= threshold)[:, None]
+    return (same & called).sum(axis=1) / np.maximum(called.sum(axis=1), 1)
+
+
 def _dumps(part: object) -> bytes:
     return safe_format.dumps(part)
 
@@ -224,7 +264,8 @@ def _loads(data: bytes) -> object:
 
 # The platform's own classes a stored runtime may contain (Stacking with passthrough holds a schema).
 OWN_TYPES: tuple[str, ...] = safe_format.allowed_names(
-    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, FeatureSchema, ProbabilityCalibrator,
+    MajorityVote, SingleMember, SoftAverage, WeightedAverage, GreedySelection, Stacking, Cascade, Router,
+    FeatureSchema, ProbabilityCalibrator,
     ReferenceSampleKNeighbors,  # the k-NN member bounded at scale (members.scale)
 )
 

@@ -21,6 +21,8 @@ from ensemble_platform.members.catalogue import one_hot_scaled
 _EPS = 1e-6
 _WEIGHT_FLOOR = 1e-9  # learned weights below this are set to zero
 SINGLE_MEMBER = "single_member"  # the model-selection strategy's name
+CASCADE = "cascade"  # cost-aware strategies (ensemble.cost_aware)
+ROUTER = "router"
 
 
 def _clip(P: np.ndarray) -> np.ndarray:
@@ -301,12 +303,30 @@ class SingleMember(Combiner):
 
     The honest outcome when no combination beats the best member beyond fold noise: the served
     ensemble is then that member alone (the others are pruned, see `ensemble.pruning`).
+
+    Parameters
+    ----------
+    costs : tuple of float or None
+        Predict seconds per row per member column; with `max_cost`, only members within it compete
+        (a spec's `selection.max_cost_ratio` budget). None: every member.
+    max_cost : float or None
+        The budget in seconds per row.
     """
+
+    def __init__(self, costs: tuple[float, ...] | None = None, max_cost: float | None = None):
+        self.costs = costs
+        self.max_cost = max_cost
 
     def fit(self, P, y, X=None):
         P = np.asarray(P, dtype=float)
+        losses = _member_log_losses(P, y)
+        if self.costs is not None and self.max_cost is not None:  # a cost budget: only members within it
+            affordable = np.asarray(self.costs, dtype=float) <= self.max_cost * (1 + 1e-9)
+            if not affordable.any():
+                raise ValueError(f"no member costs at most {self.max_cost:.3g} s/row; costs: {list(self.costs)}")
+            losses = np.where(affordable, losses, np.inf)
         # np.argmin picks the lowest index on ties: deterministic.
-        self.member_index_ = int(np.argmin(_member_log_losses(P, y)))
+        self.member_index_ = int(np.argmin(losses))
         self.n_members_ = P.shape[1]
         self.classes_ = np.array([0, 1])
         return self
@@ -318,11 +338,16 @@ class SingleMember(Combiner):
         return {"member_index": self.member_index_}
 
 
-def strategy_catalogue(schema: FeatureSchema, seed: int) -> dict[str, Combiner]:
+def strategy_catalogue(schema: FeatureSchema, seed: int, costs: tuple[float, ...] | None = None,
+                       tolerance: float = 0.002) -> dict[str, Combiner]:
     """Every strategy the platform considers, unfitted, in order of simplicity (ties favour the
     simpler one). Model selection (the best single member) is the simplest: a combination is
-    chosen only when it beats it beyond fold noise (`selection.NOISE_SE_MULTIPLIER`)."""
-    return {
+    chosen only when it beats it beyond fold noise (`selection.NOISE_SE_MULTIPLIER`).
+
+    With the members' `costs` (seconds per row, per member column), the cost-aware strategies
+    (`ensemble.cost_aware`: cascade, router) are candidates too, last; they are eligible only under
+    a spec's `selection:` block (`selection.eligible_candidates`)."""
+    fixed: dict[str, Combiner] = {
         SINGLE_MEMBER: SingleMember(),
         "majority_vote": MajorityVote(),
         "soft_average": SoftAverage(),
@@ -330,4 +355,12 @@ def strategy_catalogue(schema: FeatureSchema, seed: int) -> dict[str, Combiner]:
         "greedy_selection": GreedySelection(),
         "stacking": Stacking(random_state=seed),
         "stacking_passthrough": Stacking(C=0.1, passthrough=True, schema=schema, random_state=seed),
+    }
+    if costs is None:
+        return fixed
+    from ensemble_platform.ensemble.cost_aware import Cascade, Router  # cost_aware builds on this module
+
+    return fixed | {
+        CASCADE: Cascade(costs=tuple(costs), tolerance=tolerance),
+        ROUTER: Router(schema=schema, costs=tuple(costs), tolerance=tolerance, random_state=seed),
     }

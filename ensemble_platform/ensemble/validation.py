@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.selection import SELECTION_RULE, CandidateSet
@@ -37,6 +37,10 @@ class SelectionEvidence(BaseModel):
     out_of_fold: dict[str, Metrics]
     members_out_of_fold: dict[str, Metrics]
     ensemble_out_of_fold: Metrics
+    # Accuracy-cost frontier (`CandidateSet.frontier_table`): per candidate, out-of-fold log loss and
+    # AUC against expected predict seconds per row, its ratio to the cheapest member, eligible, chosen.
+    frontier: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_cost_ratio: float | None = None  # the spec's selection budget (None: no budget)
 
 
 class ValidationReport(BaseModel):
@@ -128,13 +132,15 @@ def validation_report(
             criterion=candidates.criterion,
             rule=SELECTION_RULE,
             best_out_of_fold=candidates.best,
-            order_of_simplicity=list(candidates.candidates),
+            order_of_simplicity=[name for name in candidates.candidates if candidates.is_eligible(name)],
             noise=candidates.noise_table(),
             evidence="out_of_fold_cross_validation",
             folds=int(str(lineage.get("folds", 0))),
             out_of_fold=candidates.evidence_table(),
             members_out_of_fold=members_oof,
             ensemble_out_of_fold=ensemble_oof,
+            frontier=candidates.frontier_table(),
+            max_cost_ratio=candidates.selection.max_cost_ratio if candidates.selection is not None else None,
         ),
         lineage=lineage,
     )

@@ -69,6 +69,29 @@ def reliability_figure(tables: Mapping[str, Sequence[ReliabilityRow]], highlight
     return Figure("reliability", f"Reliability diagram of {highlight} and members, with bin counts", _png(fig))
 
 
+def frontier_figure(frontier: Mapping[str, Mapping[str, object]], max_cost_ratio: float | None = None) -> Figure:
+    """Out-of-fold log loss against expected cost per row (relative to the cheapest member) of every
+    candidate strategy; the chosen point is marked, ineligible ones are hollow, the budget dashed."""
+    fig = MplFigure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    for name, row in frontier.items():
+        x, y = row.get("cost_ratio"), row.get("log_loss")
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            continue
+        chosen, eligible = bool(row.get("chosen")), bool(row.get("eligible", True))
+        ax.scatter([x], [y], s=140 if chosen else 40, marker="*" if chosen else "o",
+                   facecolors=_ENSEMBLE_COLOUR if eligible or chosen else "none", edgecolors=_ENSEMBLE_COLOUR)
+        ax.annotate(name + (" (chosen)" if chosen else ""), (x, y), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    if max_cost_ratio is not None:
+        ax.axvline(max_cost_ratio, color="#cf222e", linestyle="--", linewidth=1, label="cost budget")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("expected predict cost per row / cheapest member's")
+    ax.set_ylabel("out-of-fold log loss")
+    ax.set_title("Accuracy-cost frontier (out of fold; hollow: not eligible)")
+    return Figure("frontier", "Out-of-fold log loss against expected cost per row, chosen strategy starred", _png(fig))
+
+
 def vote_share_figure(levels: Sequence[VoteLevel], review_threshold: float) -> Figure:
     """Rows per vote share, coloured by whether they go to review, with accuracy per level."""
     fig = MplFigure(figsize=(7, 3.5))

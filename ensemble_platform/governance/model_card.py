@@ -18,7 +18,7 @@ from typing import Any, cast
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.files import write_json
-from ensemble_platform.governance.figures import reliability_figure, vote_share_figure
+from ensemble_platform.governance.figures import frontier_figure, reliability_figure, vote_share_figure
 from ensemble_platform.governance.rendering import (
     ReportDocument,
     Section,
@@ -122,6 +122,9 @@ def model_card(inputs: ModelCardInputs) -> ReportDocument:
     sections = [_identity(inputs), _constituents(inputs), _combination(inputs), _lineage(inputs),
                 _evaluation(inputs), _calibration(inputs), _fairness(inputs), _agreement(inputs),
                 _intended_use(inputs), _gates(inputs), _approval(inputs)]
+    frontier = _frontier(inputs)
+    if frontier is not None:
+        sections.insert(3, frontier)
     if inputs.shadow:  # only once the version has shadowed production (`shadow report`)
         sections.insert(-1, evidence_section(inputs.shadow))
     return ReportDocument(f"Model card: {context.dataset} ensemble {context.version}", context.subtitle(), sections)
@@ -191,6 +194,30 @@ def _combination(inputs: ModelCardInputs) -> Section:
     return Section("Combination", "\n\n".join(parts))
 
 
+def _frontier(inputs: ModelCardInputs) -> Section | None:
+    """The accuracy-cost frontier (absent in reports written before member costs were measured)."""
+    selection = inputs.validation["selection"]
+    frontier = selection.get("frontier")
+    if not frontier or not any(row.get("cost_per_row") is not None for row in frontier.values()):
+        return None
+    budget = selection.get("max_cost_ratio")
+
+    def num(value: object, digits: int) -> str:
+        return f"{value:.{digits}g}" if isinstance(value, (int, float)) else "-"
+
+    rows = [[name + (" **(chosen)**" if row.get("chosen") else ""), num(row.get("log_loss"), 5),
+             num(row.get("roc_auc"), 5), num(row.get("cost_per_row"), 3), num(row.get("cost_ratio"), 3),
+             num(row.get("members_called_per_row"), 3), "yes" if row.get("eligible") else "no"]
+            for name, row in frontier.items()]
+    rule = (f"the best within {budget:g} x the cheapest member's cost (the spec's `selection` block)" if budget
+            else "without a cost budget the usual rule over the fixed-cost strategies")
+    text = ("Every candidate's out-of-fold accuracy against its expected predict cost per row over the members "
+            f"it calls (measured at fit); chosen by {rule}. Cascade and router call members lazily, per row.\n\n"
+            + md_table(["candidate", "out-of-fold log loss", "out-of-fold AUC", "seconds / row",
+                        "cost / cheapest member", "members called / row", "eligible"], rows))
+    return Section("Accuracy-cost frontier", text, [frontier_figure(frontier, budget)])
+
+
 def _noise_table(selection: dict[str, Any]) -> list[str]:
     """Each candidate's out-of-fold loss against the best one's, fold by fold (absent in reports
     written before the noise rule)."""
@@ -198,7 +225,7 @@ def _noise_table(selection: dict[str, Any]) -> list[str]:
     if not noise:
         return []
     criterion = selection["criterion"]
-    order = selection.get("order_of_simplicity", list(noise))
+    order = [name for name in selection.get("order_of_simplicity", list(noise)) if name in noise]
     rows = [[name, evidence.get(name, {}).get(criterion), f"{noise[name]['mean_difference_to_best']:.5f}",
              f"{noise[name]['standard_error']:.5f}", "yes" if noise[name]["within_noise"] else "no"] for name in order]
     return [f"Candidates in order of simplicity (best out of fold: {md_text(selection['best_out_of_fold'])}); the "

@@ -15,6 +15,7 @@ from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.ensemble.build import EnsembleBuild
 from ensemble_platform.ensemble.calibrators import CalibrationChoice
 from ensemble_platform.ensemble.config import EnsembleConfig
+from ensemble_platform.ensemble.cost_aware import LazyCombiner, route_labels, routing_rates
 from ensemble_platform.ensemble.predictions import MemberPredictions, matrix
 from ensemble_platform.evaluation.agreement_report import AgreementNumbers, agreement_report
 from ensemble_platform.evaluation.calibration import calibration_metrics, reliability_table
@@ -73,8 +74,13 @@ class CalibrationData(ReportHeader):
     headline: CalibrationHeadline
 
 
-class FairnessData(ReportHeader, FairnessNumbers):
+class _FairnessBase(ReportHeader, FairnessNumbers):
     binning: dict[str, dict[str, object]]  # column -> SensitiveBinning.describe()
+
+
+class FairnessData(_FairnessBase, total=False):
+    # Lazy strategies only (router, cascade): attribute -> group -> route -> share of the group's rows.
+    routing: dict[str, dict[str, dict[str, float]]]
 
 
 class AgreementData(ReportHeader, AgreementNumbers):
@@ -171,6 +177,11 @@ def build_fairness_report(view: HoldoutView, spec: DatasetSpec) -> Report:
                           governance.fairness, governance.decision_threshold,
                           calibration_bins=governance.calibration_bins),
     }
+    combiner = view.build.runtime.combiner
+    if isinstance(combiner, LazyCombiner):  # routing rates by sensitive group (holdout)
+        X = view.split.X_holdout() if combiner.needs_features else None
+        data["routing"] = routing_rates(route_labels(combiner, view.P, X, list(view.member_names)),
+                                        {a: pd.Series(np.asarray(g)) for a, g in groups.items()})
     summary = data["summary"]
     gaps = [[f"{attribute}: {gap}", g["value"], g["status"]] for attribute, block in data["attributes"].items()
             for gap, g in block["gaps"][ENSEMBLE].items()]
@@ -354,6 +365,13 @@ def fairness_document(data: FairnessData, context: ReportContext) -> ReportDocum
             + "\n\nGaps over the judged groups, for the ensemble and each member:\n\n" + gap_table + dominant_text,
             [fairness_gap_figure(attribute, block["gaps"])],
         ))
+    for attribute, rates in data.get("routing", {}).items():
+        routes = sorted({route for shares in rates.values() for route in shares})
+        sections.append(Section(f"Routing by {attribute}", (
+            "Share of each group's holdout rows by where the lazy strategy sent them (router: the member, or the "
+            "full ensemble when unsure; cascade: the stage a row exited at):\n\n"
+            + md_table(["group", *routes], [[group, *(shares.get(r, 0.0) for r in routes)]
+                                            for group, shares in rates.items()], digits=3))))
     return ReportDocument(f"Fairness report: {context.dataset} ensemble {context.version}", context.subtitle(),
                           sections)
 

@@ -23,7 +23,7 @@ from ensemble_platform.errors import LineageError
 from ensemble_platform.evaluation.metrics import binary_metrics
 from ensemble_platform.logging_utils import ProgressLog, null_log
 from ensemble_platform.members.catalogue import model_params, pipeline_definition, predict_single_threaded
-from ensemble_platform.members.training import MemberFit, out_of_fold_proba, positive_proba
+from ensemble_platform.members.training import MemberFit, out_of_fold_proba, positive_proba, predict_cost_per_row
 from ensemble_platform.tags import FAMILY_TAG, FINGERPRINT_TAG, TRAIN_HASH_TAG
 
 
@@ -75,4 +75,5 @@ def adopt_member(
         params=model_params(model), definition=definition, fit_seconds=time.perf_counter() - started,
         train_hash=split.train_hash, fingerprint=fingerprint,
         registered_model=registered_model, version=str(version), run_id=run_id,
+        predict_seconds_per_row=predict_cost_per_row(model, split.X_train()),  # measured here, as at fit
     )

@@ -51,6 +51,9 @@ class MemberFit:
     run_id: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
     key_params: dict[str, object] | None = None  # the catalogue's settings off the defaults (records keep them)
+    # Measured predict cost (seconds per row, `predict_cost_per_row`): evidence, not content. It is
+    # in neither the fingerprint nor the config hash, so timing noise never makes a new version.
+    predict_seconds_per_row: float = 0.0
 
     def fitted(self) -> Pipeline:
         """The fitted pipeline, failing clearly on a record (whose model lives in the registry)."""
@@ -108,6 +111,23 @@ def out_of_fold_proba(template, split: TrainHoldoutSplit, name: str, log: Progre
     return oof
 
 
+COST_TIMING_ROWS = 2048  # training rows timed per repeat (all of them when fewer)
+COST_TIMING_REPEATS = 3  # the fastest repeat counts: the least disturbed by other work
+
+
+def predict_cost_per_row(model, X, rows: int = COST_TIMING_ROWS, repeats: int = COST_TIMING_REPEATS) -> float:
+    """Seconds per row of `positive_proba` on (up to `rows` of) the training rows, best of `repeats`."""
+    sample = X.iloc[: min(rows, len(X))]
+    if len(sample) == 0:
+        return 0.0
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        positive_proba(model, sample)
+        best = min(best, time.perf_counter() - started)
+    return best / len(sample)
+
+
 def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog = null_log) -> MemberFit:
     spec = get_member_spec(name)
     # Bounded above SCALE_ROWS training rows (`members.scale`); the definition records the bounds.
@@ -133,4 +153,5 @@ def fit_member(name: str, split: TrainHoldoutSplit, seed: int, log: ProgressLog 
         fit_seconds=elapsed,
         train_hash=split.train_hash,
         fingerprint=member_fingerprint(name, definition, split, seed),
+        predict_seconds_per_row=predict_cost_per_row(final, X_train),
     )

@@ -67,7 +67,7 @@ def decision_records(decider: Decider, batch: DecisionBatch, identity: Identity,
         needs_review=row.needs_review, review_reasons=list(row.review_reasons), degraded=row.degraded,
         excluded_members=dict(row.excluded), fallback=row.fallback, fallback_reason=row.fallback_reason,
         unseen_category=row.unseen_category, missing_share=row.missing_share,
-        max_missing_share=decider.max_missing_share, latency_ms=latency_ms,
+        max_missing_share=decider.max_missing_share, latency_ms=latency_ms, skipped_members=dict(row.skipped),
         input_sha256=input_sha256(features), stored_columns=list(store_columns),
         features=stored_subset(features, store_columns),
     ) for i, (row, features) in enumerate(zip(batch.rows, batch.features, strict=True))]

@@ -7,6 +7,10 @@ The remaining members are combined:
   SoftAverage, WeightedAverage, GreedySelection   weights renormalised over the remaining members (if
                                                   all weight was on excluded members: majority vote,
                                                   flagged `fallback`)
+  Cascade, Router (lazy)                          each row calls only the members it needs (`skipped` says
+                                                  why the others were not called); a called member failing
+                                                  re-decides the batch eagerly: the full ensemble's weights
+                                                  renormalised over the working members, degraded
   MajorityVote, Stacking (and any other combiner)  majority vote of the remaining members (`fallback`);
                                                   the stacker itself raising: majority vote of all
                                                   members (`fallback`)
@@ -36,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble_platform.ensemble.batching import blocked, member_probabilities
+from ensemble_platform.ensemble.cost_aware import LazyCombiner
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.ensemble.strategies import MajorityVote, SoftAverage, WeightedAverage
 from ensemble_platform.errors import DataError, PlatformError
@@ -108,6 +113,8 @@ class RowDecision:
     fallback_reason: str | None
     unseen_category: bool
     missing_share: float
+    # Lazy strategies (cascade, router): members not called for this row -> why (routed / exited at stage k).
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -272,6 +279,12 @@ class Decider:
         schema = self.runtime.schema
         X = self.runtime.model_input(features_frame(canonical, schema.numeric, schema.categorical))
         unseen = self.runtime.unseen_categories(X)
+        if self.runtime.lazy and not forced_exclusions:
+            lazy = self._decide_lazy(X, unseen)
+            if lazy is not None:
+                decisions, seconds = lazy
+                return DecisionBatch(decisions, [jsonable_features(r) for r in canonical],
+                                     time.perf_counter() - started, seconds)
         runs = self._run_members(X)
         P, failures = self._member_matrix(runs, len(X), forced_exclusions)
         self._refuse_if_too_few(P, failures, runs)
@@ -280,6 +293,59 @@ class Decider:
         decisions = self._rows(P, failures, combined, fallback, proba, unseen, X)
         return DecisionBatch(decisions, [jsonable_features(r) for r in canonical], time.perf_counter() - started,
                              {name: run.seconds for name, run in runs.items()})
+
+    # -- lazy strategies (cascade, router) ---------------------------------------------------------
+
+    def _decide_lazy(self, X: pd.DataFrame, unseen: np.ndarray) -> tuple[list[RowDecision], dict[str, float]] | None:
+        """Decisions calling each member only on the rows that need it; None when a called member failed
+        (the batch is then decided eagerly: rows get the full ensemble over the working members, degraded)."""
+        combiner = self.runtime.combiner
+        assert isinstance(combiner, LazyCombiner)
+        names, models = list(self.runtime.members), list(self.runtime.members.values())
+        P = np.full((len(X), len(names)), np.nan)
+        seconds = dict.fromkeys(names, 0.0)
+        deadline = time.monotonic() + self.member_timeout_s
+        failed = False
+
+        def fetch(j: int, rows: np.ndarray) -> np.ndarray:
+            nonlocal failed
+            run = self._run_member(names[j], models[j], X.iloc[rows], deadline)
+            seconds[names[j]] += run.seconds
+            values = run.values
+            if (values is None or values.shape != (len(rows),) or not np.all(np.isfinite(values))
+                    or np.any((values < 0) | (values > 1))):
+                failed = True
+                return np.full(len(rows), 0.5)  # placeholder: the batch is decided eagerly instead
+            P[rows, j] = values
+            return values
+
+        result = combiner.lazy_proba(fetch, len(X), X if combiner.needs_features else None)
+        if failed:
+            return None
+        combined = result.proba
+        proba = blocked(lambda positions: self.runtime.calibrator.transform(combined[positions]), len(combined))
+        skipped = [{name: combiner.route_reason(int(result.route[i]), names)
+                    for j, name in enumerate(names) if not result.called[i, j]} for i in range(len(X))]
+        none: list[str | None] = [None] * len(X)
+        return self._rows(P, [{} for _ in range(len(X))], combined, none, proba, unseen, X, skipped), seconds
+
+    def _run_member(self, name: str, model: Any, X: pd.DataFrame, deadline: float) -> _MemberRun:
+        """One member on some rows, in its pool, by the request's deadline."""
+        def timed() -> tuple[np.ndarray, float]:
+            begun = time.perf_counter()
+            values = member_probabilities(model, X)
+            return values, time.perf_counter() - begun
+
+        future = self._pools[name].submit(timed)
+        try:
+            values, seconds = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            future.cancel()
+            return _MemberRun(None, f"timeout: no answer within {self.member_timeout_s:g}s", "timeout",
+                              self.member_timeout_s)
+        except Exception as exc:  # a member's own failure: the batch is decided eagerly, degraded
+            return _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception", 0.0)
+        return _MemberRun(values, None, None, seconds)
 
     # -- members ---------------------------------------------------------------------------------
 
@@ -385,8 +451,9 @@ class Decider:
             except Exception as exc:  # the stacker itself failed: vote instead, flagged
                 problem = f"{type(exc).__name__}: {exc}"
             return self._vote(P, columns), f"{COMBINER_FAILED}: {problem}"[:300]
-        if isinstance(combiner, WeightedAverage):  # GreedySelection included
-            weights = np.asarray(combiner.weights_, dtype=float)[list(columns)]
+        if isinstance(combiner, (WeightedAverage, LazyCombiner)):  # GreedySelection; lazy: the full ensemble
+            full = combiner.weights_ if isinstance(combiner, WeightedAverage) else combiner.full_weights()
+            weights = np.asarray(full, dtype=float)[list(columns)]
             total = float(weights.sum())
             if total <= 0:
                 return self._vote(P, columns), WEIGHT_ON_EXCLUDED
@@ -409,7 +476,8 @@ class Decider:
     # -- per-row documents -----------------------------------------------------------------------
 
     def _rows(self, P: np.ndarray, failures: list[dict[str, tuple[str, str]]], combined: np.ndarray,
-              fallback: list[str | None], proba: np.ndarray, unseen: np.ndarray, X: pd.DataFrame) -> list[RowDecision]:
+              fallback: list[str | None], proba: np.ndarray, unseen: np.ndarray, X: pd.DataFrame,
+              skipped: list[dict[str, str]] | None = None) -> list[RowDecision]:
         threshold = self.runtime.decision_threshold
         names = list(self.runtime.members)
         missing_share = X.isna().mean(axis=1).to_numpy()
@@ -428,12 +496,12 @@ class Decider:
                                           probability=float(P[i, j]) if voting[j] else None,
                                           error=failures[i][name][1] if name in failures[i] else None,
                                           reason=failures[i][name][0] if name in failures[i] else None)  # type: ignore[arg-type]
-                       for j, name in enumerate(names)}
+                       for j, name in enumerate(names) if not skipped or name not in skipped[i]}
             rows.append(RowDecision(
                 probability=float(proba[i]), combined=float(combined[i]), decision=int(proba[i] >= threshold),
                 agreement=agreement, needs_review=bool(reasons), review_reasons=tuple(reasons), members=members,
                 degraded=degraded, excluded={name: message for name, (_, message) in failures[i].items()},
                 fallback=fallback[i] is not None, fallback_reason=fallback[i], unseen_category=bool(unseen[i]),
-                missing_share=float(missing_share[i]),
+                missing_share=float(missing_share[i]), skipped=dict(skipped[i]) if skipped else {},
             ))
         return rows

@@ -14,7 +14,13 @@ from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
 from ensemble_platform.ensemble.build import EnsembleBuild, build_ensemble
 from ensemble_platform.ensemble.config import ConfigStore, MemberRef
-from ensemble_platform.ensemble.predictions import MemberPredictions, collect_member_predictions, matrix, write_parquet
+from ensemble_platform.ensemble.predictions import (
+    MemberPredictions,
+    collect_member_predictions,
+    matrix,
+    member_costs,
+    write_parquet,
+)
 from ensemble_platform.ensemble.runtime import OWN_TYPES
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
@@ -28,6 +34,7 @@ from ensemble_platform.governance.rendering import metrics_table
 from ensemble_platform.members.adoption import adopt_member
 from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.members.training import MemberFit
+from ensemble_platform.policy import SelectionPolicy
 from ensemble_platform.serving.parity import ParitySet
 
 GROUP = "ensemble"
@@ -103,13 +110,17 @@ def ensemble_candidates(
 ) -> dg.Output[CandidateSet]:
     """Every strategy fitted on out-of-fold predictions only and chosen on out-of-fold evidence."""
     split, spec = train_holdout_split, platform.spec()
+    costs = member_costs(oof_predictions, split.X_train())
+    tolerance = spec.selection.cost_tolerance if spec.selection is not None else SelectionPolicy().cost_tolerance
     candidates = select_strategy(
-        strategy_catalogue(split.schema, spec.seed),
+        strategy_catalogue(split.schema, spec.seed, costs=tuple(float(c) for c in costs), tolerance=tolerance),
         matrix(oof_predictions.oof, oof_predictions.names),
         split.y_train,
         split.fold_of_row,
         X=split.X_train(),
         log=context.log,
+        costs=costs,
+        selection=spec.selection,
     )
     return dg.Output(
         candidates,
