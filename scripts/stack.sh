@@ -163,7 +163,8 @@ start_postgres() {
 
 start_mlflow() {
     mkdir -p "$ARTIFACTS"
-    spawn mlflow "$BIN/mlflow" server \
+    # No background job runners (huey consumers for GenAI jobs): the platform does not use them.
+    spawn mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$BIN/mlflow" server \
         --backend-store-uri "postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/mlflow" \
         --artifacts-destination "$ARTIFACTS" --serve-artifacts \
         --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2 \
