@@ -3,6 +3,7 @@ stays sqlite under the home; the stack's and docker's files are consistent."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,21 @@ from ensemble_platform.settings import MLFLOW_URI_ENV, SERVED_ARTIFACTS_ROOT, Pl
 
 def test_embedded_sqlite_is_the_default(tmp_path, monkeypatch):
     monkeypatch.delenv(MLFLOW_URI_ENV, raising=False)
+    monkeypatch.setattr("ensemble_platform.settings._STARTED_WITH_MLFLOW_URI", "")
     paths = PlatformPaths.from_env(tmp_path / "home")
     assert paths.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}"
     assert paths.mlflow_artifact_root == (tmp_path / "home" / "mlflow" / "artifacts").as_uri()
+
+
+def test_mlflow_standard_variable_counts_as_the_process_started(tmp_path):
+    """MLFLOW_TRACKING_URI chooses the store; mlflow.set_tracking_uri rewriting it later does not."""
+    code = ("import mlflow; from ensemble_platform.settings import PlatformPaths; "
+            "mlflow.set_tracking_uri('sqlite:////elsewhere.db'); "
+            f"print(PlatformPaths.from_env({str(tmp_path)!r}).mlflow_tracking_uri)")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://tracking:5000"}
+    env.pop(MLFLOW_URI_ENV, None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "http://tracking:5000", result.stderr[-2000:]
 
 
 def test_a_tracking_server_setting_chooses_server_and_proxied_artifacts(tmp_path, monkeypatch):
