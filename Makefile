@@ -8,7 +8,7 @@ export DAGSTER_HOME := $(ENSEMBLE_PLATFORM_HOME)/dagster
 # Keep BLAS from oversubscribing the two cores alongside the models' own n_jobs.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install browser demo lint test ui mlflow-ui bench clean
+.PHONY: install browser demo lint test ui mlflow-ui bench clean stack stack-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ bench: install
 	$(BIN)/python bench/bench_release.py
 	$(BIN)/python bench/bench_sensors.py
 	$(BIN)/python bench/bench_shadow.py --gc-freeze
+
+# The production-shaped stack natively (PostgreSQL, MLflow server, Dagster webserver/daemon/code
+# server on 127.0.0.1; see docker/README.md): `eval "$$(scripts/stack.sh env)"` points the CLI at it.
+stack: install
+	STACK_BIN=$(CURDIR)/$(BIN) scripts/stack.sh start
+
+stack-stop:
+	scripts/stack.sh stop
 
 clean:
 	rm -rf $(ENSEMBLE_PLATFORM_HOME)

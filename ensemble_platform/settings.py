@@ -16,6 +16,24 @@ DATASET_TAG = "ensemble_platform/dataset_spec"
 TRIGGER_TAG = "ensemble_platform/trigger"
 # "off" creates sensors and schedules stopped (tests, or a home that must not act on its own).
 AUTOMATION_ENV = "ENSEMBLE_PLATFORM_AUTOMATION"
+# Where MLflow tracking + registry live. The platform's own setting wins over MLflow's standard
+# variable; with neither, the embedded sqlite store under the home (`make demo`). A tracking server
+# (`http(s)://...`, started with `--serve-artifacts`) also keeps the artifacts; a database URI
+# (`postgresql://...`) keeps the artifacts under the home.
+MLFLOW_URI_ENV = "ENSEMBLE_PLATFORM_MLFLOW_URI"
+MLFLOW_STANDARD_URI_ENV = "MLFLOW_TRACKING_URI"
+# The artifact root a tracking server started with `--serve-artifacts` proxies to its storage.
+SERVED_ARTIFACTS_ROOT = "mlflow-artifacts:"
+
+
+# MLflow's own variable as the process was started: `mlflow.set_tracking_uri` rewrites it in the
+# process environment, so a later read would see whatever home was connected last.
+_STARTED_WITH_MLFLOW_URI = os.environ.get(MLFLOW_STANDARD_URI_ENV, "").strip()
+
+
+def configured_mlflow_uri() -> str | None:
+    """The MLflow URI the deployment chooses, or None for the embedded default."""
+    return os.environ.get(MLFLOW_URI_ENV, "").strip() or _STARTED_WITH_MLFLOW_URI or None
 
 
 def automation_enabled() -> bool:
@@ -43,10 +61,14 @@ class PlatformPaths:
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        """`ENSEMBLE_PLATFORM_MLFLOW_URI`, else `MLFLOW_TRACKING_URI` (at start), else sqlite under the home."""
+        return configured_mlflow_uri() or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
     def mlflow_artifact_root(self) -> str:
+        """Artifacts go through a tracking server when there is one, else under the home."""
+        if self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return SERVED_ARTIFACTS_ROOT
         return (self.mlflow_dir / "artifacts").as_uri()
 
     def reports_dir(self, dataset: str) -> Path:

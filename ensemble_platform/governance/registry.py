@@ -60,14 +60,16 @@ class Registry(RegistryStages, RegistryDownloads):
     ensembles with their lineage."""
 
     def find_version(self, model_name: str, fingerprint: str) -> ModelVersion | None:
+        """The version carrying `fingerprint`: the lowest one, the one concurrent writers keep."""
+        matching = self._versions_with(model_name, fingerprint)
+        return matching[0] if matching else None
+
+    def _versions_with(self, model_name: str, fingerprint: str) -> list[ModelVersion]:
         try:
             versions = self.client.search_model_versions(f"name = '{model_name}'")
         except MlflowException:
-            return None
-        for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
-            if version.tags.get(FINGERPRINT_TAG) == fingerprint:
-                return version
-        return None
+            return []
+        return sorted((v for v in versions if v.tags.get(FINGERPRINT_TAG) == fingerprint), key=lambda v: int(v.version))
 
     def register_member(
         self, fit: MemberFit, dataset: str, lineage: dict[str, object], X_example: pd.DataFrame,
@@ -154,8 +156,25 @@ class Registry(RegistryStages, RegistryDownloads):
 
     def _register(self, model_uri: str, name: str, tags: dict[str, str]) -> str:
         """One registry call creates the version together with its tags: a failure before it
-        leaves no version, and no version ever exists without its lineage."""
-        return str(mlflow.register_model(model_uri, name, tags=tags).version)
+        leaves no version, and no version ever exists without its lineage. Then the duplicate rule
+        makes concurrent writers of the same fingerprint agree on one version."""
+        created = str(mlflow.register_model(model_uri, name, tags=tags).version)
+        return self._keep_lowest(name, tags[FINGERPRINT_TAG], created)
+
+    def _keep_lowest(self, name: str, fingerprint: str, created: str) -> str:
+        """Create-then-dedupe, correct on any store and through a tracking server (no lock seam):
+        among versions with one fingerprint the lowest number stays; a writer that finds a lower
+        one deletes its own version (and soft-deletes its run) and returns the lower. Version
+        numbers are assigned in commit order, so the lowest is never deleted by anyone, and every
+        racer returns it."""
+        lowest = self.find_version(name, fingerprint)
+        if lowest is None or int(lowest.version) >= int(created):
+            return created
+        mine = self.client.get_model_version(name, created)
+        self.client.delete_model_version(name, created)
+        if mine.run_id:
+            self.client.delete_run(mine.run_id)
+        return str(lowest.version)
 
     def ensemble_run_id(self, config: EnsembleConfig) -> str:
         if not (config.registered_model and config.registered_version):

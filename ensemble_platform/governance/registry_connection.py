@@ -61,9 +61,16 @@ class RegistryConnection:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return self.client.create_experiment(
-            name, artifact_location=f"{self.paths.mlflow_artifact_root}/{dataset}"
-        )
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=f"{self.paths.mlflow_artifact_root}/{dataset}"
+            )
+        except MlflowException:
+            # Another process created it between the read and the write (concurrent runs).
+            raced = self.client.get_experiment_by_name(name)
+            if raced is None:
+                raise
+            return raced.experiment_id
 
     def model_versions(self, model_name: str) -> list[ModelVersion]:
         try:

@@ -1,0 +1,29 @@
+"""Registration stays exactly-once when writers race (the rule; the real race of two processes on
+the PostgreSQL stack is in test_stack_e2e): a writer that created a duplicate of a fingerprint
+deletes it and returns the lowest version."""
+
+import mlflow
+from mlflow.entities import LifecycleStage
+
+from ensemble_platform.governance.registry import Registry, member_model_name
+from ensemble_platform.members.training import fit_member
+from ensemble_platform.settings import PlatformPaths
+from ensemble_platform.tags import FINGERPRINT_TAG
+
+
+def test_a_racing_duplicate_is_deleted_and_the_lowest_version_returned(tmp_path, split):
+    registry = Registry(PlatformPaths.from_env(tmp_path / "home"))
+    fit = registry.register_member(fit_member("logistic_regression", split, seed=0), "d", split.lineage(),
+                                   split.X_train())
+    name = member_model_name("d", "logistic_regression")
+    # A second writer that checked before the first registered: it logs and registers its own copy.
+    with mlflow.start_run(experiment_id=registry.experiment_id("d")) as run:
+        info = mlflow.sklearn.log_model(fit.pipeline, name="model", serialization_format="cloudpickle")
+    returned = registry._register(info.model_uri, name, {FINGERPRINT_TAG: fit.fingerprint})
+    assert returned == fit.version == "1"
+    assert [str(v.version) for v in registry.client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert registry.client.get_run(run.info.run_id).info.lifecycle_stage == LifecycleStage.DELETED
+    assert registry.client.get_run(fit.run_id).info.lifecycle_stage == LifecycleStage.ACTIVE
+    # A different fingerprint is a new version, untouched by the rule.
+    other = registry._register(info.model_uri, name, {FINGERPRINT_TAG: "another"})
+    assert other == "3"  # version numbers are never reused: 2 was the deleted duplicate
