@@ -35,6 +35,9 @@ def test_same_fingerprint_reuses_the_version_and_a_new_one_registers(registry, s
     version = registry.client.get_model_version(member_model_name("d", "logistic_regression"), "2")
     assert version.tags["ensemble_platform.fingerprint"] == other_seed.fingerprint
     assert version.tags["ensemble_platform.train_hash"] == split.train_hash
+    # The measured predict cost is evidence on the version (never in the fingerprint: same seed, same version).
+    assert float(version.tags["ensemble_platform.predict_seconds_per_row"]) == pytest.approx(
+        other_seed.predict_seconds_per_row, rel=1e-5) and other_seed.predict_seconds_per_row > 0
     assert version.run_id == other_seed.run_id
 
 

@@ -39,6 +39,7 @@ from ensemble_platform.tags import (
     FINGERPRINT_TAG,
     MEMBER_ARTEFACT,
     MEMBER_SHA256_TAG,
+    PREDICT_COST_TAG,
     SEMVER_TAG,
 )
 
@@ -88,6 +89,7 @@ class Registry(RegistryStages, RegistryDownloads):
             MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest(),
             "ensemble_platform.member": fit.name,
             FAMILY_TAG: fit.family,
+            PREDICT_COST_TAG: f"{fit.predict_seconds_per_row:.6g}",
             "ensemble_platform.code_version": __version__,
             "ensemble_platform.dagster_run_id": dagster_run_id or "",
             **{f"ensemble_platform.{k}": str(v) for k, v in lineage.items()},
