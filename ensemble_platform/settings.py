@@ -29,6 +29,20 @@ SERVED_ARTIFACTS_ROOT = "mlflow-artifacts:"
 # MLflow's own variable as the process was started: `mlflow.set_tracking_uri` rewrites it in the
 # process environment, so a later read would see whatever home was connected last.
 _STARTED_WITH_MLFLOW_URI = os.environ.get(MLFLOW_STANDARD_URI_ENV, "").strip()
+_MLFLOW_URI_VARIABLES = (MLFLOW_STANDARD_URI_ENV, "MLFLOW_REGISTRY_URI")
+_STARTED_MLFLOW_ENV = {name: os.environ.get(name) for name in _MLFLOW_URI_VARIABLES}
+
+
+def restore_started_mlflow_env() -> None:
+    """Put MLflow's URI variables back as the process started with them. `mlflow.set_tracking_uri`
+    writes the URI into `os.environ`, and every child process (serve, Dagster run workers, the shadow
+    scorer) would then take the last home this process connected to as *the* deployment's store,
+    instead of choosing from its own `--home`."""
+    for name, value in _STARTED_MLFLOW_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def configured_mlflow_uri() -> str | None:

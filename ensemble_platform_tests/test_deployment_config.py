@@ -31,6 +31,18 @@ def test_mlflow_standard_variable_counts_as_the_process_started(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "http://tracking:5000", result.stderr[-2000:]
 
 
+def test_connecting_to_a_home_does_not_hand_its_store_to_child_processes(tmp_path):
+    """A child (serve, a Dagster run worker) started after the parent connected to home A must choose
+    its store from its own --home, not inherit A's through MLFLOW_TRACKING_URI."""
+    code = ("import os; from ensemble_platform.governance.registry_connection import RegistryConnection; "
+            "from ensemble_platform.settings import PlatformPaths; "
+            f"RegistryConnection(PlatformPaths.from_env({str(tmp_path / 'a')!r})); "
+            "print(os.environ.get('MLFLOW_TRACKING_URI'), os.environ.get('MLFLOW_REGISTRY_URI'))")
+    env = {k: v for k, v in os.environ.items() if k not in (MLFLOW_URI_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "None None", result.stderr[-2000:]
+
+
 def test_a_tracking_server_setting_chooses_server_and_proxied_artifacts(tmp_path, monkeypatch):
     monkeypatch.setenv(MLFLOW_URI_ENV, "http://mlflow:5000")
     paths = PlatformPaths.from_env(tmp_path / "home")

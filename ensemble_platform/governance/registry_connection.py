@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.settings import PlatformPaths
+from ensemble_platform.settings import PlatformPaths, restore_started_mlflow_env
 from ensemble_platform.tags import SEMVER_TAG
 
 # What a registered model needs at load time. Pinned to the running versions and passed
@@ -43,6 +43,7 @@ class RegistryConnection:
         # Global URIs because mlflow.<flavor>.log_model works on the active run.
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        restore_started_mlflow_env()  # ... without handing this home's store to child processes
         self.client = MlflowClient(self.tracking_uri, self.tracking_uri)
         self._migrate_once()
 
