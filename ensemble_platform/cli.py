@@ -324,11 +324,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _review_sla(args: argparse.Namespace, dataset: str) -> dict | None:
     """The review queue against the dataset's SLA (None when nothing was decided in this home yet)."""
     from ensemble_platform.data.catalog import DatasetCatalog
-    from ensemble_platform.decisions.log import decision_log_path
+    from ensemble_platform.decisions.log import decision_log_exists
     from ensemble_platform.decisions.queue import ReviewQueue
 
     paths = PlatformPaths.from_env(args.home)
-    if not decision_log_path(paths).exists():
+    if not decision_log_exists(paths):
         return None
     sla_hours = DatasetCatalog(paths).spec(dataset).operations.review_sla_hours
     with ReviewQueue.for_home(paths, sla_hours=sla_hours) as queue:

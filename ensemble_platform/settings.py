@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,11 @@ MLFLOW_URI_ENV = "ENSEMBLE_PLATFORM_MLFLOW_URI"
 MLFLOW_STANDARD_URI_ENV = "MLFLOW_TRACKING_URI"
 # The artifact root a tracking server started with `--serve-artifacts` proxies to its storage.
 SERVED_ARTIFACTS_ROOT = "mlflow-artifacts:"
+# Where the decision log lives: unset, the keyed SQLite file under the home; a `postgresql://` URL
+# (credentials in the URL or libpq's environment, never written under the home), the shared
+# PostgreSQL store every service replica appends to.
+DECISION_STORE_ENV = "ENSEMBLE_PLATFORM_DECISION_STORE"
+DECISION_STORE_SCHEMES = ("postgresql://", "postgres://")
 
 
 # MLflow's own variable as the process was started: `mlflow.set_tracking_uri` rewrites it in the
@@ -48,6 +54,29 @@ def restore_started_mlflow_env() -> None:
 def configured_mlflow_uri() -> str | None:
     """The MLflow URI the deployment chooses, or None for the embedded default."""
     return os.environ.get(MLFLOW_URI_ENV, "").strip() or _STARTED_WITH_MLFLOW_URI or None
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`: how a store URL is named in messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = urllib.parse.quote(parts.username or "", safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def configured_decision_store() -> str | None:
+    """The PostgreSQL URL `ENSEMBLE_PLATFORM_DECISION_STORE` names, or None (unset: SQLite under the home).
+    Raises `ValueError` naming the setting for any other value."""
+    value = os.environ.get(DECISION_STORE_ENV, "").strip()
+    if not value:
+        return None
+    if not value.startswith(DECISION_STORE_SCHEMES):
+        raise ValueError(f"{DECISION_STORE_ENV}={masked_url(value)!r} is not a store this platform knows: expected "
+                         f"unset (the SQLite decision log under the platform home) or a PostgreSQL URL "
+                         f"(postgresql://user:password@host:port/database)")
+    return value
 
 
 def automation_enabled() -> bool:

@@ -63,6 +63,36 @@ def stop_stack(stack: Stack) -> None:
     shutil.rmtree(stack.root, ignore_errors=True)
 
 
+@dataclass
+class Postgres:
+    """PostgreSQL alone (`scripts/stack.sh postgres`): its databases dagster, mlflow and decisions."""
+
+    root: Path
+    env: dict[str, str]
+    port: int
+
+    def url(self, database: str = "decisions") -> str:
+        return f"postgresql://platform@127.0.0.1:{self.port}/{database}"
+
+
+def start_postgres() -> Postgres | str:
+    """A running PostgreSQL on a free loopback port in a temp dir, or why it did not start (then cleaned up)."""
+    root = Path(tempfile.mkdtemp(prefix="ensemble-platform-pg-"))
+    port = free_port()
+    env = {**os.environ, "STACK_DIR": str(root), "STACK_PG_PORT": str(port)}
+    started = subprocess.run([str(STACK_SCRIPT), "postgres"], env=env, capture_output=True, text=True, timeout=300)
+    postgres = Postgres(root, env, port)
+    if started.returncode != 0:
+        stop_postgres(postgres)
+        return f"PostgreSQL did not start (exit {started.returncode}):\n{started.stderr[-3000:]}"
+    return postgres
+
+
+def stop_postgres(postgres: Postgres) -> None:
+    subprocess.run([str(STACK_SCRIPT), "stop"], env=postgres.env, capture_output=True, timeout=300)
+    shutil.rmtree(postgres.root, ignore_errors=True)
+
+
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
     """The most intervals open at one instant."""
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])

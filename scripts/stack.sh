@@ -7,6 +7,7 @@
 #   scripts/stack.sh start   # install PostgreSQL if missing, start everything, wait until healthy
 #   scripts/stack.sh env     # the exports that point the CLI / tests at the running stack
 #   scripts/stack.sh stop    # stop every process started by `start`
+#   scripts/stack.sh postgres  # PostgreSQL alone (its databases created): tests of the PostgreSQL stores
 #
 # Settings (environment): STACK_DIR (default /tmp/ensemble-platform-stack), STACK_PG_PORT (55432),
 # STACK_MLFLOW_PORT (55500), STACK_GRPC_PORT (54000), STACK_WEB_PORT (53000),
@@ -93,6 +94,7 @@ export DAGSTER_HOME=$DAGSTER_DIR
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export ENSEMBLE_PLATFORM_MLFLOW_URI=http://127.0.0.1:$MLFLOW_PORT
 export ENSEMBLE_PLATFORM_STACK_PG=postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT
+export ENSEMBLE_PLATFORM_DECISION_STORE=postgresql://$PG_USER@127.0.0.1:$PG_PORT/decisions
 export ENSEMBLE_PLATFORM_STACK_WEB=http://127.0.0.1:$WEB_PORT
 export ENSEMBLE_PLATFORM_STACK_GRPC_PORT=$GRPC_PORT
 EOF
@@ -159,6 +161,7 @@ start_postgres() {
     log "postgres up on 127.0.0.1:$PG_PORT"
     create_database "$bin" dagster
     create_database "$bin" mlflow
+    create_database "$bin" decisions
 }
 
 start_mlflow() {
@@ -198,6 +201,12 @@ cmd_start() {
     log "stack running; \`scripts/stack.sh env\` prints its settings"
 }
 
+cmd_postgres() {
+    mkdir -p "$LOGS" "$PIDS"
+    ensure_postgres
+    start_postgres
+}
+
 cmd_stop() {
     local name pid
     for name in daemon webserver code-server mlflow; do
@@ -218,5 +227,6 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     env) stack_env ;;
-    *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+    postgres) cmd_postgres ;;
+    *) echo "usage: $0 start|stop|env|postgres" >&2; exit 2 ;;
 esac

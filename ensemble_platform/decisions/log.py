@@ -1,10 +1,12 @@
-"""The decision log: every decision and refusal, appended to the keyed hash-chained SQLite store
+"""The decision log: every decision and refusal, appended to the keyed hash-chained store
 (`ensemble_platform.integrity`) through a group-commit writer. `submit_many` returns futures resolved only
-once the records are durable and checkpointed; the service answers after awaiting them."""
+once the records are durable and checkpointed; the service answers after awaiting them.
+
+One setting chooses the store (`ENSEMBLE_PLATFORM_DECISION_STORE`): unset, the SQLite file under the home;
+a `postgresql://` URL, the shared PostgreSQL store. `open_decision_store` is the only place that asks."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -12,21 +14,53 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ensemble_platform.decisions.records import CREATED_AT
-from ensemble_platform.integrity import GroupCommitWriter, SqliteChainStore
-from ensemble_platform.settings import PlatformPaths
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.integrity import GroupCommitWriter, PostgresChainStore, SqliteChainStore
+from ensemble_platform.settings import DECISION_STORE_ENV, PlatformPaths, configured_decision_store, masked_url
 
 STORE_NAME = "decisions"
 STORE_FILE = "decisions.sqlite"
 
+# Every store the decision log can live in; all have the same methods (`ChainStore` plus kind/created_at reads).
+DecisionStore = SqliteChainStore | PostgresChainStore
+
 
 def decision_log_path(paths: PlatformPaths) -> Path:
+    """The SQLite decision log's file under the home (used when no PostgreSQL store is configured)."""
     return paths.home / "decisions" / STORE_FILE
 
 
-def open_decision_store(paths: PlatformPaths) -> SqliteChainStore:
+def _store_url() -> str | None:
+    try:
+        return configured_decision_store()
+    except ValueError as exc:
+        raise PlatformError(str(exc)) from exc
+
+
+def decision_store_location(paths: PlatformPaths) -> str:
+    """Where the decision log of `paths` lives, for messages (a PostgreSQL password masked)."""
+    url = _store_url()
+    return f"{masked_url(url)} ({DECISION_STORE_ENV})" if url else str(decision_log_path(paths))
+
+
+def decision_log_exists(paths: PlatformPaths) -> bool:
+    """Whether anything was ever logged: the SQLite file exists, or the PostgreSQL store holds entries
+    (opening it checks its tail: a store truncated to nothing is an error, not "nothing logged")."""
+    url = _store_url()
+    if url is None:
+        return decision_log_path(paths).is_file()
+    with PostgresChainStore(url, STORE_NAME, paths=paths) as store:
+        return store.count() > 0
+
+
+def open_decision_store(paths: PlatformPaths, *, name: str = STORE_NAME) -> DecisionStore:
     """The home's decision-log store on its own (tail checked on open; no group-commit writer): for readers
-    and for the CLI's read-check-append actions. Close it."""
-    return SqliteChainStore(decision_log_path(paths), STORE_NAME, paths=paths)
+    and for the CLI's read-check-append actions. The configured store (`ENSEMBLE_PLATFORM_DECISION_STORE`)
+    or the SQLite file under the home. Close it."""
+    url = _store_url()
+    if url is not None:
+        return PostgresChainStore(url, name, paths=paths)
+    return SqliteChainStore(decision_log_path(paths), name, paths=paths)
 
 
 class DecisionLogLike(Protocol):
@@ -42,20 +76,28 @@ class DecisionLogLike(Protocol):
 
 
 class DecisionLog:
-    """The keyed SQLite chain store of one platform home, with a group-commit writer."""
+    """The keyed chain store of one platform home (SQLite file, or the configured PostgreSQL store), with a
+    group-commit writer. `DecisionLog(path)` is a SQLite file of one's choosing (benchmarks)."""
 
     enabled = True
 
-    def __init__(self, path: Path, *, paths: PlatformPaths | None = None, name: str = STORE_NAME):
-        self.path = Path(path)
-        self.store = SqliteChainStore(self.path, name, paths=paths)
+    def __init__(self, path: Path | None = None, *, paths: PlatformPaths | None = None, name: str = STORE_NAME,
+                 store: DecisionStore | None = None):
+        if store is None:
+            if path is None:
+                raise PlatformError("DecisionLog needs a SQLite path or an open store")
+            store = SqliteChainStore(Path(path), name, paths=paths)
+        self.store: DecisionStore = store
+        self.path: Path | None = getattr(store, "path", None)  # the SQLite file, when the store is one
+        self.where = store.label  # names the store in messages (a PostgreSQL password masked)
         self.writer = GroupCommitWriter(self.store)
         self._last_error: str | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def for_home(cls, paths: PlatformPaths) -> DecisionLog:
-        return cls(decision_log_path(paths), paths=paths)
+        """The decision log the deployment configures for `paths` (see `open_decision_store`)."""
+        return cls(store=open_decision_store(paths))
 
     def submit_many(self, records: Sequence[Mapping[str, Any]]) -> list[Future]:
         futures = self.writer.submit_many(records)
@@ -91,14 +133,13 @@ class DecisionLog:
         """(ok, why): the store is open, its directory writable and the last append did not fail."""
         try:
             self.store.count()
+            where = self.store.check_writable()
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
-        if not os.access(self.path.parent, os.W_OK):
-            return False, f"{self.path.parent} is not writable"
         with self._lock:
             if self._last_error:
                 return False, f"last append failed: {self._last_error}"
-        return True, str(self.path)
+        return True, where
 
     def close(self) -> None:
         self.writer.close()

@@ -40,7 +40,7 @@ from ensemble_platform.data.batches import BatchStore, read_batch
 from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.spec import DatasetSpec
-from ensemble_platform.decisions.log import DecisionLog
+from ensemble_platform.decisions.log import DecisionLog, DecisionStore
 from ensemble_platform.decisions.records import (
     CREATED_AT,
     DATASET,
@@ -66,7 +66,6 @@ from ensemble_platform.decisions.records import (
     outcome_id,
 )
 from ensemble_platform.errors import DataError, DatasetSpecError, PlatformError
-from ensemble_platform.integrity import SqliteChainStore
 from ensemble_platform.settings import PlatformPaths
 
 DECISION_THRESHOLD = "decision_threshold"
@@ -322,7 +321,7 @@ class _Refused(Exception):
 class _DecisionIndex:
     """Decisions by id (`get`, indexed) and, read once when first needed, by the caller's request id."""
 
-    def __init__(self, store: SqliteChainStore):
+    def __init__(self, store: DecisionStore):
         self.store = store
         self._by_request: dict[str, list[dict[str, Any]]] | None = None
 
@@ -431,7 +430,7 @@ def _resolve_all(lines: Sequence[OutcomeLine], resolver: _Resolver) -> tuple[lis
     return resolved, problems
 
 
-def _existing_outcomes(store: SqliteChainStore, decision_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _existing_outcomes(store: DecisionStore, decision_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The outcome records already stored for `decision_ids`, by decision id."""
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(decision_ids), LOOKUP_CHUNK):
@@ -443,11 +442,11 @@ def _existing_outcomes(store: SqliteChainStore, decision_ids: Sequence[str]) -> 
     return found
 
 
-def _store_of(log: DecisionLog | SqliteChainStore) -> SqliteChainStore:
+def _store_of(log: DecisionLog | DecisionStore) -> DecisionStore:
     return log.store if isinstance(log, DecisionLog) else log
 
 
-def register_outcomes(log: DecisionLog | SqliteChainStore, paths: PlatformPaths, file: Path, *,
+def register_outcomes(log: DecisionLog | DecisionStore, paths: PlatformPaths, file: Path, *,
                       dataset: str | None = None, registered_by: str | None = None,
                       skip_refused: bool = False) -> RegistrationReport:
     """Record the outcomes of `file` (see the module doc) as `outcome` records of the decision log.
@@ -570,7 +569,7 @@ def _labelled(entry: Mapping[str, Any], registered: int | None, reviewer: int | 
     )
 
 
-def labelled_decisions(log: DecisionLog | SqliteChainStore, dataset: str, since: str | None = None,
+def labelled_decisions(log: DecisionLog | DecisionStore, dataset: str, since: str | None = None,
                        until: str | None = None) -> list[LabelledDecision]:
     """The decisions of `dataset` made in [since, until) that have a label, oldest first (ties by id)."""
     store = _store_of(log)
@@ -652,7 +651,7 @@ def _frame(rows: list[dict[str, Any]], reference: TrainingReference, target: str
     return frame
 
 
-def export_training_batch(log: DecisionLog | SqliteChainStore, paths: PlatformPaths, spec: DatasetSpec, *,
+def export_training_batch(log: DecisionLog | DecisionStore, paths: PlatformPaths, spec: DatasetSpec, *,
                           since: str | None = None, until: str | None = None,
                           registered_only: bool = False) -> TrainingExport:
     """Put the labelled decisions of `spec`'s dataset not exported before into its inbox as one Parquet batch:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from ensemble_platform.decisions.log import open_decision_store
+from ensemble_platform.decisions.log import DecisionStore, open_decision_store
 from ensemble_platform.decisions.records import (
     KIND_REVIEW_CLAIM,
     KIND_REVIEW_ITEM,
@@ -35,7 +35,6 @@ from ensemble_platform.decisions.records import (
     utc_now,
 )
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.integrity import SqliteChainStore
 from ensemble_platform.integrity.chain import SEQ
 from ensemble_platform.settings import PlatformPaths
 
@@ -183,7 +182,7 @@ class ReviewQueue:
     """The review queue of one decision log. Thread-safe; processes sharing the log see each other's
     actions (every read catches up with the chain first). `clock` is injectable for SLA tests."""
 
-    def __init__(self, store: SqliteChainStore, *, sla_hours: float = 24.0,
+    def __init__(self, store: DecisionStore, *, sla_hours: float = 24.0,
                  clock: Callable[[], datetime] = utc_now):
         if sla_hours <= 0:
             raise ValueError(f"sla_hours must be > 0, got {sla_hours}")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ensemble_platform.decisions.log import decision_log_path, open_decision_store
+from ensemble_platform.decisions.log import decision_log_exists, open_decision_store
 from ensemble_platform.decisions.outcomes import decision_labels
 from ensemble_platform.decisions.production_performance import model_performance
 from ensemble_platform.decisions.records import (
@@ -276,7 +276,7 @@ def shadow_gate(evidence: ShadowEvidence | None, policy: ShadowGatePolicy) -> tu
 # --- from a platform home -----------------------------------------------------------------------
 
 def _entries(paths: PlatformPaths) -> list[dict[str, Any]] | None:
-    if not decision_log_path(paths).exists():
+    if not decision_log_exists(paths):
         return None
     with open_decision_store(paths) as store:
         return list(store.iter_kinds(SHADOW_KINDS))

@@ -25,7 +25,7 @@ from ensemble_platform.decisions.daily import (
     day_entries,
     level_key,
 )
-from ensemble_platform.decisions.log import DecisionLog, decision_log_path
+from ensemble_platform.decisions.log import DecisionLog, decision_log_exists
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.rendering import (
     Figure,
@@ -92,7 +92,7 @@ def summarise_day(paths: PlatformPaths, dataset: str, day: date, policy: Operati
     """The day's summary from the home's decision log (an empty day when no log was ever written: reading
     never creates one)."""
     baselines = Baselines(paths, dataset)
-    if not decision_log_path(paths).is_file():
+    if not decision_log_exists(paths):
         return daily_summary([], day, dataset, baselines, policy, now)
     log = DecisionLog.for_home(paths)
     try:

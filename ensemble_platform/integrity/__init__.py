@@ -30,6 +30,7 @@ from ensemble_platform.integrity.errors import (
 from ensemble_platform.integrity.group_commit import GroupCommitWriter
 from ensemble_platform.integrity.jsonl_log import KeyedLog
 from ensemble_platform.integrity.keys import KEY_ENV, KEY_FILE_ENV, SigningKey, key_file_path, load_signing_key
+from ensemble_platform.integrity.postgres_store import PostgresChainStore
 from ensemble_platform.integrity.sqlite_store import SqliteChainStore
 from ensemble_platform.integrity.store import ChainStore, RecordError
 
@@ -48,6 +49,7 @@ __all__ = [
     "KeyMismatchError",
     "KeyedLog",
     "LogIntegrityError",
+    "PostgresChainStore",
     "RecordError",
     "SigningKey",
     "SigningKeyError",

@@ -110,7 +110,7 @@ def default_checkpoint_dir(paths: PlatformPaths | None = None) -> Path:
     return key_file_path().parent / CHECKPOINTS_DIRNAME / home_id(paths)
 
 
-def _parse(data: bytes, source: Path) -> Checkpoint:
+def _parse(data: bytes, source: object) -> Checkpoint:
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -121,6 +121,24 @@ def _parse(data: bytes, source: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {source} is malformed: expected exactly the fields "
                               f"{list(CHECKPOINT_FIELDS)} with {COUNT} an integer: edited or damaged")
     return Checkpoint(**document)
+
+
+def parse_checkpoint(data: bytes, source: object, key: SigningKey, name: str) -> Checkpoint:
+    """The checkpoint of log `name` stored as `data` (read from `source`, named in errors), after checking
+    its fields, key id, MAC and log name."""
+    checkpoint = _parse(data, source)
+    if checkpoint.key_id != key.key_id:
+        raise KeyMismatchError(
+            f"checkpoint {source} was signed with key {checkpoint.key_id}, but the configured key "
+            f"({key.source}) is {key.key_id}: the key was rotated or the wrong key is configured "
+            f"(or the checkpoint was edited). Configure the key that signed this log")
+    if not checkpoint.verifies(key):
+        raise CheckpointError(f"checkpoint {source}: MAC does not verify with key {key.key_id}: "
+                              f"the checkpoint was edited or forged")
+    if checkpoint.log != name:
+        raise CheckpointError(f"checkpoint {source} belongs to log {checkpoint.log!r}, not {name!r}: "
+                              f"copied from another log")
+    return checkpoint
 
 
 class CheckpointStore:
@@ -147,19 +165,7 @@ class CheckpointStore:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        checkpoint = _parse(data, path)
-        if checkpoint.key_id != self.key.key_id:
-            raise KeyMismatchError(
-                f"checkpoint {path} was signed with key {checkpoint.key_id}, but the configured key "
-                f"({self.key.source}) is {self.key.key_id}: the key was rotated or the wrong key is configured "
-                f"(or the checkpoint was edited). Configure the key that signed this log")
-        if not checkpoint.verifies(self.key):
-            raise CheckpointError(f"checkpoint {path}: MAC does not verify with key {self.key.key_id}: "
-                                  f"the checkpoint was edited or forged")
-        if checkpoint.log != name:
-            raise CheckpointError(f"checkpoint {path} belongs to log {checkpoint.log!r}, not {name!r}: "
-                                  f"copied from another log")
-        return checkpoint
+        return parse_checkpoint(data, path, self.key, name)
 
     def write(self, name: str, count: int, head_sha256: str) -> Checkpoint:
         checkpoint = Checkpoint.signed(name, count, head_sha256, self.key)

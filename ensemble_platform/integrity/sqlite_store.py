@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -74,7 +75,7 @@ STREAM_CHUNK = 1_000
 Row = tuple[int, str, str, str, str]
 
 
-def _entry_of_row(row: Row, name: str) -> dict[str, Any]:
+def entry_of_row(row: Row, name: str) -> dict[str, Any]:
     """The signed entry a row holds, after checking the row's columns and text agree with it."""
     seq, record_id, kind, created_at, text = row
     try:
@@ -163,7 +164,7 @@ class SqliteChainStore:
             row = self._conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE record_id = ?", (record_id,)).fetchone()
         if row is None:
             return None
-        entry = _entry_of_row(row, self.label)
+        entry = entry_of_row(row, self.label)
         check_entry(entry, self.key, position=row[0], expected_seq=row[0], prev_sha256=str(entry.get(PREV)), name=self.label)
         return entry
 
@@ -186,7 +187,7 @@ class SqliteChainStore:
             cursor = conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE seq > ? ORDER BY seq", (since_seq,))
             while rows := cursor.fetchmany(STREAM_CHUNK):
                 for row in rows:
-                    yield _entry_of_row(row, self.label)
+                    yield entry_of_row(row, self.label)
         finally:
             conn.close()
 
@@ -222,7 +223,7 @@ class SqliteChainStore:
                 chunks = iter(lambda: cursor.fetchmany(STREAM_CHUNK), [])
             for chunk in chunks:
                 for row in chunk:
-                    entry = _entry_of_row(row, self.label)
+                    entry = entry_of_row(row, self.label)
                     check_entry(entry, self.key, position=row[0], expected_seq=row[0],
                                 prev_sha256=str(entry.get(PREV)), name=self.label)
                     yield entry
@@ -241,6 +242,12 @@ class SqliteChainStore:
                 anchor = entry
         verify_tail([anchor] if anchor else [], total, checkpoint, self.key, name=self.label)
         return total
+
+    def check_writable(self) -> str:
+        """Where the store writes, after checking its directory is writable; raises `IntegrityError` if not."""
+        if not os.access(self.path.parent, os.W_OK):
+            raise IntegrityError(f"{self.path.parent} is not writable")
+        return str(self.path)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -318,7 +325,7 @@ class SqliteChainStore:
 
     def _read_head(self) -> tuple[dict[str, Any] | None, str | None]:
         row = self._conn.execute(f"SELECT {COLUMNS} FROM {TABLE} ORDER BY seq DESC LIMIT 1").fetchone()
-        return (_entry_of_row(row, self.label), row[4]) if row else (None, None)
+        return (entry_of_row(row, self.label), row[4]) if row else (None, None)
 
     def _rows_from(self, seq: int) -> list[Row]:
         return self._conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE seq >= ? ORDER BY seq", (seq,)).fetchall()
@@ -336,7 +343,7 @@ class SqliteChainStore:
         """Cheap open-time check: the checkpointed entry, every entry after it, and the highest seq."""
         total = int(self._conn.execute(f"SELECT coalesce(max(seq), 0) FROM {TABLE}").fetchone()[0])
         start = max(checkpoint.count, 1) if checkpoint else total + 1
-        tail = [_entry_of_row(row, self.label) for row in self._rows_from(start)]
+        tail = [entry_of_row(row, self.label) for row in self._rows_from(start)]
         verify_tail(tail, total, checkpoint, self.key, name=self.label)
 
     def _check_records(self, records: list[Mapping[str, Any]]) -> None:
@@ -363,7 +370,7 @@ class SqliteChainStore:
                 raise ChainError(known, EDITED, name=self.label, detail="the head entry changed since this process "
                                                                        "saw it; nothing was appended")
             rows = rows[1:]
-        entries = [_entry_of_row(row, self.label) for row in rows]
+        entries = [entry_of_row(row, self.label) for row in rows]
         verify_entries(entries, self.key, name=self.label, after=self._head)
         return entries[-1] if entries else self._head
 

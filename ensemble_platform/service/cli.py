@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
     print(f"verified {args.bundle}: {decider.dataset} {decider.ensemble_version} (manifest {manifest_sha256[:16]}...), "
           f"{len(runtime.members)} members, min_members {decider.min_members}", flush=True)
-    print(f"decision log: {decision_log.path} ({decision_log.count()} entries); review SLA {sla_hours:g} h"
+    print(f"decision log: {decision_log.where} ({decision_log.count()} entries); review SLA {sla_hours:g} h"
           + (f", segments by {segment}" if segment else ""), flush=True)
     if args.no_auth:
         print(f"WARNING: {NO_AUTH_WARNING}", file=sys.stderr, flush=True)
@@ -161,7 +161,7 @@ def cmd_decisions_verify(args: argparse.Namespace) -> int:
     finally:
         decision_log.close()
     detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "empty"
-    print(f"{decision_log.path}: verified {total} entries ({detail}): every entry chains, its MAC verifies, "
+    print(f"{decision_log.where}: verified {total} entries ({detail}): every entry chains, its MAC verifies, "
           f"and the log matches its signed checkpoint")
     return 0
 
@@ -209,12 +209,13 @@ def cmd_decisions_replay(args: argparse.Namespace) -> int:
 
 def _queue(args: argparse.Namespace):
     """The home's review queue, its SLA from --sla-hours, else the --dataset spec's, else the default."""
-    from ensemble_platform.decisions.log import decision_log_path
+    from ensemble_platform.decisions.log import decision_log_exists, decision_store_location
     from ensemble_platform.decisions.queue import ReviewQueue
 
     paths = _paths(args)
-    if not decision_log_path(paths).exists():
-        raise PlatformError(f"no decision log in {paths.home} yet ({decision_log_path(paths)}): nothing was decided")
+    if not decision_log_exists(paths):
+        raise PlatformError(f"no decision log for {paths.home} yet ({decision_store_location(paths)}): "
+                            f"nothing was decided")
     sla = args.sla_hours or (_operations(paths, args.dataset).review_sla_hours if args.dataset
                              else OperationsPolicy().review_sla_hours)
     return ReviewQueue.for_home(paths, sla_hours=sla)

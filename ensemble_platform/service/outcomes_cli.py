@@ -36,12 +36,12 @@ def _spec(args: argparse.Namespace):
 
 def _store(args: argparse.Namespace, *, required: bool):
     """The home's decision log store, or None when there is none and it is not `required` (none is created)."""
-    from ensemble_platform.decisions.log import decision_log_path, open_decision_store
+    from ensemble_platform.decisions.log import decision_log_exists, decision_store_location, open_decision_store
 
     paths = _paths(args)
-    if not decision_log_path(paths).is_file():
+    if not decision_log_exists(paths):
         if required:
-            raise PlatformError(f"no decision log at {decision_log_path(paths)}: there are no decisions to join "
+            raise PlatformError(f"no decision log at {decision_store_location(paths)}: there are no decisions to join "
                                 f"outcomes to (serve decisions first, or pass the right --home)")
         return None
     return open_decision_store(paths)

@@ -5,7 +5,7 @@ plots them across materialisations) and the report draws the daily history."""
 
 import dagster as dg
 
-from ensemble_platform.decisions.log import decision_log_path, open_decision_store
+from ensemble_platform.decisions.log import decision_log_exists, open_decision_store
 from ensemble_platform.decisions.outcomes import labelled_decisions
 from ensemble_platform.decisions.production_performance import production_performance as performance_of
 from ensemble_platform.defs.owners import owners
@@ -23,7 +23,7 @@ def production_performance(context: dg.AssetExecutionContext, platform: Platform
     Report: `reports/<dataset>/monitoring/production/production_performance.html`."""
     spec = platform.spec()
     rows = []
-    if decision_log_path(platform.paths).is_file():  # no decision log yet: nothing labelled, and none is created
+    if decision_log_exists(platform.paths):  # no decision log yet: nothing labelled, and none is created
         store = open_decision_store(platform.paths)
         try:
             rows = labelled_decisions(store, spec.name)

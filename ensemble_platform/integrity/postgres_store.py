@@ -1,0 +1,451 @@
+"""The shared decision-log store: chain entries in one PostgreSQL table per store name, checkpointed
+in PostgreSQL (shared by every writer machine) and in this machine's checkpoint directory.
+
+One table `chain_<name>_<hash>(seq bigint PRIMARY KEY, record_id text UNIQUE, kind text, created_at
+text, entry text)`; `entry` holds the full signed JSON entry (`chain.py`), the other columns are
+copies for lookups and must match it (the same row format as `sqlite_store.py`). Sessions run with
+`synchronous_commit = on`: a committed batch survives a crash of the database server (given its
+`fsync`). Each `append_many` holds a PostgreSQL advisory lock keyed by the store name (writers in
+other processes AND on other machines serialise), reads the head inside its transaction, seals,
+inserts the rows and the signed checkpoint row in ONE transaction, commits, then writes this
+machine's signed checkpoint file (`checkpoint.py`); if that file cannot be written the batch is
+deleted again (still under the lock), so callers never get an error for stored entries.
+
+Checkpoints with several writer machines: the row in `chain_checkpoints` moves with every commit
+(from any machine); the local file records what THIS machine last appended. Opening and `verify()`
+check the store against both: the checkpoint with the highest count must match its entry and every
+entry after it must chain and be signed; the other must match its entry. So the log may never
+shrink below what the shared row says or below what this machine itself wrote.
+
+Protects against (attacker writes anything in the database and under the platform home, holds no
+key, cannot write this machine's checkpoint directory): edited, inserted, deleted or reordered rows,
+rows whose columns disagree with their signed entry, forged rows, dropped last rows, a truncated or
+dropped table, a deleted or forged checkpoint row, and a rollback (an older signed checkpoint row put
+back together with truncation) below what this machine appended. Opening checks the tail cheaply (the
+checkpointed entries, the rows after the highest one, the highest seq); `verify()` streams the whole
+chain and names the first bad seq; every batch first checks that the head it chains onto is the one
+this process last saw (or a signed continuation written by another process or machine).
+
+Does not protect against: a holder of the key; a rollback by someone who can write the database
+past the entries this machine wrote (another machine's later appends are covered only by the
+shared row, which a database writer can put back together with truncation: run `verify()` on every
+writer machine, each catches rollbacks below its own appends); an attacker who can also write the
+checkpoint directory; losing entries committed after the last checkpoint file when the process died
+in between (at most one batch; the shared row is written with the batch); damage between tail checks
+and a full `verify()` in rows the tail check does not read (found by `verify()`, not by opening).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ensemble_platform.integrity.chain import GENESIS, PREV, SEQ, SHA, check_entry, entry_text, seal, verify_entries
+from ensemble_platform.integrity.checkpoint import Checkpoint, CheckpointStore, parse_checkpoint, verify_tail
+from ensemble_platform.integrity.errors import ChainError, CheckpointError, IntegrityError, StoreClosedError
+from ensemble_platform.integrity.keys import SigningKey, load_signing_key
+from ensemble_platform.integrity.sqlite_store import Row, entry_of_row
+from ensemble_platform.integrity.store import RECORD_CREATED_AT, RECORD_ID, RECORD_KIND, RecordError, check_record
+from ensemble_platform.settings import PlatformPaths, masked_url
+
+TABLE_PREFIX = "chain_"
+CHECKPOINT_TABLE = "chain_checkpoints"
+COLUMNS = "seq, record_id, kind, created_at, entry"
+LOCK_NAMESPACE = b"ensemble_platform/chain/"
+NAME_CHARS = 32
+PAGE = 1_000
+CONNECT_TIMEOUT_S = 10
+
+
+def table_name(name: str) -> str:
+    """The table of store `name`: readable, lower-case, and unique per name (a digest of the exact name)."""
+    readable = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:NAME_CHARS]
+    return f"{TABLE_PREFIX}{readable}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def lock_key(name: str) -> int:
+    """The advisory-lock key (signed 64-bit) that serialises the writers of store `name`."""
+    return int.from_bytes(hashlib.sha256(LOCK_NAMESPACE + name.encode()).digest()[:8], "big", signed=True)
+
+
+class PostgresChainStore:
+    """A `ChainStore` in one PostgreSQL table. Thread-safe; writers anywhere serialise on an advisory lock.
+
+    `url` is a libpq URL (`postgresql://user:password@host:port/database`; the password is never shown in
+    messages). `name`, `key`, `checkpoints`, `paths` and `check_tail` as for `SqliteChainStore`."""
+
+    def __init__(self, url: str, name: str, key: SigningKey | None = None,
+                 checkpoints: CheckpointStore | None = None, *, paths: PlatformPaths | None = None,
+                 check_tail: bool = True):
+        self.url = url
+        self.name = name
+        self.table = table_name(name)
+        self.key = key or load_signing_key(paths)
+        self.checkpoints = checkpoints or CheckpointStore(self.key, paths=paths)
+        self.label = f"{name} [{masked_url(url)} table {self.table}]"
+        self._lock = threading.RLock()
+        self._closed = False
+        self._head: dict[str, Any] | None = None
+        self._head_text: str | None = None
+        self._conn = self._connect()
+        try:
+            with self._writer_lock():
+                existed = self._create_tables()
+                if check_tail:
+                    self._check_tail_or_locate(existed)
+                self._head, self._head_text = self._read_head()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresChainStore({masked_url(self.url)!r}, {self.name!r}, key_id={self.key.key_id})"
+
+    def __enter__(self) -> PostgresChainStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._one(f"SELECT coalesce(max(seq), 0) FROM {self.table}")[0])
+
+    def head(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._read_head()[0]
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        """The entry of `record_id` after checking its columns, hash and MAC (not its place in the chain)."""
+        row = self._one(f"SELECT {COLUMNS} FROM {self.table} WHERE record_id = %s", (record_id,))
+        return None if row is None else self._checked(row)
+
+    def existing_ids(self, record_ids: Sequence[str]) -> set[str]:
+        if not record_ids:
+            return set()
+        rows = self._all(f"SELECT record_id FROM {self.table} WHERE record_id = ANY(%s)", (list(record_ids),))
+        return {row[0] for row in rows}
+
+    def iter_entries(self, since_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """Entries with seq > `since_seq` in order, read a page at a time. Each row's columns are checked
+        against its entry; the chain is not (use `verify()`)."""
+        for row in self._pages("TRUE", (), since_seq):
+            yield entry_of_row(row, self.label)
+
+    def iter_kinds(self, kinds: Sequence[str], since_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """Entries of the given kinds with seq > `since_seq`, in order, each checked like `get`."""
+        for row in self._pages("kind = ANY(%s)", (list(kinds),), since_seq):
+            yield self._checked(row)
+
+    def iter_created(self, start: str, end: str, kinds: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Entries with `start` <= created_at < `end` (text comparison of ISO-8601 UTC times), optionally of
+        `kinds`, in created_at order (ties in seq order), each checked like `get`."""
+        where = "created_at >= %s AND created_at < %s" + (" AND kind = ANY(%s)" if kinds else "")
+        params: tuple[Any, ...] = (start, end, list(kinds)) if kinds else (start, end)
+        after: tuple[str, int] = ("", 0)
+        while True:
+            rows = self._all(f"SELECT {COLUMNS} FROM {self.table} WHERE {where} AND (created_at, seq) > (%s, %s) "
+                             f"ORDER BY created_at, seq LIMIT {PAGE}", (*params, *after))
+            for row in rows:
+                yield self._checked(row)
+            if len(rows) < PAGE:
+                return
+            after = (rows[-1][3], rows[-1][0])
+
+    def verify(self) -> int:
+        """Check every entry in order (seq, link, hash, MAC, columns) and the store against both
+        checkpoints; returns the number of entries. Raises `ChainError` naming the first bad seq,
+        `CheckpointError` (truncated, rewritten, no checkpoint) or `KeyMismatchError`."""
+        checkpoints = self._checkpoints()
+        wanted = {c.count for c in checkpoints}
+        total, anchors = 0, {}
+        for entry in self._verified_entries():
+            total += 1
+            if total in wanted:
+                anchors[total] = entry
+        if not checkpoints:
+            verify_tail([], total, None, self.key, name=self.label)
+        for checkpoint in checkpoints:
+            anchor = anchors.get(checkpoint.count)
+            verify_tail([anchor] if anchor else [], total, checkpoint, self.key, name=self.label)
+        return total
+
+    def check_writable(self) -> str:
+        """Where the store writes, after checking this role may append; raises `IntegrityError` if not."""
+        allowed = self._one("SELECT has_table_privilege(%s, 'INSERT'), has_table_privilege(%s, 'UPDATE')",
+                            (self.table, CHECKPOINT_TABLE))
+        if not (allowed and allowed[0] and allowed[1]):
+            raise IntegrityError(f"{self.label}: this role may not insert into {self.table} or update "
+                                 f"{CHECKPOINT_TABLE}")
+        return self.label
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Seal `records` onto the chain in one transaction (all or none), then checkpoint. Raises
+        `RecordError` (bad or duplicate record), `IntegrityError` (the head it would chain onto does
+        not verify), `StoreClosedError` or the database's own error; in every case nothing was stored
+        and the head is unchanged."""
+        records = list(records)
+        return self.append_checked(lambda: records)
+
+    def append_checked(self, build: Callable[[], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Append what `build()` returns with no other writer (thread, process or machine) in between:
+        `build` reads the store's current state, refuses by raising, or returns the records to seal."""
+        with self._writer_lock():
+            records = list(build())
+            if not records:
+                return []
+            self._check_records(records)
+            entries, last_text, shared_before = self._commit(records)
+            self._checkpoint_or_undo(entries, shared_before)
+            self._head, self._head_text = entries[-1], last_text
+            return entries
+
+    def reanchor(self) -> int:
+        """Operator action for a store whose checkpoints are legitimately missing: verify the whole
+        chain, then checkpoint its head (shared row and local file). Returns the number of entries."""
+        with self._writer_lock():
+            total, last = 0, None
+            for entry in self._verified_entries():
+                total, last = total + 1, entry
+            count, head = (last[SEQ], last[SHA]) if last else (0, GENESIS)
+            checkpoint = Checkpoint.signed(self.name, count, head, self.key)
+            with self._transaction() as cursor:
+                self._write_shared(cursor, checkpoint)
+            self.checkpoints.write(self.name, count, head)
+            self._head, self._head_text = self._read_head()
+            return total
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- internals: connection -------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        import psycopg2
+
+        try:
+            conn = psycopg2.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S,
+                                    application_name="ensemble_platform decision log")
+        except psycopg2.Error as exc:
+            raise IntegrityError(f"{self.label}: cannot connect ({str(exc).strip()})") from exc
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SET synchronous_commit = on")
+        return conn
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self.label}: the store is closed")
+
+    def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            self._ensure_open()
+            with self._conn.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.fetchone()
+
+    def _all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            self._ensure_open()
+            with self._conn.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.fetchall()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._conn.cursor() as cursor:
+            cursor.execute("BEGIN")
+            try:
+                yield cursor
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """This process's lock plus the session advisory lock of the store name: one writer anywhere."""
+        with self._lock:
+            self._ensure_open()
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(%s)", (lock_key(self.name),))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception), self._conn.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", (lock_key(self.name),))
+
+    def _create_tables(self) -> bool:
+        """Create the entries and checkpoint tables if missing; whether the entries table existed."""
+        existed = self._one("SELECT to_regclass(%s) IS NOT NULL", (self.table,))[0]
+        with self._transaction() as cursor:
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (seq bigint PRIMARY KEY, "
+                           f"record_id text NOT NULL UNIQUE, kind text NOT NULL, created_at text NOT NULL, "
+                           f"entry text NOT NULL)")
+            cursor.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_created_at ON {self.table} (created_at, seq)")
+            cursor.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_kind ON {self.table} (kind, seq)")
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (log text PRIMARY KEY, "
+                           f"checkpoint text NOT NULL)")
+        return bool(existed)
+
+    # -- internals: checkpoints ------------------------------------------------------------------
+
+    def _shared_checkpoint(self) -> Checkpoint | None:
+        row = self._one(f"SELECT checkpoint FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
+        if row is None:
+            return None
+        return parse_checkpoint(row[0].encode(), f"{CHECKPOINT_TABLE} row {self.name!r} in {masked_url(self.url)}",
+                                self.key, self.name)
+
+    def _checkpoints(self) -> list[Checkpoint]:
+        """The valid checkpoints (local file, shared row), highest count first; raises if one is forged."""
+        found = [c for c in (self.checkpoints.read(self.name), self._shared_checkpoint()) if c is not None]
+        return sorted(found, key=lambda c: c.count, reverse=True)
+
+    def _write_shared(self, cursor: Any, checkpoint: Checkpoint) -> None:
+        cursor.execute(f"INSERT INTO {CHECKPOINT_TABLE} (log, checkpoint) VALUES (%s, %s) "
+                       f"ON CONFLICT (log) DO UPDATE SET checkpoint = EXCLUDED.checkpoint",
+                       (self.name, checkpoint.to_json().decode()))
+
+    def _check_tail_or_locate(self, existed: bool) -> None:
+        """The cheap tail check; if it fails, a full `verify()` names the FIRST bad position when that
+        is earlier than the tail, else the tail's error stands."""
+        try:
+            self._check_tail(existed)
+        except IntegrityError:
+            self.verify()
+            raise
+
+    def _check_tail(self, existed: bool) -> None:
+        """Cheap open-time check: each checkpointed entry, every entry after the highest, and the highest seq."""
+        checkpoints = self._checkpoints()
+        total = self.count()
+        if checkpoints and checkpoints[0].count and not existed:
+            raise CheckpointError(f"{self.label}: truncated: checkpoint says {checkpoints[0].count} entries, log "
+                                  f"has 0 (table {self.table} did not exist: dropped)", position=1)
+        if not checkpoints:
+            verify_tail([], total, None, self.key, name=self.label)
+            return
+        highest, *others = checkpoints
+        tail = [entry_of_row(row, self.label) for row in self._rows_from(max(highest.count, 1))]
+        verify_tail(tail, total, highest, self.key, name=self.label)
+        for checkpoint in others:
+            anchor = self._rows_from(max(checkpoint.count, 1), limit=1)
+            verify_tail([entry_of_row(row, self.label) for row in anchor], total, checkpoint, self.key, name=self.label)
+
+    def _checkpoint_or_undo(self, entries: list[dict[str, Any]], shared_before: str | None) -> None:
+        """Write this machine's checkpoint for the committed batch; if that fails, delete the batch and put
+        the shared checkpoint back (still under the writer lock) so the caller's error is true."""
+        try:
+            self.checkpoints.write(self.name, entries[-1][SEQ], entries[-1][SHA])
+        except BaseException:
+            # If this fails too, the batch stays as signed, checkpointed (shared row) entries: still valid.
+            with contextlib.suppress(Exception), self._transaction() as cursor:
+                cursor.execute(f"DELETE FROM {self.table} WHERE seq >= %s", (entries[0][SEQ],))
+                if shared_before is None:
+                    cursor.execute(f"DELETE FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
+                else:
+                    cursor.execute(f"UPDATE {CHECKPOINT_TABLE} SET checkpoint = %s WHERE log = %s",
+                                   (shared_before, self.name))
+            raise
+
+    # -- internals: chain ------------------------------------------------------------------------
+
+    def _checked(self, row: Row) -> dict[str, Any]:
+        entry = entry_of_row(row, self.label)
+        check_entry(entry, self.key, position=row[0], expected_seq=row[0], prev_sha256=str(entry.get(PREV)),
+                    name=self.label)
+        return entry
+
+    def _pages(self, where: str, params: tuple[Any, ...], since_seq: int) -> Iterator[Row]:
+        """Rows matching `where` with seq > `since_seq` in seq order, a page per query (keyset paging)."""
+        after = since_seq
+        while True:
+            rows = self._all(f"SELECT {COLUMNS} FROM {self.table} WHERE {where} AND seq > %s ORDER BY seq "
+                             f"LIMIT {PAGE}", (*params, after))
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    def _verified_entries(self) -> Iterator[dict[str, Any]]:
+        """Every entry in order, each checked (seq, link, hash, MAC, columns) before it is yielded."""
+        expected, previous = 1, GENESIS
+        for entry in self.iter_entries():
+            check_entry(entry, self.key, position=expected, expected_seq=expected, prev_sha256=previous,
+                        name=self.label)
+            previous, expected = entry[SHA], expected + 1
+            yield entry
+
+    def _read_head(self) -> tuple[dict[str, Any] | None, str | None]:
+        row = self._one(f"SELECT {COLUMNS} FROM {self.table} ORDER BY seq DESC LIMIT 1")
+        return (entry_of_row(row, self.label), row[4]) if row else (None, None)
+
+    def _rows_from(self, seq: int, limit: int | None = None) -> list[Row]:
+        return self._all(f"SELECT {COLUMNS} FROM {self.table} WHERE seq >= %s ORDER BY seq"
+                         + (f" LIMIT {int(limit)}" if limit else ""), (seq,))
+
+    def _check_records(self, records: list[Mapping[str, Any]]) -> None:
+        seen: set[str] = set()
+        for record in records:
+            check_record(record)
+            if record[RECORD_ID] in seen:
+                raise RecordError(f"{self.label}: record id {record[RECORD_ID]!r} appears twice in one batch")
+            seen.add(record[RECORD_ID])
+
+    def _current_head(self) -> dict[str, Any] | None:
+        """The head to chain onto, checked against the head this process last saw: the same row, or a
+        signed continuation of it (another process or machine appended). Call under the writer lock."""
+        row = self._one(f"SELECT {COLUMNS} FROM {self.table} ORDER BY seq DESC LIMIT 1")
+        if self._head is not None and row is not None and row[0] == self._head[SEQ] and row[4] == self._head_text:
+            return self._head
+        known = self._head[SEQ] if self._head else 0
+        if (row[0] if row else 0) < known:
+            raise CheckpointError(f"{self.label}: truncated: this process last saw {known} entries, the store has "
+                                  f"{row[0] if row else 0}; nothing was appended", position=(row[0] if row else 0) + 1)
+        rows = self._rows_from(max(known, 1))
+        if self._head is not None:
+            if not rows or rows[0][4] != self._head_text:
+                raise ChainError(known, "edited", name=self.label, detail="the head entry changed since this "
+                                                                         "process saw it; nothing was appended")
+            rows = rows[1:]
+        entries = [entry_of_row(row, self.label) for row in rows]
+        verify_entries(entries, self.key, name=self.label, after=self._head)
+        return entries[-1] if entries else self._head
+
+    def _commit(self, records: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str, str | None]:
+        """Insert the sealed batch and the shared checkpoint row in one transaction; returns the entries, the
+        last entry's text and the shared checkpoint row as it was before (to undo)."""
+        import psycopg2
+        import psycopg2.extras
+
+        previous = self._current_head()
+        entries, rows = [], []
+        for record in records:
+            entry = seal(record, previous, self.key)
+            rows.append((entry[SEQ], record[RECORD_ID], record[RECORD_KIND], record[RECORD_CREATED_AT],
+                         entry_text(entry)))
+            entries.append(entry)
+            previous = entry
+        before = self._one(f"SELECT checkpoint FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
+        checkpoint = Checkpoint.signed(self.name, entries[-1][SEQ], entries[-1][SHA], self.key)
+        try:
+            with self._transaction() as cursor:
+                psycopg2.extras.execute_values(cursor, f"INSERT INTO {self.table} ({COLUMNS}) VALUES %s", rows,
+                                               page_size=PAGE)
+                self._write_shared(cursor, checkpoint)
+        except psycopg2.errors.UniqueViolation as exc:
+            raise RecordError(f"{self.label}: a record id of this batch is already stored "
+                              f"({str(exc).strip().splitlines()[-1]}); nothing was appended") from exc
+        return entries, rows[-1][4], before[0] if before else None
