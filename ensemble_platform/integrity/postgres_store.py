@@ -321,19 +321,20 @@ class PostgresChainStore:
     def _check_tail_or_locate(self, existed: bool) -> None:
         """The cheap tail check; if it fails, a full `verify()` names the FIRST bad position when that
         is earlier than the tail, else the tail's error stands."""
+        highest = max((c.count for c in self._checkpoints()), default=0)
+        if highest and not existed:
+            raise CheckpointError(f"{self.label}: truncated: checkpoint says {highest} entries, log has 0 "
+                                  f"(table {self.table} did not exist: dropped)", position=1)
         try:
-            self._check_tail(existed)
+            self._check_tail()
         except IntegrityError:
             self.verify()
             raise
 
-    def _check_tail(self, existed: bool) -> None:
+    def _check_tail(self) -> None:
         """Cheap open-time check: each checkpointed entry, every entry after the highest, and the highest seq."""
         checkpoints = self._checkpoints()
         total = self.count()
-        if checkpoints and checkpoints[0].count and not existed:
-            raise CheckpointError(f"{self.label}: truncated: checkpoint says {checkpoints[0].count} entries, log "
-                                  f"has 0 (table {self.table} did not exist: dropped)", position=1)
         if not checkpoints:
             verify_tail([], total, None, self.key, name=self.label)
             return
