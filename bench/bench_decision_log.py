@@ -1,4 +1,6 @@
-"""Decision-log benchmark: durable appends per second into the keyed SQLite chain store.
+"""Decision-log benchmark: durable appends per second into the keyed SQLite chain store, or (`--store
+postgres`) into `PostgresChainStore` on a PostgreSQL started alone for the run (scripts/stack.sh postgres,
+loopback, default settings: fsync on, synchronous_commit on).
 
 Variants (each in a fresh process, on a fresh store in a temporary directory, `--repeats` times,
 alternating order):
@@ -19,6 +21,7 @@ parent's high-water mark across fork+exec, and the parent here is a small stdlib
 Results: markdown on stdout, JSON in bench/results/decision_log.json.
 
 Usage: .venv/bin/python bench/bench_decision_log.py [--repeats N (default 3)] [--records N] [--out PATH]
+       [--store sqlite|postgres] (postgres results go to bench/results/decision_log_postgres.json by default)
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_OUT = BENCH_DIR / "results" / "decision_log.json"
+DEFAULT_OUT_POSTGRES = BENCH_DIR / "results" / "decision_log_postgres.json"
 VARIANTS = {"single": 0, "group-1": 1, "group-4": 4, "group-16": 16}
 DEFAULT_RECORDS = {"single": 2_000, "group": 12_000}
 WARMUP = 50
@@ -65,13 +69,15 @@ def decision_record(i: int, prefix: str) -> dict:
     }
 
 
-def _open_store(workdir: Path):
-    from ensemble_platform.integrity import CheckpointStore, SigningKey, SqliteChainStore
+def _open_store(workdir: Path, url: str | None = None):
+    from ensemble_platform.integrity import CheckpointStore, PostgresChainStore, SigningKey, SqliteChainStore
     from ensemble_platform.settings import PlatformPaths
 
     key = SigningKey.generate("bench")
     paths = PlatformPaths((workdir / "home").resolve())
     checkpoints = CheckpointStore(key, workdir / "checkpoints", paths)
+    if url:  # a fresh table per run: the store name is unique
+        return PostgresChainStore(url, f"bench/{workdir.name}", key, checkpoints, paths=paths)
     return SqliteChainStore(paths.home / "decisions" / "credit_data.db", "credit_data/decisions", key, checkpoints)
 
 
@@ -134,7 +140,7 @@ def run_child(args: argparse.Namespace) -> int:
     submitters = VARIANTS[args.variant]
     n = args.records or DEFAULT_RECORDS["group" if submitters else "single"]
     with tempfile.TemporaryDirectory(prefix="bench_decision_log_", dir=args.workdir) as tmp:
-        store = _open_store(Path(tmp))
+        store = _open_store(Path(tmp), args.url)
         if submitters:
             wall, latencies, batches = _run_group(store, n, submitters)
         else:
@@ -147,6 +153,7 @@ def run_child(args: argparse.Namespace) -> int:
     latencies_ms = sorted(x * 1000 for x in latencies)
     result = {
         "variant": args.variant,
+        "store": "postgres" if args.url else "sqlite",
         "submitters": submitters,
         "appends": appended,
         "wall_seconds": round(wall, 4),
@@ -167,12 +174,14 @@ def run_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def spawn(variant: str, workdir: Path, records: int | None) -> dict:
+def spawn(variant: str, workdir: Path, records: int | None, url: str | None = None) -> dict:
     result_path = workdir / f"{variant}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--result", str(result_path),
            "--workdir", str(workdir)]
     if records:
         cmd += ["--records", str(records)]
+    if url:
+        cmd += ["--url", url]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     print(f"  running {variant} ...", file=sys.stderr, flush=True)
     completed = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True)
@@ -208,11 +217,26 @@ def markdown(doc: dict) -> str:
 
 def run_parent(args: argparse.Namespace) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    with tempfile.TemporaryDirectory(prefix="bench_decision_log_") as tmp:
-        for repeat in range(args.repeats):
-            order = list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))
-            for name in order:
-                runs[name].append(spawn(name, Path(tmp), args.records))
+    postgres = None
+    if args.store == "postgres":
+        sys.path.insert(0, str(REPO))
+        from ensemble_platform_tests.stack_driver import start_postgres
+
+        postgres = start_postgres()
+        if isinstance(postgres, str):
+            raise SystemExit(postgres)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_decision_log_") as tmp:
+            for repeat in range(args.repeats):
+                order = list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))
+                for name in order:
+                    runs[name].append(spawn(name, Path(tmp), args.records,
+                                            postgres.url() if postgres else None))
+    finally:
+        if postgres is not None:
+            from ensemble_platform_tests.stack_driver import stop_postgres
+
+            stop_postgres(postgres)
     variants = {}
     for name, results in runs.items():
         rates = [r["appends_per_second"] for r in results]
@@ -227,6 +251,7 @@ def run_parent(args: argparse.Namespace) -> int:
     best_group = max(v["median_run"]["appends_per_second"] for k, v in variants.items() if k != "single")
     doc = {
         "benchmark": "decision_log",
+        "store": args.store,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "sqlite": __import__("sqlite3").sqlite_version},
@@ -249,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--records", type=int, default=None, help="records per run (default 2,000 single, "
                                                                    "12,000 group commit)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--out", default=None, help=f"default {DEFAULT_OUT} ({DEFAULT_OUT_POSTGRES} for postgres)")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -258,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_child(args)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    args.out = args.out or str(DEFAULT_OUT_POSTGRES if args.store == "postgres" else DEFAULT_OUT)
     return run_parent(args)
 
 

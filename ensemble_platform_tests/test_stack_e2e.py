@@ -1,7 +1,8 @@
 """The production-shaped stack for real (scripts/stack.sh): PostgreSQL, an MLflow tracking server on
 it with proxied artifacts, Dagster on PostgreSQL with the run queue, daemon, webserver and a gRPC
 code server. Two datasets' lifecycles go through the queue and run concurrently in their own
-processes; then approval, promotion, bundle export and the decision service, against the stack.
+processes; then approval, promotion (two processes at once per stage), bundle export and the decision service writing
+to the stack's PostgreSQL decision store.
 The same data through the embedded sqlite path must give the same versions and config hashes.
 
 Skipped when the stack cannot start here (no PostgreSQL and no root/apt), unless
@@ -23,10 +24,12 @@ from mlflow.tracking import MlflowClient
 
 from ensemble_platform import cli
 from ensemble_platform.data.spec import load_spec
+from ensemble_platform.decisions.log import decision_log_path, open_decision_store
 from ensemble_platform.governance.release import Release
+from ensemble_platform.integrity import PostgresChainStore
 from ensemble_platform.members.catalogue import MEMBER_NAMES
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.settings import MLFLOW_URI_ENV, PlatformPaths
+from ensemble_platform.settings import DECISION_STORE_ENV, MLFLOW_URI_ENV, PlatformPaths
 from ensemble_platform.tags import CONFIG_HASH_TAG, SEMVER_TAG
 from ensemble_platform_tests.conftest import write_spec
 from ensemble_platform_tests.stack_driver import Queue, free_port, most_at_once, start_stack, stop_stack
@@ -126,8 +129,12 @@ def test_release_and_decisions_against_the_stack(stack, specs, stack_lifecycles,
     assert cli.main(["--home", home, "approve", "--dataset", dataset, "--version", VERSION, "--reviewer", "bob",
                      "--decision", "approve", "--note", "reviewed on the stack",
                      *(["--waive", *failing] if failing else [])]) == 0
-    for stage in ("staging", "production"):
-        assert cli.main(["--home", home, "promote", "--dataset", dataset, "--version", VERSION, "--to", stage]) == 0
+    for stage in ("staging", "production"):  # two processes at once per target: one promotes, one is a no-op
+        outputs = _race_promotions(stack, home, dataset, stage)
+        assert sorted(f"-> {stage}" in out for out in outputs) == [False, True], outputs
+        assert sum(f"already in {stage}; nothing changed" in out for out in outputs) == 1, outputs
+    promoted = [e["to"] for e in release.promotions_log(dataset).verify() if e.get("version") == VERSION]
+    assert promoted == ["staging", "production"]
     assert cli.main(["--home", home, "export", "--dataset", dataset, "--version", VERSION]) == 0
     client = MlflowClient(stack.mlflow_uri, stack.mlflow_uri)
     assert str(client.get_registered_model(f"{dataset}.ensemble").aliases.get("production")) == "1"
@@ -167,6 +174,33 @@ def test_release_and_decisions_against_the_stack(stack, specs, stack_lifecycles,
         if service.poll() is None:
             os.killpg(service.pid, 15)
         service.wait(timeout=60)
+    # The decisions landed in the stack's PostgreSQL decision store (stack.sh env sets it), not under the home.
+    monkeypatch.setenv(DECISION_STORE_ENV, stack.env[DECISION_STORE_ENV])
+    stack_paths = PlatformPaths.from_env(stack.home)
+    assert not decision_log_path(stack_paths).exists()
+    with open_decision_store(stack_paths) as store:
+        assert isinstance(store, PostgresChainStore)
+        assert {d["decision_id"] for d in decisions} <= {e["id"] for e in store.iter_kinds(["decision"])}
+        assert store.verify() >= len(decisions)
+
+
+PROMOTER = textwrap.dedent("""
+    import sys, time
+    from ensemble_platform import cli
+    time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # both call the CLI at the same instant
+    sys.exit(cli.main(sys.argv[2:]))
+""")
+
+
+def _race_promotions(stack, home: str, dataset: str, stage: str) -> list[str]:
+    start_at = time.time() + 10  # after both have imported the platform
+    argv = ["--home", home, "promote", "--dataset", dataset, "--version", VERSION, "--to", stage]
+    env = {**stack.env, MLFLOW_URI_ENV: stack.mlflow_uri}
+    racers = [subprocess.Popen([sys.executable, "-c", PROMOTER, str(start_at), *argv], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [racer.communicate(timeout=300)[0] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], [out[-2000:] for out in outputs]
+    return outputs
 
 
 RACER = textwrap.dedent("""
