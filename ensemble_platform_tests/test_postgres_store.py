@@ -313,6 +313,17 @@ def test_append_onto_a_tampered_head_writes_nothing(postgres, home):
     assert len(harness.read()) == 2
 
 
+def test_a_cut_session_is_replaced_and_the_chain_continues(postgres, home):
+    harness = Harness(postgres)
+    with harness.open() as store:
+        store.append_many([decision(1)])
+        harness.sql("SELECT pg_terminate_backend(%s)", (store._conn.get_backend_pid(),))
+        with pytest.raises(psycopg2.Error):
+            store.count()  # the call that finds the session gone fails ...
+        assert [e["seq"] for e in store.append_many([decision(2)])] == [2]  # ... the next one reconnects
+    assert harness.check() == 2
+
+
 def test_wrong_key_is_reported(postgres, home):
     harness = Harness(postgres)
     harness.fill(2)

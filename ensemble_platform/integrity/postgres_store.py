@@ -246,6 +246,8 @@ class PostgresChainStore:
     def _ensure_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self.label}: the store is closed")
+        if self._conn.closed:  # the server restarted or the session was cut: a new session (the call that
+            self._conn = self._connect()  # found it broken failed; the head this process saw still guards appends)
 
     def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
         with self._lock:
