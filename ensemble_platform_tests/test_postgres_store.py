@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -311,6 +312,22 @@ def test_append_onto_a_tampered_head_writes_nothing(postgres, home):
         with pytest.raises(ChainError, match="head entry changed"):
             store.append_many([decision(3)])
     assert len(harness.read()) == 2
+
+
+def test_a_batch_whose_local_checkpoint_cannot_be_written_is_undone(postgres, home, monkeypatch, tmp_path):
+    """The caller gets an error only for a batch that is not stored: rows and shared checkpoint row go back."""
+    blocked = tmp_path / "checkpoints"
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(blocked))
+    harness = Harness(postgres)
+    harness.fill(2)
+    before = harness.checkpoint_row()
+    with harness.open() as store:
+        shutil.rmtree(blocked)
+        blocked.write_text("not a directory")  # the checkpoint directory cannot be written any more
+        with pytest.raises(OSError):
+            store.append_many([decision(3), decision(4)])
+        assert store.count() == 2
+    assert [e["seq"] for e in harness.read()] == [1, 2] and harness.checkpoint_row() == before
 
 
 def test_a_cut_session_is_replaced_and_the_chain_continues(postgres, home):
