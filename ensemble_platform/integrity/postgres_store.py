@@ -59,6 +59,8 @@ LOCK_NAMESPACE = b"ensemble_platform/chain/"
 NAME_CHARS = 32
 PAGE = 1_000
 CONNECT_TIMEOUT_S = 10
+SHARED_UPSERT = ("INSERT INTO {table} (log, checkpoint) VALUES (%s, %s) "
+                 "ON CONFLICT (log) DO UPDATE SET checkpoint = EXCLUDED.checkpoint")
 
 
 def table_name(name: str) -> str:
@@ -316,9 +318,7 @@ class PostgresChainStore:
         return sorted(found, key=lambda c: c.count, reverse=True)
 
     def _write_shared(self, cursor: Any, checkpoint: Checkpoint) -> None:
-        cursor.execute(f"INSERT INTO {CHECKPOINT_TABLE} (log, checkpoint) VALUES (%s, %s) "
-                       f"ON CONFLICT (log) DO UPDATE SET checkpoint = EXCLUDED.checkpoint",
-                       (self.name, checkpoint.to_json().decode()))
+        cursor.execute(SHARED_UPSERT.format(table=CHECKPOINT_TABLE), (self.name, checkpoint.to_json().decode()))
 
     def _check_tail_or_locate(self, existed: bool) -> None:
         """The cheap tail check; if it fails, a full `verify()` names the FIRST bad position when that
@@ -428,10 +428,10 @@ class PostgresChainStore:
         return entries[-1] if entries else self._head
 
     def _commit(self, records: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str, str | None]:
-        """Insert the sealed batch and the shared checkpoint row in one transaction; returns the entries, the
-        last entry's text and the shared checkpoint row as it was before (to undo)."""
+        """Insert the sealed batch and the shared checkpoint row in one transaction (one message of two
+        statements: PostgreSQL runs it as one implicit transaction); returns the entries, the last entry's
+        text and the shared checkpoint row as it was before (to undo)."""
         import psycopg2
-        import psycopg2.extras
 
         previous = self._current_head()
         entries, rows = [], []
@@ -444,10 +444,11 @@ class PostgresChainStore:
         before = self._one(f"SELECT checkpoint FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
         checkpoint = Checkpoint.signed(self.name, entries[-1][SEQ], entries[-1][SHA], self.key)
         try:
-            with self._transaction() as cursor:
-                psycopg2.extras.execute_values(cursor, f"INSERT INTO {self.table} ({COLUMNS}) VALUES %s", rows,
-                                               page_size=PAGE)
-                self._write_shared(cursor, checkpoint)
+            with self._conn.cursor() as cursor:
+                values = b",".join(cursor.mogrify("(%s, %s, %s, %s, %s)", row) for row in rows)
+                shared = cursor.mogrify(SHARED_UPSERT.format(table=CHECKPOINT_TABLE),
+                                        (self.name, checkpoint.to_json().decode()))
+                cursor.execute(f"INSERT INTO {self.table} ({COLUMNS}) VALUES ".encode() + values + b"; " + shared)
         except psycopg2.errors.UniqueViolation as exc:
             raise RecordError(f"{self.label}: a record id of this batch is already stored "
                               f"({str(exc).strip().splitlines()[-1]}); nothing was appended") from exc
