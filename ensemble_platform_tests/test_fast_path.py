@@ -106,3 +106,17 @@ def test_small_input_row_checks_equal_pandas(hard_rows, monkeypatch):
     expected = X.isna().mean(axis=1).to_numpy()
     assert np.array_equal(missing_shares(X), expected) and expected.max() > 0
     assert np.array_equal(plain(monkeypatch, lambda: missing_shares(X)), expected)
+
+
+def test_boosting_on_one_openmp_thread_restores_the_thread_setting(fitted_members, hard_rows, monkeypatch):
+    from threadpoolctl import ThreadpoolController
+
+    from ensemble_platform.members.fast_predict import estimator_proba
+
+    model = fitted_members["hist_gradient_boosting"]
+    Z = model[:-1].transform(hard_rows)
+    estimator = model.steps[-1][1]
+    before = [lib["num_threads"] for lib in ThreadpoolController().info()]
+    rows = np.vstack([estimator_proba(estimator, Z[i:i + 1]) for i in range(0, len(Z), 9)])
+    assert np.array_equal(rows, estimator.predict_proba(Z)[::9])
+    assert [lib["num_threads"] for lib in ThreadpoolController().info()] == before

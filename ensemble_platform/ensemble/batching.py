@@ -31,7 +31,7 @@ from sklearn.pipeline import Pipeline
 
 from ensemble_platform import safe_format
 from ensemble_platform.members.catalogue import final_estimator
-from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, fast_path_enabled, forest_proba, is_forest
+from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, estimator_proba, fast_path_enabled
 from ensemble_platform.members.fast_preprocess import FastColumnTransformer, Unsupported, compile_column_transformer
 from ensemble_platform.members.training import positive_proba
 
@@ -89,10 +89,7 @@ def member_probabilities(model: Any, X: pd.DataFrame, Z: np.ndarray | None = Non
         if not is_row_exact(model):
             given = Z
             return blocked(lambda positions: positive_proba(estimator, given[positions]), len(X))
-        if is_forest(estimator) and len(X) <= FAST_PATH_MAX_ROWS and fast_path_enabled():
-            proba = forest_proba(estimator, Z)
-        else:
-            proba = np.asarray(estimator.predict_proba(Z))
+        proba = estimator_proba(estimator, Z)
         return np.asarray(proba[:, list(getattr(estimator, "classes_", [0, 1])).index(1)], dtype=float)
     if is_row_exact(model):
         return np.asarray(positive_proba(model, X), dtype=float)
