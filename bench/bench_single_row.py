@@ -14,6 +14,9 @@ every variant alike:
             calibrator, agreement, review flags)
   decider   `Decider.decide` on the rows as JSON-like dicts, as the service calls it (validation,
             member pools with deadlines, degraded-mode checks, per-row documents)
+  http      (`--http`, single rows only) `POST /v1/decisions` over real HTTP to the service app in this
+            process (uvicorn on 127.0.0.1, one client, decision log off: the log's cost is
+            bench_service.py's subject), the fast path toggled in the same process
 
 `runtime` and `decider` run twice per call: with the fast path (default) and with it turned off
 (`ENSEMBLE_PLATFORM_FAST_PATH=off`, read per call: the plain scikit-learn path), in alternating
@@ -21,7 +24,7 @@ order; their outputs are checked to be identical bit for bit. cProfile then show
 `EnsembleRuntime.score` calls spend their time in each mode (the runtime scores on one thread; the
 decider's member pools would hide the members from the profiler).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_single_row.py [--home H] [--calls 300]
+    PYTHONPATH=. .venv/bin/python bench/bench_single_row.py [--home H] [--calls 300] [--http]
 
 Prints a markdown table; writes bench/results/single_row.json.
 """
@@ -97,7 +100,32 @@ def profile(fn: Callable[[], object], calls: int, top: int = 25) -> str:
     return "\n".join(lines[:3] + lines[start:])
 
 
-def bench(home: Path, calls: int) -> dict:
+def http_latencies(decider, records: list[dict], calls: int) -> dict[str, list[float]]:
+    """Single-row POST /v1/decisions, fast and plain alternating by call, log off."""
+    import httpx
+
+    from ensemble_platform.service import DisabledDecisionLog, ServerThread, create_app
+
+    server = ServerThread(create_app(decider, DisabledDecisionLog(), None, auth=False)).start()
+    series: dict[str, list[float]] = {f"http_{mode}": [] for mode in MODES}
+    try:
+        with httpx.Client(timeout=120) as client:
+            def post(row: dict) -> None:
+                client.post(f"{server.url}/v1/decisions", json={"rows": [row]}).raise_for_status()
+
+            for mode in MODES * 3:  # warm-up
+                set_mode(mode)
+                post(records[0])
+            for i in range(calls):
+                for mode in (MODES if i % 2 == 0 else MODES[::-1]):
+                    set_mode(mode)
+                    series[f"http_{mode}"].append(timed(lambda i=i: post(records[(i * 7) % len(records)]))[0])
+    finally:
+        server.stop()
+    return series
+
+
+def bench(home: Path, calls: int, http: bool = False) -> dict:
     from ensemble_platform.data.loading import load_dataset
     from ensemble_platform.data.spec import load_spec
     from ensemble_platform.data.splitting import split_dataset
@@ -144,12 +172,18 @@ def bench(home: Path, calls: int) -> dict:
                 for fast, plain in zip(outputs["fast"], outputs["plain"], strict=True):
                     if not np.array_equal(fast, plain):
                         raise AssertionError(f"fast and plain paths differ on rows {rows}: {fast} vs {plain}")
-            summed = statistics.median(series["members"])
+            summed = percentile(series["members"], 50)
             results[str(n_rows)] = {
                 name: {"p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99), "mean_ms": statistics.fmean(v),
                        "ratio_p50_to_members": percentile(v, 50) / summed, "calls": len(v)}
                 for name, v in series.items()
             }
+        if http:
+            summed = results["1"]["members"]["p50_ms"]
+            for name, v in http_latencies(decider, records, calls).items():
+                results["1"][name] = {"p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99),
+                                      "mean_ms": statistics.fmean(v), "ratio_p50_to_members": percentile(v, 50) / summed,
+                                      "calls": len(v)}
         profiles = {}
         for mode in MODES:
             set_mode(mode)
@@ -174,10 +208,13 @@ def bench(home: Path, calls: int) -> dict:
 def markdown(report: dict) -> str:
     labels = {"members": "members' own `predict_proba`, summed", "runtime_plain": "`EnsembleRuntime.score`, plain",
               "runtime_fast": "`EnsembleRuntime.score`, fast path", "decider_plain": "`Decider.decide`, plain",
-              "decider_fast": "`Decider.decide`, fast path"}
+              "decider_fast": "`Decider.decide`, fast path", "http_plain": "`POST /v1/decisions` (log off), plain",
+              "http_fast": "`POST /v1/decisions` (log off), fast path"}
     lines = ["| rows | measure | p50 (ms) | p99 (ms) | p50 / members' summed p50 |", "|---:|---|---:|---:|---:|"]
     for n_rows, measures in report["results"].items():
         for name, label in labels.items():
+            if name not in measures:
+                continue
             m = measures[name]
             lines.append(f"| {n_rows} | {label} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
                          f"{m['ratio_p50_to_members']:.2f}x |")
@@ -192,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, help="an existing platform home holding a validated default ensemble")
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--http", action="store_true", help="also single rows over HTTP (log off)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-single-row-") as scratch:
         home = args.home or build_home(Path(scratch))
-        report = bench(home, args.calls)
+        report = bench(home, args.calls, args.http)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
