@@ -120,3 +120,19 @@ def test_boosting_on_one_openmp_thread_restores_the_thread_setting(fitted_member
     rows = np.vstack([estimator_proba(estimator, Z[i:i + 1]) for i in range(0, len(Z), 9)])
     assert np.array_equal(rows, estimator.predict_proba(Z)[::9])
     assert [lib["num_threads"] for lib in ThreadpoolController().info()] == before
+
+
+def test_a_runtime_with_built_scoring_still_pickles(fitted_members, split, hard_rows):
+    import pickle
+
+    from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
+    from ensemble_platform.ensemble.runtime import EnsembleRuntime
+    from ensemble_platform.ensemble.strategies import SoftAverage
+
+    members = {name: fitted_members[name] for name in ("logistic_regression", "random_forest")}
+    X = hard_rows.iloc[:3]
+    runtime = EnsembleRuntime("credit_slice", "1.0.0", split.schema, members, SoftAverage(), ProbabilityCalibrator(),
+                              agreement_threshold=0.5)
+    scored = runtime.member_matrix(X)  # builds the scoring (closures)
+    copy = pickle.loads(pickle.dumps(runtime))
+    assert copy._scoring is None and np.array_equal(copy.member_matrix(X), scored)

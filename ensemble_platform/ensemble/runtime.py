@@ -76,6 +76,10 @@ class EnsembleRuntime:
     # Built from the members on first use (`scoring`): shared preprocessing and the small-input fast path.
     _scoring: tuple[tuple[int, ...], MemberScoring] | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled / copied without the built scoring (it holds closures; rebuilt on first use)."""
+        return {**self.__dict__, "_scoring": None}
+
     @property
     def scoring(self) -> MemberScoring:
         """The members' shared preprocessing (`ensemble.batching.MemberScoring`), rebuilt if the members change."""
