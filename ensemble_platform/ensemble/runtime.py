@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,7 +31,7 @@ from sklearn.pipeline import Pipeline
 
 from ensemble_platform import safe_format
 from ensemble_platform.data.schema import FeatureSchema, as_model_input
-from ensemble_platform.ensemble.batching import blocked, member_probabilities
+from ensemble_platform.ensemble.batching import MemberScoring, blocked, member_probabilities
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
 from ensemble_platform.ensemble.cost_aware import Cascade, LazyCombiner, LazyResult, Router
 from ensemble_platform.ensemble.strategies import (
@@ -45,6 +45,7 @@ from ensemble_platform.ensemble.strategies import (
 )
 from ensemble_platform.errors import DataError
 from ensemble_platform.evaluation.agreement import vote_agreement
+from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, fast_path_enabled
 from ensemble_platform.members.scale import ReferenceSampleKNeighbors
 from ensemble_platform.policy import UnseenCategoryPolicy
 
@@ -72,25 +73,48 @@ class EnsembleRuntime:
     decision_threshold: float = 0.5
     unseen_category: UnseenCategoryPolicy = "review"
     max_missing_share: float = 0.5
+    # Built from the members on first use (`scoring`): shared preprocessing and the small-input fast path.
+    _scoring: tuple[tuple[int, ...], MemberScoring] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled / copied without the built scoring (it holds closures; rebuilt on first use)."""
+        return {**self.__dict__, "_scoring": None}
+
+    @property
+    def scoring(self) -> MemberScoring:
+        """The members' shared preprocessing (`ensemble.batching.MemberScoring`), rebuilt if the members change."""
+        identity = tuple(id(model) for model in self.members.values())
+        if self._scoring is None or self._scoring[0] != identity:
+            self._scoring = (identity, MemberScoring(self.members))
+        return self._scoring[1]
 
     def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
-        """Each member's probability per row, batch-invariant (`ensemble.batching`)."""
-        return np.column_stack([member_probabilities(model, X) for model in self.members.values()])
+        """Each member's probability per row, batch-invariant (`ensemble.batching`); preprocessing shared
+        by members is computed once."""
+        return self.scoring.matrix(X)
 
     def model_input(self, table: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.schema.features if c not in table.columns]
         if missing:
             raise DataError(f"input is missing feature column(s) {missing}; expected {self.schema.features}")
+        if len(table) <= FAST_PATH_MAX_ROWS and fast_path_enabled():
+            fast = small_model_input(table, self.schema)
+            if fast is not None:
+                return fast
         return as_model_input(table, self.schema)
 
     def unseen_categories(self, X: pd.DataFrame) -> np.ndarray:
         """Rows holding a categorical value no member saw in training, judged by the policy:
         'error' refuses them naming column and values, 'review' flags them, 'ignore' scores them."""
         unseen = np.zeros(len(X), dtype=bool)
+        small = len(X) <= FAST_PATH_MAX_ROWS and fast_path_enabled()
         for column in self.schema.categorical:
             known = set(self.schema.categories.get(column, ()))
             values = X[column]
-            new = (values.notna() & ~values.isin(known)).to_numpy()
+            if small:  # the same test value by value, without pandas' per-call overhead
+                new = np.array([not _is_missing(v) and v not in known for v in values.to_numpy()], dtype=bool)
+            else:
+                new = (values.notna() & ~values.isin(known)).to_numpy()
             if new.any() and self.unseen_category == "error":
                 raise DataError(
                     f"column {column!r} has value(s) never seen in training "
@@ -149,7 +173,7 @@ class EnsembleRuntime:
     def mostly_missing(self, X: pd.DataFrame) -> np.ndarray:
         """Rows missing more than `max_missing_share` of their features: the members impute them,
         so the score looks confident while it rests on almost nothing."""
-        return (X.isna().mean(axis=1) > self.max_missing_share).to_numpy()
+        return missing_shares(X) > self.max_missing_share
 
     def score(self, table: pd.DataFrame, member_proba: np.ndarray | None = None) -> pd.DataFrame:
         """Probability (calibrated), decision, agreement and review flag per input row.
@@ -242,6 +266,61 @@ class EnsembleRuntime:
             unseen_category=settings["unseen_category"],
             max_missing_share=settings.get("max_missing_share", 0.5),
         )
+
+
+# Largest magnitude `as_model_input` accepts (tree members compute in float32).
+_LARGEST_USABLE = float(np.finfo(np.float32).max)
+
+
+def small_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame | None:
+    """`as_model_input(table, schema)` for input already in its form (numeric columns of numbers, text
+    or missing categoricals), built directly: the same frame (values, dtypes, index) without its
+    per-column pandas passes (~4 ms for one row). None for anything else (wrong types, values
+    `as_model_input` refuses): the caller then runs `as_model_input`, which converts or names the problem."""
+    data: dict[str, np.ndarray] = {}
+    for column in schema.features:
+        values = table[column].to_numpy()
+        if column in schema.categorical:
+            if values.dtype != object:
+                return None
+            text = np.empty(len(values), dtype=object)
+            for i, value in enumerate(values):
+                if isinstance(value, str):
+                    text[i] = value
+                elif value is None or (isinstance(value, float) and value != value):
+                    text[i] = None
+                else:
+                    return None
+            data[column] = text
+        else:
+            if values.dtype.kind not in "fiu":
+                return None
+            numbers = values.astype(np.float64)
+            if np.any(np.abs(numbers) > _LARGEST_USABLE) or np.any(np.isinf(numbers)):
+                return None
+            data[column] = numbers
+    return pd.DataFrame(data, index=table.index, columns=schema.features)
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or value is pd.NA
+
+
+def missing_shares(X: pd.DataFrame) -> np.ndarray:
+    """Share of each row's features that are missing (`X.isna().mean(axis=1)`, the same bits: a count
+    of missing cells divided by the column count); small inputs without pandas' per-call overhead."""
+    if len(X) > FAST_PATH_MAX_ROWS or not fast_path_enabled() or X.shape[1] == 0:
+        return X.isna().mean(axis=1).to_numpy()
+    counts = np.zeros(len(X), dtype=np.int64)
+    for column in X.columns:
+        values = X[column].to_numpy()
+        if values.dtype.kind == "f":
+            counts += np.isnan(values)
+        elif values.dtype == object:
+            counts += np.array([_is_missing(v) for v in values], dtype=bool)
+        else:
+            counts += pd.isna(values)
+    return counts / X.shape[1]
 
 
 def called_vote_agreement(P: np.ndarray, proba: np.ndarray, threshold: float) -> np.ndarray:

@@ -6,40 +6,83 @@ for one row, measured in issue 18), although with `n_jobs=1` it sums the trees i
 one thread. Summing the same trees directly, in the same order, into the same float64 buffer and
 dividing by the tree count is the same computation: bit-identical results (tested on the holdout,
 row by row and in batches). Larger inputs keep scikit-learn's own path.
+
+Histogram gradient boosting predicts in an OpenMP parallel region over rows; for one row on a busy
+2-core machine the region's start-up and spin-waits cost 100+ ms (measured: 111-189 ms p50 for one
+row, 6-15 ms with one thread). Up to 64 rows it runs with one OpenMP thread: `omp_set_num_threads`
+(threadpoolctl) sets the calling thread's own setting and is restored on exit, so other threads are
+unaffected; each row's score is the same sum over the trees in order on any thread count (same bits).
+
+`ENSEMBLE_PLATFORM_FAST_PATH=off` (read per call) turns every fast path off (this one, the fitted
+preprocessing of `fast_preprocess` and the shared preprocessing of `ensemble.batching`): only the
+benchmark and the tests use it, to compare the fast paths with scikit-learn's own, bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.pipeline import Pipeline
+from threadpoolctl import ThreadpoolController
 
 from ensemble_platform.members.catalogue import final_estimator
 
 # Inputs up to this many rows take the direct tree sum (where joblib's dispatch outweighs the trees).
 FAST_PATH_MAX_ROWS = 64
 _FORESTS = (RandomForestClassifier, ExtraTreesClassifier)
+FAST_PATH_ENV = "ENSEMBLE_PLATFORM_FAST_PATH"
+
+
+def fast_path_enabled() -> bool:
+    """Whether the fast small-input paths are on (the default; see the module docstring)."""
+    return os.environ.get(FAST_PATH_ENV, "on") != "off"
+
+
+def is_forest(model: Any) -> bool:
+    """A single-output random / extra-trees forest (what `forest_proba` sums)."""
+    return isinstance(model, _FORESTS) and isinstance(getattr(model, "n_classes_", None), (int, np.integer))
 
 
 def forest_proba(forest: RandomForestClassifier | ExtraTreesClassifier, X: Any) -> np.ndarray:
     """`forest.predict_proba(X)` for a single-output forest, summed tree by tree in the forest's
     order (what scikit-learn does on one thread), without joblib."""
-    X = forest._validate_X_predict(X)
+    X = forest._validate_X_predict(X)  # float32, the forest's feature count (every tree's)
     total = np.zeros((X.shape[0], forest.n_classes_), dtype=np.float64)
     for tree in forest.estimators_:
-        total += tree.predict_proba(X, check_input=False)
+        # What `tree.predict_proba(X, check_input=False)` returns for a single output, without its
+        # per-tree `check_is_fitted` and feature-count checks (~25 us each, 150 trees per forest).
+        total += tree.tree_.predict(X)[:, :tree.n_classes_]
     total /= len(forest.estimators_)
     return total
 
 
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def estimator_proba(estimator: Any, Z: Any) -> np.ndarray:
+    """`estimator.predict_proba(Z)`, bit for bit; on small inputs forests sum their trees directly and
+    histogram boosting runs on the calling thread only (see the module docstring)."""
+    if len(Z) <= FAST_PATH_MAX_ROWS and fast_path_enabled():
+        if is_forest(estimator):
+            return forest_proba(estimator, Z)
+        if isinstance(estimator, HistGradientBoostingClassifier):
+            with _threadpools().limit(limits=1, user_api="openmp"):
+                return np.asarray(estimator.predict_proba(Z))
+    return np.asarray(estimator.predict_proba(Z))
+
+
 def fast_predict_proba(model: Any, X: Any) -> np.ndarray:
-    """`model.predict_proba(X)`, bit for bit; forests (alone or ending a pipeline) on small inputs
-    skip joblib's per-tree dispatch."""
-    forest = final_estimator(model)
-    single_output = isinstance(forest, _FORESTS) and isinstance(getattr(forest, "n_classes_", None), (int, np.integer))
-    if not single_output or len(X) > FAST_PATH_MAX_ROWS:
+    """`model.predict_proba(X)`, bit for bit; forests and histogram boosting (alone or ending a
+    pipeline) on small inputs take `estimator_proba`."""
+    estimator = final_estimator(model)
+    small = len(X) <= FAST_PATH_MAX_ROWS and fast_path_enabled()
+    if not small or not (is_forest(estimator) or isinstance(estimator, HistGradientBoostingClassifier)):
         return np.asarray(model.predict_proba(X))
     Z = model[:-1].transform(X) if isinstance(model, Pipeline) and len(model.steps) > 1 else X
-    return forest_proba(forest, Z)
+    return estimator_proba(estimator, Z)

@@ -41,7 +41,7 @@ import pandas as pd
 
 from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.cost_aware import LazyCombiner
-from ensemble_platform.ensemble.runtime import EnsembleRuntime
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, missing_shares
 from ensemble_platform.ensemble.strategies import MajorityVote, SoftAverage, WeightedAverage
 from ensemble_platform.errors import DataError, PlatformError
 from ensemble_platform.evaluation.agreement import vote_agreement
@@ -234,6 +234,7 @@ class Decider:
         self._pools = {name: ThreadPoolExecutor(member_workers, thread_name_prefix=f"member-{name}")
                        for name in runtime.members}
         self._closed = threading.Event()
+        runtime.scoring  # noqa: B018 (built now, at load, not on the first request)
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -350,13 +351,18 @@ class Decider:
     # -- members ---------------------------------------------------------------------------------
 
     def _run_members(self, X: pd.DataFrame) -> dict[str, _MemberRun]:
-        def timed(model: Any) -> tuple[np.ndarray, float]:
+        try:  # preprocessing shared by members, once; failing, each member preprocesses (and fails) on its own
+            inputs = self.runtime.scoring.preprocess(X)
+        except Exception:
+            inputs = {}
+
+        def timed(name: str, model: Any) -> tuple[np.ndarray, float]:
             begun = time.perf_counter()
-            values = member_probabilities(model, X)
+            values = member_probabilities(model, X, inputs.get(name))
             return values, time.perf_counter() - begun
 
         submitted = time.monotonic()
-        futures: dict[str, Future] = {name: self._pools[name].submit(timed, model)
+        futures: dict[str, Future] = {name: self._pools[name].submit(timed, name, model)
                                       for name, model in self.runtime.members.items()}
         runs: dict[str, _MemberRun] = {}
         for name, future in futures.items():
@@ -434,7 +440,8 @@ class Decider:
             patterns.setdefault(tuple(np.flatnonzero(available[i]).tolist()), []).append(i)
         for columns, rows in patterns.items():
             idx = np.array(rows)
-            values, reason = self._combine_group(P[np.ix_(idx, np.array(columns, dtype=int))], X.iloc[idx], columns)
+            rows_X = X if len(idx) == len(X) else X.iloc[idx]  # idx is every row, in order: X itself
+            values, reason = self._combine_group(P[np.ix_(idx, np.array(columns, dtype=int))], rows_X, columns)
             combined[idx] = values
             for i in rows:
                 fallback[i] = reason
@@ -444,7 +451,8 @@ class Decider:
         combiner = self.runtime.combiner
         if len(columns) == len(self.runtime.members):
             try:
-                values = blocked(lambda pos: self.runtime.combined_proba(P[pos], X.iloc[pos]), len(P))
+                needs = combiner.needs_features  # the combiner ignores X otherwise: no per-block copy
+                values = blocked(lambda pos: self.runtime.combined_proba(P[pos], X.iloc[pos] if needs else X), len(P))
                 if np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1)):
                     return values, None
                 problem = "returned values that are not probabilities"
@@ -480,7 +488,7 @@ class Decider:
               skipped: list[dict[str, str]] | None = None) -> list[RowDecision]:
         threshold = self.runtime.decision_threshold
         names = list(self.runtime.members)
-        missing_share = X.isna().mean(axis=1).to_numpy()
+        missing_share = missing_shares(X)
         rows: list[RowDecision] = []
         for i in range(len(P)):
             voting = np.isfinite(P[i])
