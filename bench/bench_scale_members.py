@@ -87,7 +87,7 @@ def main() -> None:
     global _SPLIT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--members", nargs="+", default=["k_nearest_neighbours", "random_forest", "extra_trees",
+    parser.add_argument("--members", nargs="*", default=["k_nearest_neighbours", "random_forest", "extra_trees",
                                                           "hist_gradient_boosting"])
     parser.add_argument("--variant", action="append", default=[], type=parse_variant)
     args = parser.parse_args()

@@ -52,12 +52,7 @@ def test_every_member_fits_and_scores_better_than_chance(split):
 
 
 def test_members_are_bounded_only_above_the_row_threshold(split):
-    from ensemble_platform.members.scale import (
-        EXTRA_TREES_SAMPLE_ROWS,
-        FOREST_SAMPLE_ROWS,
-        KNN_REFERENCE_ROWS,
-        SCALE_ROWS,
-    )
+    from ensemble_platform.members.scale import FOREST_SAMPLE_ROWS, KNN_REFERENCE_ROWS, SCALE_ROWS
 
     for name in MEMBER_NAMES:
         plain = pipeline_definition(catalogue.CATALOGUE[name].build(split.schema, 0))
@@ -69,8 +64,7 @@ def test_members_are_bounded_only_above_the_row_threshold(split):
     assert big["k_nearest_neighbours"]["model__n_neighbors"] == "100"
     assert big["random_forest"]["model__max_samples"] == str(FOREST_SAMPLE_ROWS)
     assert big["extra_trees"]["model__bootstrap"] == "True"
-    assert (FOREST_SAMPLE_ROWS, EXTRA_TREES_SAMPLE_ROWS) == (20_000, 40_000)
-    assert big["extra_trees"]["model__max_samples"] == str(EXTRA_TREES_SAMPLE_ROWS)
+    assert big["extra_trees"]["model__max_samples"] == str(FOREST_SAMPLE_ROWS) == "50000"
     assert big["hist_gradient_boosting"]["model__early_stopping"] == "True"
 
 
