@@ -61,9 +61,42 @@ def test_members_are_bounded_only_above_the_row_threshold(split):
            for name in MEMBER_NAMES}
     # The bounds are in the definition, so the version says what was trained.
     assert big["k_nearest_neighbours"]["model__max_reference"] == str(KNN_REFERENCE_ROWS)
+    assert big["k_nearest_neighbours"]["model__n_neighbors"] == "100"
     assert big["random_forest"]["model__max_samples"] == str(FOREST_SAMPLE_ROWS)
     assert big["extra_trees"]["model__bootstrap"] == "True"
+    assert big["extra_trees"]["model__max_samples"] == str(FOREST_SAMPLE_ROWS) == "50000"
     assert big["hist_gradient_boosting"]["model__early_stopping"] == "True"
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    (3_340, (50, None)),  # the default data: the catalogue's k-NN as it is
+    (50_000, (50, None)),
+    (50_001, (100, 50_000)),
+    (75_000, (100, 50_000)),  # the bench's 100k table: measured within 0.002 AUC (bench/README.md)
+    (750_000, (100, 50_000)),
+])
+def test_knn_bound_at_given_row_counts(split, rows, expected):
+    # A sample of the threshold's rows (no member costs more per predicted row than one at the
+    # threshold) with twice the neighbours (a sample's estimates are noisier).
+    model = catalogue.build_for_rows("k_nearest_neighbours", split.schema, 0, rows).steps[-1][1]
+    assert (model.n_neighbors, getattr(model, "max_reference", None)) == expected
+    assert model.weights == "distance"
+
+
+def test_bounded_knn_is_trained_with_the_scaled_neighbours(split, monkeypatch):
+    from ensemble_platform.members import scale
+
+    # The threshold and the reference lowered to the test table's size: fit_member trains the
+    # bounded k-NN, and its definition (so its version) says so.
+    monkeypatch.setattr(scale, "SCALE_ROWS", 300)
+    monkeypatch.setattr(scale, "KNN_REFERENCE_ROWS", 400)
+    assert len(split.y_train) > 400
+    fit = fit_member("k_nearest_neighbours", split, seed=0)
+    model = fit.pipeline.steps[-1][1]
+    assert isinstance(model, scale.ReferenceSampleKNeighbors)
+    assert (model.n_neighbors, model.n_samples_fit_) == (100, 400)
+    assert (fit.definition["model__n_neighbors"], fit.definition["model__max_reference"]) == ("100", "400")
+    assert fit.definition != pipeline_definition(catalogue.CATALOGUE["k_nearest_neighbours"].build(split.schema, 0))
 
 
 def test_reference_sample_knn_keeps_a_stratified_sample_and_stores_safely(split):
