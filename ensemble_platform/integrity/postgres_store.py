@@ -40,21 +40,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ensemble_platform.integrity.chain import GENESIS, PREV, SEQ, SHA, check_entry, entry_text, seal, verify_entries
-from ensemble_platform.integrity.checkpoint import Checkpoint, CheckpointStore, parse_checkpoint, verify_tail
-from ensemble_platform.integrity.errors import ChainError, CheckpointError, IntegrityError, StoreClosedError
-from ensemble_platform.integrity.keys import SigningKey, load_signing_key
-from ensemble_platform.integrity.sqlite_store import Row, entry_of_row
-from ensemble_platform.integrity.store import RECORD_CREATED_AT, RECORD_ID, RECORD_KIND, RecordError, check_record
+from ensemble_platform.integrity.base_store import COLUMNS, ChainStoreBase, Row, entry_of_row
+from ensemble_platform.integrity.checkpoint import Checkpoint, CheckpointStore, parse_checkpoint
+from ensemble_platform.integrity.errors import CheckpointError, IntegrityError
+from ensemble_platform.integrity.keys import SigningKey
+from ensemble_platform.integrity.store import RecordError
 from ensemble_platform.settings import PlatformPaths, masked_url
 
 TABLE_PREFIX = "chain_"
 CHECKPOINT_TABLE = "chain_checkpoints"
-COLUMNS = "seq, record_id, kind, created_at, entry"
 LOCK_NAMESPACE = b"ensemble_platform/chain/"
 NAME_CHARS = 32
 PAGE = 1_000
@@ -74,7 +71,7 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(LOCK_NAMESPACE + name.encode()).digest()[:8], "big", signed=True)
 
 
-class PostgresChainStore:
+class PostgresChainStore(ChainStoreBase):
     """A `ChainStore` in one PostgreSQL table. Thread-safe; writers anywhere serialise on an advisory lock.
 
     `url` is a libpq URL (`postgresql://user:password@host:port/database`; the password is never shown in
@@ -83,23 +80,17 @@ class PostgresChainStore:
     def __init__(self, url: str, name: str, key: SigningKey | None = None,
                  checkpoints: CheckpointStore | None = None, *, paths: PlatformPaths | None = None,
                  check_tail: bool = True):
+        super().__init__(name, key, checkpoints, paths)
         self.url = url
-        self.name = name
         self.table = table_name(name)
-        self.key = key or load_signing_key(paths)
-        self.checkpoints = checkpoints or CheckpointStore(self.key, paths=paths)
         self.label = f"{name} [{masked_url(url)} table {self.table}]"
-        self._lock = threading.RLock()
-        self._closed = False
-        self._head: dict[str, Any] | None = None
-        self._head_text: str | None = None
         self._conn = self._connect()
         try:
             with self._writer_lock():
                 existed = self._create_tables()
                 if check_tail:
-                    self._check_tail_or_locate(existed)
-                self._head, self._head_text = self._read_head()
+                    self._refuse_dropped(existed)
+                self._open(check_tail)
         except BaseException:
             self._conn.close()
             raise
@@ -110,22 +101,10 @@ class PostgresChainStore:
     def __enter__(self) -> PostgresChainStore:
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
     # -- reading ---------------------------------------------------------------------------------
 
     def count(self) -> int:
         return int(self._one(f"SELECT coalesce(max(seq), 0) FROM {self.table}")[0])
-
-    def head(self) -> dict[str, Any] | None:
-        with self._lock:
-            return self._read_head()[0]
-
-    def get(self, record_id: str) -> dict[str, Any] | None:
-        """The entry of `record_id` after checking its columns, hash and MAC (not its place in the chain)."""
-        row = self._one(f"SELECT {COLUMNS} FROM {self.table} WHERE record_id = %s", (record_id,))
-        return None if row is None else self._checked(row)
 
     def existing_ids(self, record_ids: Sequence[str]) -> set[str]:
         if not record_ids:
@@ -159,24 +138,6 @@ class PostgresChainStore:
                 return
             after = (rows[-1][3], rows[-1][0])
 
-    def verify(self) -> int:
-        """Check every entry in order (seq, link, hash, MAC, columns) and the store against both
-        checkpoints; returns the number of entries. Raises `ChainError` naming the first bad seq,
-        `CheckpointError` (truncated, rewritten, no checkpoint) or `KeyMismatchError`."""
-        checkpoints = self._checkpoints()
-        wanted = {c.count for c in checkpoints}
-        total, anchors = 0, {}
-        for entry in self._verified_entries():
-            total += 1
-            if total in wanted:
-                anchors[total] = entry
-        if not checkpoints:
-            verify_tail([], total, None, self.key, name=self.label)
-        for checkpoint in checkpoints:
-            anchor = anchors.get(checkpoint.count)
-            verify_tail([anchor] if anchor else [], total, checkpoint, self.key, name=self.label)
-        return total
-
     def check_writable(self) -> str:
         """Where the store writes, after checking this role may append; raises `IntegrityError` if not."""
         allowed = self._one("SELECT has_table_privilege(%s, 'INSERT'), has_table_privilege(%s, 'UPDATE')",
@@ -185,50 +146,6 @@ class PostgresChainStore:
             raise IntegrityError(f"{self.label}: this role may not insert into {self.table} or update "
                                  f"{CHECKPOINT_TABLE}")
         return self.label
-
-    # -- writing ---------------------------------------------------------------------------------
-
-    def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Seal `records` onto the chain in one transaction (all or none), then checkpoint. Raises
-        `RecordError` (bad or duplicate record), `IntegrityError` (the head it would chain onto does
-        not verify), `StoreClosedError` or the database's own error; in every case nothing was stored
-        and the head is unchanged."""
-        records = list(records)
-        return self.append_checked(lambda: records)
-
-    def append_checked(self, build: Callable[[], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-        """Append what `build()` returns with no other writer (thread, process or machine) in between:
-        `build` reads the store's current state, refuses by raising, or returns the records to seal."""
-        with self._writer_lock():
-            records = list(build())
-            if not records:
-                return []
-            self._check_records(records)
-            entries, last_text, shared_before = self._commit(records)
-            self._checkpoint_or_undo(entries, shared_before)
-            self._head, self._head_text = entries[-1], last_text
-            return entries
-
-    def reanchor(self) -> int:
-        """Operator action for a store whose checkpoints are legitimately missing: verify the whole
-        chain, then checkpoint its head (shared row and local file). Returns the number of entries."""
-        with self._writer_lock():
-            total, last = 0, None
-            for entry in self._verified_entries():
-                total, last = total + 1, entry
-            count, head = (last[SEQ], last[SHA]) if last else (0, GENESIS)
-            checkpoint = Checkpoint.signed(self.name, count, head, self.key)
-            with self._transaction() as cursor:
-                self._write_shared(cursor, checkpoint)
-            self.checkpoints.write(self.name, count, head)
-            self._head, self._head_text = self._read_head()
-            return total
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
 
     # -- internals: connection -------------------------------------------------------------------
 
@@ -245,9 +162,11 @@ class PostgresChainStore:
             cursor.execute("SET synchronous_commit = on")
         return conn
 
+    def _close_connection(self) -> None:
+        self._conn.close()
+
     def _ensure_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError(f"{self.label}: the store is closed")
+        super()._ensure_open()
         if self._conn.closed:  # the server restarted or the session was cut: a new session (the call that
             self._conn = self._connect()  # found it broken failed; the head this process saw still guards appends)
 
@@ -303,6 +222,13 @@ class PostgresChainStore:
                            f"checkpoint text NOT NULL)")
         return bool(existed)
 
+    def _refuse_dropped(self, existed: bool) -> None:
+        """A checkpoint says there were entries but the table had to be created: it was dropped."""
+        highest = max((c.count for c in self._checkpoints()), default=0)
+        if highest and not existed:
+            raise CheckpointError(f"{self.label}: truncated: checkpoint says {highest} entries, log has 0 "
+                                  f"(table {self.table} did not exist: dropped)", position=1)
+
     # -- internals: checkpoints ------------------------------------------------------------------
 
     def _shared_checkpoint(self) -> Checkpoint | None:
@@ -317,59 +243,12 @@ class PostgresChainStore:
         found = [c for c in (self.checkpoints.read(self.name), self._shared_checkpoint()) if c is not None]
         return sorted(found, key=lambda c: c.count, reverse=True)
 
-    def _write_shared(self, cursor: Any, checkpoint: Checkpoint) -> None:
-        cursor.execute(SHARED_UPSERT.format(table=CHECKPOINT_TABLE), (self.name, checkpoint.to_json().decode()))
+    def _write_checkpoints(self, checkpoint: Checkpoint) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(SHARED_UPSERT.format(table=CHECKPOINT_TABLE), (self.name, checkpoint.to_json().decode()))
+        self.checkpoints.write(self.name, checkpoint.count, checkpoint.head_sha256)
 
-    def _check_tail_or_locate(self, existed: bool) -> None:
-        """The cheap tail check; if it fails, a full `verify()` names the FIRST bad position when that
-        is earlier than the tail, else the tail's error stands."""
-        highest = max((c.count for c in self._checkpoints()), default=0)
-        if highest and not existed:
-            raise CheckpointError(f"{self.label}: truncated: checkpoint says {highest} entries, log has 0 "
-                                  f"(table {self.table} did not exist: dropped)", position=1)
-        try:
-            self._check_tail()
-        except IntegrityError:
-            self.verify()
-            raise
-
-    def _check_tail(self) -> None:
-        """Cheap open-time check: each checkpointed entry, every entry after the highest, and the highest seq."""
-        checkpoints = self._checkpoints()
-        total = self.count()
-        if not checkpoints:
-            verify_tail([], total, None, self.key, name=self.label)
-            return
-        highest, *others = checkpoints
-        tail = [entry_of_row(row, self.label) for row in self._rows_from(max(highest.count, 1))]
-        verify_tail(tail, total, highest, self.key, name=self.label)
-        for checkpoint in others:
-            anchor = self._rows_from(max(checkpoint.count, 1), limit=1)
-            verify_tail([entry_of_row(row, self.label) for row in anchor], total, checkpoint, self.key, name=self.label)
-
-    def _checkpoint_or_undo(self, entries: list[dict[str, Any]], shared_before: str | None) -> None:
-        """Write this machine's checkpoint for the committed batch; if that fails, delete the batch and put
-        the shared checkpoint back (still under the writer lock) so the caller's error is true."""
-        try:
-            self.checkpoints.write(self.name, entries[-1][SEQ], entries[-1][SHA])
-        except BaseException:
-            # If this fails too, the batch stays as signed, checkpointed (shared row) entries: still valid.
-            with contextlib.suppress(Exception), self._transaction() as cursor:
-                cursor.execute(f"DELETE FROM {self.table} WHERE seq >= %s", (entries[0][SEQ],))
-                if shared_before is None:
-                    cursor.execute(f"DELETE FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
-                else:
-                    cursor.execute(f"UPDATE {CHECKPOINT_TABLE} SET checkpoint = %s WHERE log = %s",
-                                   (shared_before, self.name))
-            raise
-
-    # -- internals: chain ------------------------------------------------------------------------
-
-    def _checked(self, row: Row) -> dict[str, Any]:
-        entry = entry_of_row(row, self.label)
-        check_entry(entry, self.key, position=row[0], expected_seq=row[0], prev_sha256=str(entry.get(PREV)),
-                    name=self.label)
-        return entry
+    # -- internals: rows -------------------------------------------------------------------------
 
     def _pages(self, where: str, params: tuple[Any, ...], since_seq: int) -> Iterator[Row]:
         """Rows matching `where` with seq > `since_seq` in seq order, a page per query (keyset paging)."""
@@ -382,67 +261,22 @@ class PostgresChainStore:
                 return
             after = rows[-1][0]
 
-    def _verified_entries(self) -> Iterator[dict[str, Any]]:
-        """Every entry in order, each checked (seq, link, hash, MAC, columns) before it is yielded."""
-        expected, previous = 1, GENESIS
-        for entry in self.iter_entries():
-            check_entry(entry, self.key, position=expected, expected_seq=expected, prev_sha256=previous,
-                        name=self.label)
-            previous, expected = entry[SHA], expected + 1
-            yield entry
+    def _row_of(self, record_id: str) -> Row | None:
+        return self._one(f"SELECT {COLUMNS} FROM {self.table} WHERE record_id = %s", (record_id,))
 
-    def _read_head(self) -> tuple[dict[str, Any] | None, str | None]:
-        row = self._one(f"SELECT {COLUMNS} FROM {self.table} ORDER BY seq DESC LIMIT 1")
-        return (entry_of_row(row, self.label), row[4]) if row else (None, None)
+    def _last_row(self) -> Row | None:
+        return self._one(f"SELECT {COLUMNS} FROM {self.table} ORDER BY seq DESC LIMIT 1")
 
     def _rows_from(self, seq: int, limit: int | None = None) -> list[Row]:
         return self._all(f"SELECT {COLUMNS} FROM {self.table} WHERE seq >= %s ORDER BY seq"
                          + (f" LIMIT {int(limit)}" if limit else ""), (seq,))
 
-    def _check_records(self, records: list[Mapping[str, Any]]) -> None:
-        seen: set[str] = set()
-        for record in records:
-            check_record(record)
-            if record[RECORD_ID] in seen:
-                raise RecordError(f"{self.label}: record id {record[RECORD_ID]!r} appears twice in one batch")
-            seen.add(record[RECORD_ID])
-
-    def _current_head(self) -> dict[str, Any] | None:
-        """The head to chain onto, checked against the head this process last saw: the same row, or a
-        signed continuation of it (another process or machine appended). Call under the writer lock."""
-        row = self._one(f"SELECT {COLUMNS} FROM {self.table} ORDER BY seq DESC LIMIT 1")
-        if self._head is not None and row is not None and row[0] == self._head[SEQ] and row[4] == self._head_text:
-            return self._head
-        known = self._head[SEQ] if self._head else 0
-        if (row[0] if row else 0) < known:
-            raise CheckpointError(f"{self.label}: truncated: this process last saw {known} entries, the store has "
-                                  f"{row[0] if row else 0}; nothing was appended", position=(row[0] if row else 0) + 1)
-        rows = self._rows_from(max(known, 1))
-        if self._head is not None:
-            if not rows or rows[0][4] != self._head_text:
-                raise ChainError(known, "edited", name=self.label, detail="the head entry changed since this "
-                                                                         "process saw it; nothing was appended")
-            rows = rows[1:]
-        entries = [entry_of_row(row, self.label) for row in rows]
-        verify_entries(entries, self.key, name=self.label, after=self._head)
-        return entries[-1] if entries else self._head
-
-    def _commit(self, records: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str, str | None]:
-        """Insert the sealed batch and the shared checkpoint row in one transaction (one message of two
-        statements: PostgreSQL runs it as one implicit transaction); returns the entries, the last entry's
-        text and the shared checkpoint row as it was before (to undo)."""
+    def _insert_batch(self, rows: list[Row], checkpoint: Checkpoint) -> str | None:
+        """Insert the rows and the shared checkpoint row in one transaction (one message of two statements:
+        PostgreSQL runs it as one implicit transaction); returns the shared checkpoint row as it was before."""
         import psycopg2
 
-        previous = self._current_head()
-        entries, rows = [], []
-        for record in records:
-            entry = seal(record, previous, self.key)
-            rows.append((entry[SEQ], record[RECORD_ID], record[RECORD_KIND], record[RECORD_CREATED_AT],
-                         entry_text(entry)))
-            entries.append(entry)
-            previous = entry
         before = self._one(f"SELECT checkpoint FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
-        checkpoint = Checkpoint.signed(self.name, entries[-1][SEQ], entries[-1][SHA], self.key)
         try:
             with self._conn.cursor() as cursor:
                 values = b",".join(cursor.mogrify("(%s, %s, %s, %s, %s)", row) for row in rows)
@@ -452,4 +286,13 @@ class PostgresChainStore:
         except psycopg2.errors.UniqueViolation as exc:
             raise RecordError(f"{self.label}: a record id of this batch is already stored "
                               f"({str(exc).strip().splitlines()[-1]}); nothing was appended") from exc
-        return entries, rows[-1][4], before[0] if before else None
+        return before[0] if before else None
+
+    def _undo_batch(self, first_seq: int, undo: Any) -> None:
+        """Delete the batch and put the shared checkpoint row back as it was."""
+        with self._transaction() as cursor:
+            cursor.execute(f"DELETE FROM {self.table} WHERE seq >= %s", (first_seq,))
+            if undo is None:
+                cursor.execute(f"DELETE FROM {CHECKPOINT_TABLE} WHERE log = %s", (self.name,))
+            else:
+                cursor.execute(f"UPDATE {CHECKPOINT_TABLE} SET checkpoint = %s WHERE log = %s", (undo, self.name))
