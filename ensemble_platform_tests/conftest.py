@@ -124,9 +124,31 @@ def lifecycle(tmp_path_factory, credit_slice):
     return PlatformPaths.from_env(home), spec_path
 
 
-def home_in_production(root: Path, table: pd.DataFrame, **spec_overrides):
-    """The demo run into `root/home` on `table`, then 1.0.0 approved (its failing gates waived),
-    staged and promoted to production. Returns (paths, spec path, Release, production result)."""
+@pytest.fixture
+def keyed_home(tmp_path, monkeypatch) -> Path:
+    """A platform home, with the key file and checkpoints under a config dir outside it, and no key,
+    checkpoint or decision-store setting inherited from the environment."""
+    from ensemble_platform.integrity import CHECKPOINT_DIR_ENV, KEY_ENV, KEY_FILE_ENV
+    from ensemble_platform.settings import DECISION_STORE_ENV
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("ENSEMBLE_PLATFORM_HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for variable in (KEY_ENV, KEY_FILE_ENV, CHECKPOINT_DIR_ENV, DECISION_STORE_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    return home
+
+
+def decision_record(i: int, **extra) -> dict:
+    """A minimal decision-log record number `i`."""
+    return {"id": f"d-{i}", "kind": "decision", "created_at": f"2026-01-01T00:00:{i % 60:02d}Z",
+            "score": i / 7, **extra}
+
+
+def approved_demo(root: Path, table: pd.DataFrame, reason: str = "reviewed", **spec_overrides):
+    """The demo run into `root/home` on `table`, then 1.0.0 approved by bob (its failing gates waived),
+    in no stage yet. Returns (Release, dataset name, spec path)."""
     from ensemble_platform import cli
     from ensemble_platform.governance.release import Release
     from ensemble_platform.settings import PlatformPaths
@@ -136,7 +158,13 @@ def home_in_production(root: Path, table: pd.DataFrame, **spec_overrides):
     assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
     release = Release(PlatformPaths.from_env(home))
     dataset = load_spec(spec_path).name
-    release.approve(dataset, "1.0.0", "bob", "approve", "reviewed; gaps documented",
-                    release.state(dataset, "1.0.0").gates.failing)
+    release.approve(dataset, "1.0.0", "bob", "approve", reason, release.state(dataset, "1.0.0").gates.failing)
+    return release, dataset, spec_path
+
+
+def home_in_production(root: Path, table: pd.DataFrame, **spec_overrides):
+    """`approved_demo`, then 1.0.0 staged and promoted to production. Returns (paths, spec path,
+    Release, production result)."""
+    release, dataset, spec_path = approved_demo(root, table, "reviewed; gaps documented", **spec_overrides)
     release.promote(dataset, "1.0.0", "staging")
     return release.paths, spec_path, release, release.promote(dataset, "1.0.0", "production")

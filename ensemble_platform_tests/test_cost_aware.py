@@ -363,3 +363,17 @@ def test_fairness_report_shows_routing_rates_by_sensitive_group(split, two_fits,
             assert sum(shares.values()) == pytest.approx(1.0)
             assert set(shares) <= {*runtime.members, "full ensemble"}
     assert any(s.heading == f"Routing by {spec.sensitive[0]}" for s in report.document.sections)
+
+
+def test_router_bounded_fit_learns_the_same_routes_from_a_sample():
+    """Above `max_fit_rows` the router fits on a stratified sample (recorded as `fit_rows`) and still
+    learns where each member is right; the full ensemble's weights use every row; at or below the
+    bound nothing changes (no `fit_rows` in the description, so small tables keep their hashes)."""
+    P, y, X, schema = _router_data(n=3000)
+    bounded = Router(schema=schema, costs=(1.0, 1.0), tolerance=0.0, max_fit_rows=600).fit(P, y, X)
+    assert bounded.fit_rows_ == 600 and bounded.describe()["fit_rows"] == 600
+    np.testing.assert_array_equal(bounded.route(pd.DataFrame({"x": [-2.5, -1.0, 1.0, 2.5]})), [0, 0, 1, 1])
+    everything = Router(schema=schema, costs=(1.0, 1.0), tolerance=0.0).fit(P, y, X)
+    np.testing.assert_array_equal(bounded.fallback_weights_, everything.fallback_weights_)
+    unbounded = Router(schema=schema, costs=(1.0, 1.0), tolerance=0.0, max_fit_rows=3000).fit(P, y, X)
+    assert unbounded.fit_rows_ is None and unbounded.describe() == everything.describe()

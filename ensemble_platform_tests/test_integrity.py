@@ -45,26 +45,15 @@ from ensemble_platform.integrity import (
 from ensemble_platform.integrity.chain import MAC, SHA
 from ensemble_platform.integrity.jsonl_log import serialise_entry
 from ensemble_platform.settings import PlatformPaths
+from ensemble_platform_tests.conftest import decision_record as decision
 
 REPO = Path(__file__).resolve().parents[1]
 N = 4  # entries written before each attack
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A platform home, with the key file and checkpoints under a config dir outside it."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("ENSEMBLE_PLATFORM_HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for variable in (KEY_ENV, KEY_FILE_ENV, CHECKPOINT_DIR_ENV):
-        monkeypatch.delenv(variable, raising=False)
-    return home
-
-
-def decision(i: int, **extra) -> dict:
-    return {"id": f"d-{i}", "kind": "decision", "created_at": f"2026-01-01T00:00:{i % 60:02d}Z",
-            "score": i / 7, **extra}
+def home(keyed_home) -> Path:
+    return keyed_home
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -50,22 +50,18 @@ from ensemble_platform.integrity.chain import entry_text
 from ensemble_platform.integrity.postgres_store import CHECKPOINT_TABLE, table_name
 from ensemble_platform.service import cli as service_cli
 from ensemble_platform.settings import DECISION_STORE_ENV, PlatformPaths, masked_url
+from ensemble_platform_tests.conftest import decision_record as decision
 from ensemble_platform_tests.conftest import home_in_production
-from ensemble_platform_tests.stack_driver import Postgres, free_port, start_postgres, stop_postgres
+from ensemble_platform_tests.stack_driver import Postgres, free_port, start_postgres, started_or_skip, stop_postgres
 
 REPO = Path(__file__).resolve().parents[1]
-REQUIRE_ENV = "ENSEMBLE_PLATFORM_REQUIRE_STACK"
 N = 4  # entries written before each attack
 PASSWORD = "s3cret-never-shown"
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    started = start_postgres()
-    if isinstance(started, str):
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(started)
-        pytest.skip(started)
+    started = started_or_skip(start_postgres())
     try:
         yield started
     finally:
@@ -73,20 +69,8 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A platform home, with the key file and checkpoints under a config dir outside it."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("ENSEMBLE_PLATFORM_HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for variable in (KEY_ENV, KEY_FILE_ENV, CHECKPOINT_DIR_ENV, DECISION_STORE_ENV):
-        monkeypatch.delenv(variable, raising=False)
-    return home
-
-
-def decision(i: int, **extra) -> dict:
-    return {"id": f"d-{i}", "kind": "decision", "created_at": f"2026-01-01T00:00:{i % 60:02d}Z",
-            "score": i / 7, **extra}
+def home(keyed_home) -> Path:
+    return keyed_home
 
 
 class Harness:

@@ -16,13 +16,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ensemble_platform import cli
-from ensemble_platform.data.spec import load_spec
 from ensemble_platform.governance.intents import Intents
 from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release import Release
 from ensemble_platform.integrity import CHECKPOINT_DIR_ENV, KEY_ENV, KEY_FILE_ENV
-from ensemble_platform.settings import MLFLOW_URI_ENV, PlatformPaths
-from ensemble_platform_tests.conftest import write_spec
+from ensemble_platform.settings import MLFLOW_URI_ENV
+from ensemble_platform_tests.conftest import approved_demo
 
 REPO = Path(__file__).resolve().parents[1]
 VERSION = "1.0.0"
@@ -43,12 +42,7 @@ def approved(tmp_path_factory, credit_slice):
         for variable in (KEY_ENV, KEY_FILE_ENV, CHECKPOINT_DIR_ENV, MLFLOW_URI_ENV):
             patch.delenv(variable, raising=False)
         patch.setenv("XDG_CONFIG_HOME", str(root / "config"))
-        spec_path = write_spec(root / "dataset", credit_slice)
-        home = root / "home"
-        assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
-        release = Release(PlatformPaths.from_env(home))
-        dataset = load_spec(spec_path).name
-        release.approve(dataset, VERSION, "bob", "approve", "reviewed", release.state(dataset, VERSION).gates.failing)
+        release, dataset, _ = approved_demo(root, credit_slice)
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         yield release, dataset, env
 

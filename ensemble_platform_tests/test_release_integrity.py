@@ -18,8 +18,7 @@ from ensemble_platform.governance.intents import CRASH_ENV, CRASH_POINTS, INTENT
 from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release import BUNDLE_TAGS, Release
 from ensemble_platform.integrity import IntegrityError, canonical_json, entry_digest
-from ensemble_platform.settings import PlatformPaths
-from ensemble_platform_tests.conftest import home_in_production, write_spec
+from ensemble_platform_tests.conftest import approved_demo, home_in_production
 
 VERSION = "1.0.0"
 
@@ -151,13 +150,7 @@ def test_a_forged_promotion_intent_is_refused(production, audit):
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory, credit_slice):
-    root = tmp_path_factory.mktemp("crash")
-    spec_path = write_spec(root / "dataset", credit_slice)
-    home = root / "home"
-    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec_path)]) == 0
-    release = Release(PlatformPaths.from_env(home))
-    dataset = load_spec(spec_path).name
-    release.approve(dataset, VERSION, "bob", "approve", "reviewed", release.state(dataset, VERSION).gates.failing)
+    release, dataset, _ = approved_demo(tmp_path_factory.mktemp("crash"), credit_slice)
     release.promote(dataset, VERSION, "staging")
     return release, dataset
 

@@ -32,20 +32,22 @@ from ensemble_platform.serving.parity import ParitySet
 from ensemble_platform.settings import DECISION_STORE_ENV, MLFLOW_URI_ENV, PlatformPaths
 from ensemble_platform.tags import CONFIG_HASH_TAG, SEMVER_TAG
 from ensemble_platform_tests.conftest import write_spec
-from ensemble_platform_tests.stack_driver import Queue, free_port, most_at_once, start_stack, stop_stack
+from ensemble_platform_tests.stack_driver import (
+    Queue,
+    free_port,
+    most_at_once,
+    start_stack,
+    started_or_skip,
+    stop_stack,
+)
 
-REQUIRE_ENV = "ENSEMBLE_PLATFORM_REQUIRE_STACK"
 VERSION = "1.0.0"
 MAX_RUNS = 4
 
 
 @pytest.fixture(scope="module")
 def stack():
-    started = start_stack(MAX_RUNS)
-    if isinstance(started, str):
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(started)
-        pytest.skip(started)
+    started = started_or_skip(start_stack(MAX_RUNS))
     try:
         yield started
     finally:

@@ -19,6 +19,7 @@ from ensemble_platform.ensemble.strategies import (
     SoftAverage,
     Stacking,
     WeightedAverage,
+    fit_sample,
 )
 from ensemble_platform.evaluation.agreement import probability_dispersion, vote_agreement
 
@@ -225,3 +226,24 @@ def test_agreement_known_values():
     np.testing.assert_allclose(vote_agreement(P, ensemble), [2 / 3, 1.0, 1.0])
     np.testing.assert_allclose(probability_dispersion(P)[2], 0.0)
     assert probability_dispersion(P)[0] == pytest.approx(np.std(P[0]) / np.mean(P[0]))
+
+
+def test_fit_sample_is_stratified_seeded_and_absent_below_the_bound():
+    y = np.array([1] * 300 + [0] * 700)
+    rows = fit_sample(y, 100, seed=0)
+    assert len(rows) == 100 and y[rows].sum() == 30 and (np.diff(rows) > 0).all()  # class shares kept, sorted
+    np.testing.assert_array_equal(rows, fit_sample(y, 100, seed=0))
+    assert not np.array_equal(rows, fit_sample(y, 100, seed=1))
+    assert fit_sample(y, 1000, seed=0) is None and fit_sample(y, None, seed=0) is None
+
+
+def test_bounded_stacking_fits_on_the_sample_only():
+    """Above `max_fit_rows` the meta-model is exactly the one fitted on the sample's rows; at or below it
+    the description is the unbounded one (no `fit_rows`: the default data's config hash is unchanged)."""
+    P, y, _ = _synthetic(n=2000)
+    bounded = Stacking(max_fit_rows=500, random_state=3).fit(P, y)
+    rows = fit_sample(y, 500, 3)
+    on_sample = Stacking(random_state=3).fit(P[rows], y[rows])
+    np.testing.assert_array_equal(bounded.positive_proba(P), on_sample.positive_proba(P))
+    assert bounded.describe() == on_sample.describe() | {"fit_rows": 500}
+    assert Stacking(max_fit_rows=2000).fit(P, y).describe() == Stacking().fit(P, y).describe()
