@@ -35,7 +35,7 @@ from sklearn.model_selection import KFold
 
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.batching import BLOCK_ROWS
-from ensemble_platform.ensemble.strategies import Combiner, WeightedAverage, _log_loss
+from ensemble_platform.ensemble.strategies import Combiner, WeightedAverage, _log_loss, fit_sample
 from ensemble_platform.members.catalogue import one_hot_scaled
 
 MemberFetch = Callable[[int, np.ndarray], np.ndarray]
@@ -223,9 +223,14 @@ class Router(LazyCombiner):
         Seed of the router and of its inner folds.
     inner_folds : int, default=3
         Folds of the inner cross-validation that chooses the confidence threshold.
+    max_fit_rows : int or None, default=None
+        The router, its inner folds and its threshold use a stratified sample of at most this many
+        rows (None: all rows); the full ensemble's weights always use every row.
 
     Attributes
     ----------
+    fit_rows_ : int or None
+        Rows of the router's sample, or None when it saw all rows.
     features_ : ColumnTransformer
         Encodes X for the router.
     router_ : LogisticRegression or None
@@ -241,13 +246,15 @@ class Router(LazyCombiner):
     needs_features = True
 
     def __init__(self, schema: FeatureSchema | None = None, costs: tuple[float, ...] | None = None,
-                 tolerance: float = 0.002, C: float = 1.0, random_state: int = 0, inner_folds: int = 3):
+                 tolerance: float = 0.002, C: float = 1.0, random_state: int = 0, inner_folds: int = 3,
+                 max_fit_rows: int | None = None):
         self.schema = schema
         self.costs = costs
         self.tolerance = tolerance
         self.C = C
         self.random_state = random_state
         self.inner_folds = inner_folds
+        self.max_fit_rows = max_fit_rows
 
     def _best_member(self, P: np.ndarray, y: np.ndarray) -> np.ndarray:
         p = np.clip(P, 1e-6, 1 - 1e-6)
@@ -276,6 +283,12 @@ class Router(LazyCombiner):
             raise ValueError("Router needs the original features X and a schema")
         P, y = np.asarray(P, dtype=float), np.asarray(y)
         m = P.shape[1]
+        self.fallback_weights_ = _simplex_weights(P, y)  # the full ensemble: on every fitting row
+        # The router, its inner folds and its threshold: on a stratified sample above max_fit_rows.
+        rows = fit_sample(y, self.max_fit_rows, self.random_state)
+        self.fit_rows_ = None if rows is None else len(rows)
+        if rows is not None:
+            P, y, X = P[rows], y[rows], X.iloc[rows]
         target = self._best_member(P, y)
         self.features_ = one_hot_scaled(self.schema).fit(X)
         Z = np.asarray(self.features_.transform(X), dtype=float)
@@ -285,7 +298,6 @@ class Router(LazyCombiner):
         for fit_rows, predict_rows in folds.split(Z):
             model, constant = self._fit_router(Z[fit_rows], target[fit_rows])
             member[predict_rows], confidence[predict_rows] = self._choices(model, constant, Z[predict_rows])
-        self.fallback_weights_ = _simplex_weights(P, y)
         full = _weighted([P[:, j] for j in range(m)], self.fallback_weights_)
         budget = _log_loss(y, full) + self.tolerance
         routed_proba = P[np.arange(len(y)), member]
@@ -332,6 +344,8 @@ class Router(LazyCombiner):
             "confidence_threshold": float(self.confidence_threshold_),
             "fallback_weights": [round(float(w), 12) for w in self.fallback_weights_],
         }
+        if getattr(self, "fit_rows_", None) is not None:  # only when bounded: small tables keep their hashes
+            described["fit_rows"] = self.fit_rows_
         if self.router_ is not None:
             described["routable_members"] = [int(c) for c in self.router_.classes_]
             described["intercepts"] = [round(float(b), 12) for b in self.router_.intercept_]
