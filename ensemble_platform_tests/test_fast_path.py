@@ -136,3 +136,31 @@ def test_a_runtime_with_built_scoring_still_pickles(fitted_members, split, hard_
     scored = runtime.member_matrix(X)  # builds the scoring (closures)
     copy = pickle.loads(pickle.dumps(runtime))
     assert copy._scoring is None and np.array_equal(copy.member_matrix(X), scored)
+
+
+def test_combiner_feature_encoding_gives_the_same_bits_and_is_used(split, fitted_members, hard_rows, monkeypatch):
+    """Stacking with passthrough and the router encode features on each 64-row block through the numpy
+    form of their fitted encoder: the same probabilities and routes as scikit-learn's transform, with
+    missing values and unseen categories, and the encoder itself is not changed (nothing new to store)."""
+    from ensemble_platform.ensemble import strategies
+    from ensemble_platform.ensemble.batching import blocked
+    from ensemble_platform.ensemble.cost_aware import Router
+    from ensemble_platform.ensemble.strategies import Stacking
+
+    X, y = split.X_train(), split.y_train
+    P = np.column_stack([member_probabilities(fitted_members[n], X) for n in MEMBER_NAMES[:3]])
+    Q = np.column_stack([member_probabilities(fitted_members[n], hard_rows) for n in MEMBER_NAMES[:3]])
+    stacking = Stacking(C=0.1, passthrough=True, schema=split.schema).fit(P, y, X)
+    router = Router(schema=split.schema, tolerance=0.1).fit(P, y, X)
+    state = vars(stacking.features_).keys()
+
+    def scored():
+        proba = blocked(lambda rows: stacking.positive_proba(Q[rows], hard_rows.iloc[rows]), len(Q))
+        routes = blocked(lambda rows: router.route(hard_rows.iloc[rows]), len(Q))
+        return proba, routes
+
+    fast = scored()
+    assert strategies._COMPILED.get(stacking.features_) is not None  # the numpy form was used
+    reference = plain(monkeypatch, scored)
+    assert np.array_equal(fast[0], reference[0]) and np.array_equal(fast[1], reference[1])
+    assert vars(stacking.features_).keys() == state

@@ -35,7 +35,7 @@ from sklearn.model_selection import KFold
 
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.batching import BLOCK_ROWS
-from ensemble_platform.ensemble.strategies import Combiner, WeightedAverage, _log_loss, fit_sample
+from ensemble_platform.ensemble.strategies import Combiner, WeightedAverage, _log_loss, encode_features, fit_sample
 from ensemble_platform.members.catalogue import one_hot_scaled
 
 MemberFetch = Callable[[int, np.ndarray], np.ndarray]
@@ -311,7 +311,7 @@ class Router(LazyCombiner):
 
     def route(self, X: pd.DataFrame) -> np.ndarray:
         """Per row: the member the router sends it to, or FALLBACK (the full ensemble)."""
-        Z = np.asarray(self.features_.transform(X), dtype=float)
+        Z = encode_features(self.features_, X)
         member, confidence = self._choices(self.router_, self.constant_member_, Z)
         return np.where(confidence >= self.confidence_threshold_, member, FALLBACK)
 
