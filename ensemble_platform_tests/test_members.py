@@ -128,6 +128,7 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate():
     assert memory_problem("credit_data", 3_340, 14, available=None) is None  # unknown: not refused
     problem = memory_problem("big", 10_000_000, 14, available=8_000)
     assert problem and "10,000,000 rows" in problem and "GB" in problem and "7.8 GB available" in problem
+    assert "more than 90% of the" in problem and "{" not in problem
 
 
 @pytest.mark.parametrize("name", ["random_forest", "extra_trees"])

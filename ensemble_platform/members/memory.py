@@ -56,5 +56,5 @@ def memory_problem(dataset: str, training_rows: int, n_features: int, available:
     return (f"training {dataset} on {training_rows:,} rows x {n_features} features needs an estimated "
             f"{estimate / 1024:.1f} GB at its peak (members.memory: {BASE_MB:.0f} MB + {BYTES_PER_ROW_UNBOUNDED:,.0f} "
             f"bytes per row up to {SCALE_ROWS:,} rows, {BYTES_PER_ROW_BOUNDED:,.0f} above, per {REFERENCE_FEATURES} "
-            "features), more than {MAX_SHARE_OF_AVAILABLE:.0%} of the "
+            f"features), more than {MAX_SHARE_OF_AVAILABLE:.0%} of the "
             f"{available / 1024:.1f} GB available; free memory or train on a sample")
