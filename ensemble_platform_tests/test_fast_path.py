@@ -142,10 +142,10 @@ def test_combiner_feature_encoding_gives_the_same_bits_and_is_used(split, fitted
     """Stacking with passthrough and the router encode features on each 64-row block through the numpy
     form of their fitted encoder: the same probabilities and routes as scikit-learn's transform, with
     missing values and unseen categories, and the encoder itself is not changed (nothing new to store)."""
-    from ensemble_platform.ensemble import strategies
     from ensemble_platform.ensemble.batching import blocked
     from ensemble_platform.ensemble.cost_aware import Router
     from ensemble_platform.ensemble.strategies import Stacking
+    from ensemble_platform.members import fast_preprocess
 
     X, y = split.X_train(), split.y_train
     P = np.column_stack([member_probabilities(fitted_members[n], X) for n in MEMBER_NAMES[:3]])
@@ -160,7 +160,7 @@ def test_combiner_feature_encoding_gives_the_same_bits_and_is_used(split, fitted
         return proba, routes
 
     fast = scored()
-    assert strategies._COMPILED.get(stacking.features_) is not None  # the numpy form was used
+    assert fast_preprocess._COMPILED.get(stacking.features_) is not None  # the numpy form was used
     reference = plain(monkeypatch, scored)
     assert np.array_equal(fast[0], reference[0]) and np.array_equal(fast[1], reference[1])
     assert vars(stacking.features_).keys() == state

@@ -32,7 +32,7 @@ from sklearn.pipeline import Pipeline
 from ensemble_platform import safe_format
 from ensemble_platform.members.catalogue import final_estimator
 from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, estimator_proba, fast_path_enabled
-from ensemble_platform.members.fast_preprocess import FastColumnTransformer, Unsupported, compile_column_transformer
+from ensemble_platform.members.fast_preprocess import FastColumnTransformer, compiled, fast_transform
 from ensemble_platform.members.training import positive_proba
 
 BLOCK_ROWS = 64
@@ -104,7 +104,11 @@ def member_probabilities(model: Any, X: pd.DataFrame, Z: np.ndarray | None = Non
 class _Preprocessing:
     key: str  # digest of the fitted preprocessing (the pipeline without its final estimator)
     fitted: Any
-    fast: FastColumnTransformer | None
+    transformer: Any  # its single ColumnTransformer (what the numpy form reproduces), or None
+
+    @property
+    def fast(self) -> FastColumnTransformer | None:
+        return compiled(self.transformer)
 
 
 class MemberScoring:
@@ -123,11 +127,10 @@ class MemberScoring:
                 prefix = model[:-1]
                 try:
                     key = hashlib.sha256(safe_format.dumps(prefix)).hexdigest()
-                    inner = prefix.steps[0][1] if len(prefix.steps) == 1 else None
-                    fast = compile_column_transformer(inner)
                 except Exception:  # an optional path: a member whose steps it cannot digest scores on its own
                     continue
-                self.preprocessing[name] = _Preprocessing(key, prefix, fast)
+                inner = prefix.steps[0][1] if len(prefix.steps) == 1 else None
+                self.preprocessing[name] = _Preprocessing(key, prefix, inner)
 
     def preprocess(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """Member name -> its preprocessed X, each distinct (part of a) preprocessing computed once.
@@ -139,12 +142,11 @@ class MemberScoring:
         whole: dict[str, np.ndarray] = {}
         out: dict[str, np.ndarray] = {}
         for name, prep in self.preprocessing.items():
-            if small and prep.fast is not None:
-                try:
-                    out[name] = prep.fast.transform(X, parts)
+            if small and prep.transformer is not None:
+                fast = fast_transform(prep.transformer, X, parts)
+                if fast is not None:
+                    out[name] = fast
                     continue
-                except Unsupported:
-                    pass
             if prep.key not in whole:
                 whole[prep.key] = prep.fitted.transform(X)
             out[name] = whole[prep.key]

@@ -35,7 +35,7 @@ from sklearn.model_selection import KFold
 
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.ensemble.batching import BLOCK_ROWS
-from ensemble_platform.ensemble.strategies import Combiner, WeightedAverage, _log_loss, encode_features, fit_sample
+from ensemble_platform.ensemble.strategies import BoundedFit, Combiner, WeightedAverage, _log_loss, encode_features
 from ensemble_platform.members.catalogue import one_hot_scaled
 
 MemberFetch = Callable[[int, np.ndarray], np.ndarray]
@@ -206,7 +206,7 @@ class Cascade(LazyCombiner):
                 "threshold": self.threshold, "tolerance": self.tolerance}
 
 
-class Router(LazyCombiner):
+class Router(BoundedFit, LazyCombiner):
     """Mixture of experts: one member per confident row, the full ensemble otherwise.
 
     Parameters
@@ -285,10 +285,7 @@ class Router(LazyCombiner):
         m = P.shape[1]
         self.fallback_weights_ = _simplex_weights(P, y)  # the full ensemble: on every fitting row
         # The router, its inner folds and its threshold: on a stratified sample above max_fit_rows.
-        rows = fit_sample(y, self.max_fit_rows, self.random_state)
-        self.fit_rows_ = None if rows is None else len(rows)
-        if rows is not None:
-            P, y, X = P[rows], y[rows], X.iloc[rows]
+        P, y, X = self._fit_sample(P, y, X)
         target = self._best_member(P, y)
         self.features_ = one_hot_scaled(self.schema).fit(X)
         Z = np.asarray(self.features_.transform(X), dtype=float)
@@ -343,9 +340,8 @@ class Router(LazyCombiner):
             "C": self.C, "tolerance": self.tolerance,
             "confidence_threshold": float(self.confidence_threshold_),
             "fallback_weights": [round(float(w), 12) for w in self.fallback_weights_],
+            **self._bound_described(),
         }
-        if getattr(self, "fit_rows_", None) is not None:  # only when bounded: small tables keep their hashes
-            described["fit_rows"] = self.fit_rows_
         if self.router_ is not None:
             described["routable_members"] = [int(c) for c in self.router_.classes_]
             described["intercepts"] = [round(float(b), 12) for b in self.router_.intercept_]

@@ -7,7 +7,6 @@ any estimator. Stacking with passthrough also reads the original features, passe
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.members.catalogue import one_hot_scaled
 from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, fast_path_enabled
-from ensemble_platform.members.fast_preprocess import Unsupported, compile_column_transformer
+from ensemble_platform.members.fast_preprocess import fast_transform
 from ensemble_platform.members.scale import SCALE_ROWS
 
 _EPS = 1e-6
@@ -226,11 +225,6 @@ class GreedySelection(WeightedAverage):
         return self
 
 
-# Fitted feature encoders of combiners -> their numpy form (None: not compilable). Kept beside the
-# combiner, not on it, so nothing new is serialised into a runtime or changes its hash.
-_COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
 def encode_features(features: Any, X: pd.DataFrame) -> np.ndarray:
     """`features.transform(X)` as floats, bit for bit. Combiners are evaluated on fixed 64-row blocks
     (`ensemble.batching`), where scikit-learn's per-call overhead (~5 ms) was nearly all the cost: 74 s
@@ -238,17 +232,9 @@ def encode_features(features: Any, X: pd.DataFrame) -> np.ndarray:
     inputs therefore take the fitted encoder's numpy form (`members.fast_preprocess`, the same bits);
     anything it does not reproduce uses scikit-learn's own transform."""
     if fast_path_enabled() and len(X) <= FAST_PATH_MAX_ROWS:
-        if features not in _COMPILED:
-            try:
-                _COMPILED[features] = compile_column_transformer(features)
-            except Exception:  # an optional path: scikit-learn's transform below is the reference
-                _COMPILED[features] = None
-        fast = _COMPILED[features]
+        fast = fast_transform(features, X)
         if fast is not None:
-            try:
-                return np.asarray(fast.transform(X), dtype=float)
-            except Unsupported:
-                pass
+            return np.asarray(fast, dtype=float)
     return np.asarray(features.transform(X), dtype=float)
 
 
@@ -261,7 +247,28 @@ def fit_sample(y: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray | N
     return np.sort(rows)
 
 
-class Stacking(Combiner):
+class BoundedFit:
+    """For combiners whose learned part fits on a stratified, seeded sample of at most `max_fit_rows`
+    rows (`COMBINER_FIT_ROWS` in the catalogue); the subclass holds `max_fit_rows` and `random_state`."""
+
+    max_fit_rows: int | None
+    random_state: int
+
+    def _fit_sample(self, P: np.ndarray, y: np.ndarray, X: pd.DataFrame | None):
+        """(P, y, X) on the fit sample (as given when unbounded); records `fit_rows_` (None: every row)."""
+        rows = fit_sample(y, self.max_fit_rows, self.random_state)
+        self.fit_rows_ = None if rows is None else len(rows)
+        if rows is None:
+            return P, y, X
+        return P[rows], y[rows], (None if X is None else X.iloc[rows])
+
+    def _bound_described(self) -> dict[str, object]:
+        """`fit_rows` only when the bound applied: below it descriptions (and config hashes) are unchanged."""
+        fit_rows = getattr(self, "fit_rows_", None)
+        return {} if fit_rows is None else {"fit_rows": fit_rows}
+
+
+class Stacking(BoundedFit, Combiner):
     """A regularised logistic-regression meta-model on the members' logits.
 
     With `passthrough=True` it also sees the original features (scaled numerics, one-hot
@@ -322,11 +329,7 @@ class Stacking(Combiner):
         return np.hstack(parts)
 
     def fit(self, P, y, X=None):
-        P, y = np.asarray(P, dtype=float), np.asarray(y)
-        rows = fit_sample(y, self.max_fit_rows, self.random_state)
-        self.fit_rows_ = None if rows is None else len(rows)
-        if rows is not None:
-            P, y, X = P[rows], y[rows], (None if X is None else X.iloc[rows])
+        P, y, X = self._fit_sample(np.asarray(P, dtype=float), np.asarray(y), X)
         self.meta_model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
         self.meta_model_.fit(self._design(P, X, fit=True), y)
         self.n_members_ = P.shape[1]
@@ -345,9 +348,8 @@ class Stacking(Combiner):
             "intercept": round(float(self.meta_model_.intercept_[0]), 12),
             # The first n_members coefficients act on standardised member logits.
             "member_coefficients": [round(float(c), 12) for c in coefs[: self.n_members_]],
+            **self._bound_described(),
         }
-        if getattr(self, "fit_rows_", None) is not None:  # only when bounded: small tables keep their hashes
-            described["fit_rows"] = self.fit_rows_
         if self.passthrough:
             names = list(self.features_.get_feature_names_out())
             described["feature_coefficients"] = {

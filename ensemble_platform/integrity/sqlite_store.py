@@ -37,8 +37,6 @@ from ensemble_platform.integrity.locking import exclusive, lock_path_for
 from ensemble_platform.integrity.store import RecordError
 from ensemble_platform.settings import PlatformPaths
 
-__all__ = ["COLUMNS", "Row", "SqliteChainStore", "entry_of_row"]
-
 TABLE = "entries"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (

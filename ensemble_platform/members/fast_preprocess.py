@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -252,6 +253,42 @@ def compile_column_transformer(transformer: Any) -> FastColumnTransformer | None
             return None
         parts.append(FastPart(part_digest(part, columns), tuple(columns), numeric, run))
     return FastColumnTransformer(tuple(parts))
+
+
+# Fitted ColumnTransformers -> their numpy form (None: not compilable), compiled once per fitted
+# object. Kept beside the object, not on it, so nothing new is serialised into a runtime or a hash.
+_COMPILED: weakref.WeakKeyDictionary[Any, FastColumnTransformer | None] = weakref.WeakKeyDictionary()
+
+
+def compiled(transformer: Any) -> FastColumnTransformer | None:
+    """`compile_column_transformer(transformer)`, once per fitted object; None where it cannot be
+    compiled (or fails to: this is an optional path, scikit-learn's own transform is the reference)."""
+    try:
+        return _COMPILED[transformer]
+    except KeyError:
+        pass
+    except TypeError:  # not weakly referenceable (None, a string step): nothing to compile
+        return None
+    try:
+        fast = compile_column_transformer(transformer)
+    except Exception:
+        fast = None
+    _COMPILED[transformer] = fast
+    return fast
+
+
+def fast_transform(transformer: Any, X: pd.DataFrame,
+                   cache: MutableMapping[str, np.ndarray] | None = None) -> np.ndarray | None:
+    """The fitted ColumnTransformer's output for X through its numpy form (the same bits, parts shared
+    through `cache`), or None where that form does not reproduce it: the caller then uses
+    scikit-learn's own transform."""
+    fast = compiled(transformer)
+    if fast is None:
+        return None
+    try:
+        return fast.transform(X, cache)
+    except Unsupported:
+        return None
 
 
 def shared_parts(compiled: Mapping[str, FastColumnTransformer | None]) -> dict[str, list[str]]:
