@@ -377,3 +377,25 @@ def test_router_bounded_fit_learns_the_same_routes_from_a_sample():
     np.testing.assert_array_equal(bounded.fallback_weights_, everything.fallback_weights_)
     unbounded = Router(schema=schema, costs=(1.0, 1.0), tolerance=0.0, max_fit_rows=3000).fit(P, y, X)
     assert unbounded.fit_rows_ is None and unbounded.describe() == everything.describe()
+
+
+def test_strategies_scored_at_once_give_the_same_bits_as_one_at_a_time(monkeypatch, split, two_fits):
+    """`select_strategy` scores strategies in worker threads: every candidate's fitted combiner (its
+    stored bytes), out-of-fold probabilities and cost must equal the one-at-a-time run's, bit for bit."""
+    from ensemble_platform import safe_format
+    from ensemble_platform.ensemble import selection
+
+    P = np.column_stack([f.oof_proba for f in two_fits])
+    costs = np.array([1.0, 10.0])
+
+    def run(workers: int):
+        monkeypatch.setattr(selection, "CANDIDATE_WORKERS", workers)
+        return select_strategy(strategy_catalogue(split.schema, 0, costs=(1.0, 10.0)), P, split.y_train,
+                               split.fold_of_row, split.X_train(), costs=costs)
+
+    alone, together = run(1), run(2)
+    assert list(together.candidates) == list(alone.candidates) and together.chosen == alone.chosen
+    for name, evidence in alone.candidates.items():
+        other = together.candidates[name]
+        assert safe_format.dumps(other.combiner) == safe_format.dumps(evidence.combiner), name
+        assert other.cv_proba.tobytes() == evidence.cv_proba.tobytes() and other.cost_per_row == evidence.cost_per_row

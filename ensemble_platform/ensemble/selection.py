@@ -8,11 +8,13 @@ holdout is not an input here, so it cannot influence the choice.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from threadpoolctl import threadpool_limits
 
 from ensemble_platform.ensemble.cost_aware import LazyCombiner
 from ensemble_platform.ensemble.pruning import used_columns
@@ -188,6 +190,28 @@ def eligible_candidates(candidates: dict[str, StrategyEvidence], selection: Sele
     return within
 
 
+# Strategies scored at once. Threads, not processes: the work is numpy and scikit-learn on arrays of
+# every training row (the GIL released in their loops), shared instead of copied per worker. Each
+# strategy's computation is the same whichever thread runs it and whatever else runs beside it (one
+# BLAS thread, one OpenMP thread), so the fitted weights, and the config hash, are the same bits.
+CANDIDATE_WORKERS = 2
+
+
+def _evidence(name: str, combiner: Combiner, P: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray,
+              X: pd.DataFrame | None, costs: np.ndarray | None) -> StrategyEvidence:
+    """One strategy scored on the shared folds and refitted on all rows (run in a worker thread)."""
+    started = time.perf_counter()
+    # OpenMP's thread count is a per-thread setting: this worker's own, one (BLAS is process-wide).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        cv_proba, called = cross_validated(combiner, P, y, fold_of_row, X)
+        fitted = clone(combiner).fit(P, y, X if combiner.needs_features else None)
+    return StrategyEvidence(
+        name, fitted, cv_proba, binary_metrics(y, cv_proba), time.perf_counter() - started,
+        cost_per_row=float((called @ np.asarray(costs, dtype=float)).mean()) if costs is not None else None,
+        members_called_per_row=float(called.sum(axis=1).mean()),
+    )
+
+
 def select_strategy(
     strategies: dict[str, Combiner],
     P: np.ndarray,
@@ -215,21 +239,20 @@ def select_strategy(
     if np.isnan(P).any():
         raise ValueError("out-of-fold matrix has missing predictions; every training row needs one per member")
     candidates: dict[str, StrategyEvidence] = {}
-    for i, (name, combiner) in enumerate(strategies.items(), start=1):
-        started = time.perf_counter()
-        with single_threaded_math():  # the fitted weights are versioned: no thread-count dependence
-            cv_proba, called = cross_validated(combiner, P, y, fold_of_row, X)
-            fitted = clone(combiner).fit(P, y, X if combiner.needs_features else None)
-        evidence = StrategyEvidence(
-            name, fitted, cv_proba, binary_metrics(y, cv_proba), time.perf_counter() - started,
-            cost_per_row=float((called @ np.asarray(costs, dtype=float)).mean()) if costs is not None else None,
-            members_called_per_row=float(called.sum(axis=1).mean()),
-        )
-        candidates[name] = evidence
-        log.info(
-            f"strategy {i} of {len(strategies)} ({name}): out-of-fold {criterion} "
-            f"{evidence.cv_metrics[criterion]:.4f} ({evidence.fit_seconds:.1f}s)"
-        )
+    # One BLAS thread for every fit (the process-wide setting, made here once: the workers share it).
+    with single_threaded_math(), ThreadPoolExecutor(CANDIDATE_WORKERS, thread_name_prefix="strategy") as pool:
+        # The catalogue goes from simple to costly: the costly ones start first (the shortest overall).
+        started = {name: pool.submit(_evidence, name, combiner, P, y, fold_of_row, X, costs)
+                   for name, combiner in reversed(strategies.items())}
+        pending = {name: started[name] for name in strategies}
+        try:
+            for i, (name, future) in enumerate(pending.items(), start=1):  # in catalogue order, as before
+                evidence = candidates[name] = future.result()
+                log.info(f"strategy {i} of {len(strategies)} ({name}): out-of-fold {criterion} "
+                         f"{evidence.cv_metrics[criterion]:.4f} ({evidence.fit_seconds:.1f}s)")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     if not candidates:
         raise ValueError("no strategies given")
     cheapest = float(np.min(costs)) if costs is not None and len(costs) else None
