@@ -1,6 +1,7 @@
 """The whole asset graph on a real Dagster instance and a real MLflow sqlite store, in temp dirs."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -37,6 +38,26 @@ def test_registry_has_every_member_and_the_ensemble(lifecycle):
         assert member.tags[tag], tag
     ensemble = client.get_model_version("credit_slice.ensemble", "1")
     assert ensemble.tags["ensemble_platform.semver"] == "1.0.0"
+
+
+def test_registered_ensemble_holds_the_registered_member_artefacts_byte_for_byte(lifecycle):
+    """The ensemble's runtime copies each served member's registered safe artefact (no second
+    serialisation): the same bytes, so the same SHA-256 as the member version's tag."""
+    import hashlib
+
+    from mlflow.artifacts import download_artifacts
+
+    from ensemble_platform.tags import MEMBER_SHA256_TAG
+
+    paths, _ = lifecycle
+    client = MlflowClient(paths.mlflow_tracking_uri, paths.mlflow_tracking_uri)
+    model = Path(download_artifacts(artifact_uri="models:/credit_slice.ensemble/1",
+                                    tracking_uri=paths.mlflow_tracking_uri))
+    stored = sorted(model.rglob("members/*.skops"))
+    assert stored
+    for path in stored:
+        tag = client.get_model_version(f"credit_slice.{path.stem}", "1").tags[MEMBER_SHA256_TAG]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == tag, path.stem
 
 
 def test_validation_report_schema_and_consistency(lifecycle):

@@ -137,7 +137,9 @@ class Registry(RegistryStages, RegistryDownloads):
             experiment_id=self.experiment_id(config.dataset), run_name=f"ensemble:{config.version}"
         ) as run:
             runtime_path = Path(tmp) / DATA_PATH.name
-            runtime.save(runtime_path)
+            # The served members are their registered artefacts, copied byte for byte (not serialised
+            # again: the same bytes, as safe_format's output is canonical, at a file copy's cost).
+            runtime.save(runtime_path, self.member_artefacts(config.members, Path(tmp) / "artefacts"))
             config_path = Path(tmp) / "ensemble_config.json"
             config_path.write_text(config.model_dump_json(indent=2))
             mlflow.set_tags(tags)

@@ -78,12 +78,7 @@ def _build_bundle(paths: PlatformPaths, registry: Registry, record: VersionRecor
     reports = paths.version_reports_dir(config.dataset, config.version)
     with tempfile.TemporaryDirectory() as scratch:
         runtime = registered_runtime(registry, config.dataset, str(record.entry.version))
-        member_files = {}
-        for member in config.members:
-            local = registry.download_member_artefact(member.registered_model, member.version,
-                                                      Path(scratch) / member.name)
-            if local is not None:  # otherwise the runtime stores the member it holds
-                member_files[member.name] = local
+        member_files = registry.member_artefacts(config.members, Path(scratch))
         contents = BundleContents(
             config=config, runtime=runtime, member_files=member_files,
             approval=approval.model_dump(mode="json"),
