@@ -11,7 +11,7 @@ RSS seen while it ran (read back from the run's event log), and the ratio graph 
 compare before/after in the same conditions.
 
     .venv/bin/python bench/bench_scale.py --rows 10000 100000          # ~minutes per size on 2 cores
-    .venv/bin/python bench/bench_scale.py --rows 10000 --code /tmp/old --no-stacking
+    .venv/bin/python bench/bench_scale.py --rows 10000 --code /tmp/old --stacking          # graph only
 
 Writes bench/results/scale.json. Never part of `make test`.
 """
@@ -161,13 +161,25 @@ rows = len(split.y_train)
 model = StackingClassifier(
     estimators=[(n, build_for_rows(n, split.schema, spec.seed, rows)) for n in MEMBER_NAMES],
     final_estimator=LogisticRegression(), cv=list(split.folds()), stack_method="predict_proba", n_jobs=1)
-started = time.perf_counter(); model.fit(split.X_train(), split.y_train); fit = time.perf_counter() - started
+started = time.perf_counter()
+if sys.argv[2] == "one_blas":  # every fit with one BLAS thread, as the platform fits its members
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        model.fit(split.X_train(), split.y_train)
+else:
+    model.fit(split.X_train(), split.y_train)
+fit = time.perf_counter() - started
 proba = model.predict_proba(split.X_holdout())[:, list(model.classes_).index(1)]
 print("RESULT " + json.dumps({"fit_seconds": fit, "holdout": binary_metrics(split.y_holdout, proba)}))
 """
 
 
-def measure(rows: int, code: Path, stacking: bool, keep: Path | None) -> dict:
+# StackingClassifier as it runs by default (BLAS on the machine's threads: the issue's reference), and
+# with one BLAS thread for its fits, as the platform fits its members (`threads.single_threaded_blas`).
+STACKING_VARIANTS = {"default": "stacking", "one_blas": "stacking_one_blas"}
+
+
+def measure(rows: int, code: Path, stacking: list[str], keep: Path | None) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"bench-scale-{rows}-"))
     spec = write_dataset(root / "dataset", rows)
     home = root / "home"
@@ -188,13 +200,16 @@ def measure(rows: int, code: Path, stacking: bool, keep: Path | None) -> dict:
     if validation:
         report = json.loads(validation[-1].read_text())
         result["holdout"] = {"ensemble": report["ensemble"], "members": report["members"]}
-    if stacking:
-        child = run_child([PYTHON, "-c", STACKING_CHILD, str(spec)], env, code, root / "stacking.log")
+    for variant in stacking:
+        key = STACKING_VARIANTS[variant]
+        log = root / f"{key}.log"
+        child = run_child([PYTHON, "-c", STACKING_CHILD, str(spec), variant], env, code, log)
         child.pop("samples")
-        line = next(ln for ln in (root / "stacking.log").read_text().splitlines() if ln.startswith("RESULT "))
-        result["stacking"] = child | json.loads(line[len("RESULT "):])
-        result["graph_over_stacking_fit"] = round(graph["wall_seconds"] / result["stacking"]["fit_seconds"], 2)
-        result["peak_rss_ratio"] = round(graph["peak_rss_mb"] / child["peak_rss_mb"], 2)
+        line = next(ln for ln in log.read_text().splitlines() if ln.startswith("RESULT "))
+        result[key] = child | json.loads(line[len("RESULT "):])
+        suffix = "" if variant == "default" else f"_{variant}"
+        result[f"graph_over_stacking_fit{suffix}"] = round(graph["wall_seconds"] / result[key]["fit_seconds"], 2)
+        result[f"peak_rss_ratio{suffix}"] = round(graph["peak_rss_mb"] / child["peak_rss_mb"], 2)
     if keep is None:
         shutil.rmtree(root, ignore_errors=True)
     else:
@@ -206,13 +221,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose ensemble_platform runs")
-    parser.add_argument("--no-stacking", action="store_true")
+    parser.add_argument("--stacking", nargs="*", choices=sorted(STACKING_VARIANTS), default=sorted(STACKING_VARIANTS),
+                        help="StackingClassifier runs to measure beside the graph (none: --stacking with no value)")
     parser.add_argument("--keep", action="store_true", help="keep the temp homes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = []
     for rows in args.rows:
-        result = measure(rows, args.code.resolve(), not args.no_stacking, args.out.parent if args.keep else None)
+        result = measure(rows, args.code.resolve(), args.stacking, args.out.parent if args.keep else None)
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=1, default=str), flush=True)
         for step, figures in sorted(result["steps"].items(), key=lambda kv: -kv[1]["seconds"])[:16]:
