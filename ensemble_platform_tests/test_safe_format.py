@@ -128,6 +128,26 @@ def test_member_round_trip_is_bit_identical_and_bytes_are_stable(name: str) -> N
     assert np.array_equal(loaded.predict(X), member.predict(X))
 
 
+def _public_path_bytes(obj: Any) -> bytes:
+    """`dumps` as it was written first: skops's public `sio.dumps`, then the canonical rewrite."""
+    prepared = safe_format._map_graph(obj, safe_format._to_state, {})
+    return safe_format._canonical(*safe_format._skops_archive_state(sio.dumps(prepared)))
+
+
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_dumps_without_skops_archive_gives_the_public_paths_bytes(name: str) -> None:
+    # `dumps` takes skops's state directly instead of encoding, zipping and decoding it: the bytes
+    # must be exactly those of the public `sio.dumps` path (a forest, boosting, XGBoost, k-NN ...).
+    member = fitted_member(name)
+    assert dumps(member) == _public_path_bytes(member)
+
+
+def test_dumps_without_skops_archive_matches_for_combiners_and_calibrators() -> None:
+    parts = [*fitted_combiners().values(), *(fitted_calibrator(m) for m in ("isotonic", "sigmoid"))]
+    for part in parts:
+        assert dumps(part) == _public_path_bytes(part), type(part).__name__
+
+
 def test_xgboost_is_stored_as_ubj_bytes_and_plain_parameters() -> None:
     X, _ = synthetic()
     member = fitted_member("xgboost")
