@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 
 from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.ensemble.build import member_references
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.cost_aware import FALLBACK, Cascade, Router, route_labels, routing_rates
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.ensemble.selection import select_strategy
 from ensemble_platform.ensemble.strategies import CASCADE, ROUTER, strategy_catalogue
+from ensemble_platform.errors import PlatformError
 from ensemble_platform.members.training import fit_member
 from ensemble_platform.policy import SelectionPolicy
 
@@ -169,6 +171,30 @@ def test_lazy_runtime_calls_only_needed_members_and_matches_eager(split, two_fit
     # Batch invariance: one row alone scores the same bits as within the batch.
     alone = runtime.score(holdout.iloc[[7]])
     assert alone["probability"].iloc[0] == scores["probability"].iloc[7]
+
+
+@pytest.mark.parametrize("which", ["cascade", "router", "stacking"])
+def test_runtime_of_member_references_scores_stored_probabilities_like_the_loaded_one(
+        split, two_fits, which, tmp_path):
+    # What `ensemble_config` stores and registers: the members as registry references. Validation
+    # scores the holdout from the members' stored probabilities; a lazy combiner (cascade, router)
+    # needs the member columns to exist there too (an empty member dict failed with an IndexError).
+    P = np.column_stack([f.oof_proba for f in two_fits])
+    X_train = split.X_train()
+    combiner = (Cascade(costs=(1.0, 2.0), tolerance=0.1).fit(P, split.y_train) if which == "cascade"
+                else Router(schema=split.schema, tolerance=0.1).fit(P, split.y_train, X_train) if which == "router"
+                else strategy_catalogue(split.schema, 0)["stacking"].fit(P, split.y_train, X_train))
+    loaded = _runtime(split, two_fits, combiner, {f.name: f.pipeline for f in two_fits})
+    references = _runtime(split, two_fits, combiner, member_references(f.name for f in two_fits))
+    holdout = split.holdout.reset_index(drop=True)
+    stored = np.column_stack([f.holdout_proba for f in two_fits])
+    expected = loaded.score(holdout)
+    pd.testing.assert_frame_equal(references.score(holdout, member_proba=stored), expected)
+    # Asked to call its members, it says what it is instead of failing somewhere inside.
+    with pytest.raises(PlatformError, match=r"registry references.*member_proba"):
+        references.score(holdout)
+    with pytest.raises(PlatformError, match="no artefact file was given"):
+        references.save(tmp_path / "runtime")
 
 
 def test_cost_aware_strategies_never_see_the_holdout(split, two_fits):

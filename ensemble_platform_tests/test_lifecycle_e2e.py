@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from ensemble_platform import cli
 from ensemble_platform.definitions import build_definitions
 from ensemble_platform.defs.runner import materialize_lifecycle
+from ensemble_platform.ensemble.build import member_references
+from ensemble_platform.ensemble.runtime import RegisteredMember
 from ensemble_platform.members import catalogue
 from ensemble_platform.members.catalogue import MEMBER_NAMES, MemberSpec
 from ensemble_platform.settings import PlatformPaths
@@ -227,6 +229,8 @@ def test_asset_values_are_documents_not_fitted_models(lifecycle):
     predictions = pickle.loads((storage / "oof_predictions").read_bytes())
     assert all(fit.pipeline is None for fit in predictions.fits.values())
     build = pickle.loads((storage / "ensemble_config").read_bytes())
-    assert build.runtime.members == {} and build.config.members
+    # The stored runtime names its served members, in order, as registry references only.
+    assert build.runtime.members == member_references(build.config.members) and build.config.members
+    assert all(type(m) is RegisteredMember for m in build.runtime.members.values())
     # Small: one float per row and member, not trees (the forests alone pickle to megabytes).
     assert max((storage / "member_model" / name).stat().st_size for name in MEMBER_NAMES) < 200_000

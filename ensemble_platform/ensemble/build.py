@@ -8,7 +8,7 @@ Members the chosen combiner gives no say are pruned from the served runtime (`en
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import cloudpickle
@@ -18,7 +18,7 @@ from ensemble_platform.ensemble.calibrators import CalibrationChoice, select_cal
 from ensemble_platform.ensemble.config import EnsembleConfig, MemberRef, PrunedMember, next_version
 from ensemble_platform.ensemble.predictions import MemberPredictions
 from ensemble_platform.ensemble.pruning import prune_reason, restricted, used_columns
-from ensemble_platform.ensemble.runtime import EnsembleRuntime
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember
 from ensemble_platform.ensemble.selection import CandidateSet
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.members.training import MemberFit
@@ -39,7 +39,15 @@ class EnsembleBuild:
         """The build without the fitted members (the runtime keeps combiner, calibrator, schema and
         thresholds): what the `ensemble_config` asset stores. The members are registry artefacts,
         loaded only where scoring happens; reports work from the stored probability matrices."""
-        return replace(self, runtime=replace(self.runtime, members={}))
+        return replace(self, runtime=replace(self.runtime, members=member_references(self.runtime.members)))
+
+
+def member_references(members: Iterable[str | MemberRef]) -> dict[str, object]:
+    """The served members by name, in order, without their fitted models (`RegisteredMember`): what
+    a runtime needs to be registered (artefacts copied) or to score stored probabilities. Also a
+    `ModelLoader` that loads nothing."""
+    names = [m if isinstance(m, str) else m.name for m in members]
+    return {name: RegisteredMember(name) for name in names}
 
 
 def build_ensemble(

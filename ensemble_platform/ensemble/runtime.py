@@ -43,7 +43,7 @@ from ensemble_platform.ensemble.strategies import (
     Stacking,
     WeightedAverage,
 )
-from ensemble_platform.errors import DataError
+from ensemble_platform.errors import DataError, PlatformError
 from ensemble_platform.evaluation.agreement import vote_agreement
 from ensemble_platform.members.fast_predict import FAST_PATH_MAX_ROWS, fast_path_enabled
 from ensemble_platform.members.scale import ReferenceSampleKNeighbors
@@ -61,12 +61,21 @@ def member_file(name: str) -> str:
     return f"{MEMBERS_DIR}/{name}.skops"
 
 
+@dataclass(frozen=True)
+class RegisteredMember:
+    """A served member known by name only: its fitted model stays in the registry. A runtime holding
+    these can be stored (each member's registered artefact is copied, `save(member_files=...)`) and
+    can score from member probabilities already computed (`member_proba`), never call the member."""
+
+    name: str
+
+
 @dataclass
 class EnsembleRuntime:
     dataset: str
     version: str
     schema: FeatureSchema
-    members: dict[str, Pipeline]  # ordered as the combiner's columns
+    members: dict[str, Pipeline | RegisteredMember]  # ordered as the combiner's columns
     combiner: Combiner
     calibrator: ProbabilityCalibrator
     agreement_threshold: float
@@ -83,10 +92,19 @@ class EnsembleRuntime:
     @property
     def scoring(self) -> MemberScoring:
         """The members' shared preprocessing (`ensemble.batching.MemberScoring`), rebuilt if the members change."""
+        self._require_loaded()
         identity = tuple(id(model) for model in self.members.values())
         if self._scoring is None or self._scoring[0] != identity:
             self._scoring = (identity, MemberScoring(self.members))
         return self._scoring[1]
+
+    def _require_loaded(self) -> None:
+        unloaded = [name for name, model in self.members.items() if isinstance(model, RegisteredMember)]
+        if unloaded:
+            raise PlatformError(
+                f"ensemble {self.dataset} {self.version}: members {unloaded} are registry references, not "
+                "loaded models; score with their probabilities (member_proba) or load the registered runtime"
+            )
 
     def member_matrix(self, X: pd.DataFrame) -> np.ndarray:
         """Each member's probability per row, batch-invariant (`ensemble.batching`); preprocessing shared
@@ -159,6 +177,8 @@ class EnsembleRuntime:
         `member_proba`: the members' probabilities already computed (read instead of calling them)."""
         if not isinstance(self.combiner, LazyCombiner):
             raise TypeError(f"{type(self.combiner).__name__} is not a lazy combiner")
+        if member_proba is None:
+            self._require_loaded()
         models = list(self.members.values())
         P = np.full((len(X), len(models)), np.nan)
 
@@ -229,6 +249,9 @@ class EnsembleRuntime:
             target = directory / member_file(name)
             if member_files is not None and name in member_files:
                 shutil.copyfile(member_files[name], target)
+            elif isinstance(model, RegisteredMember):
+                raise PlatformError(f"cannot store member {name} of ensemble {self.dataset} {self.version}: "
+                                    "it is a registry reference and no artefact file was given")
             else:
                 target.write_bytes(_dumps(model))
         (directory / COMBINER_FILE).write_bytes(_dumps(self.combiner))

@@ -21,7 +21,7 @@ from mlflow.models import infer_signature
 
 from ensemble_platform import __version__, safe_format
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.ensemble.runtime import EnsembleRuntime
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember
 from ensemble_platform.governance.registry_connection import (
     RegistryConnection,
     ensemble_model_name,
@@ -52,6 +52,8 @@ __all__ = [
     "member_model_name",
     "runtime_requirements",
 ]
+
+SIGNATURE_ROWS = 5  # rows scored to infer the registered ensemble's output signature
 
 
 class Registry(RegistryStages, RegistryDownloads):
@@ -115,10 +117,13 @@ class Registry(RegistryStages, RegistryDownloads):
         return dataclasses.replace(fit, registered_model=name, version=version, run_id=run.info.run_id)
 
     def register_ensemble(
-        self, config: EnsembleConfig, runtime: EnsembleRuntime, X_example: pd.DataFrame,
-        dagster_run_id: str | None = None,
+        self, config: EnsembleConfig, runtime: EnsembleRuntime, example: pd.DataFrame,
+        dagster_run_id: str | None = None, member_proba: np.ndarray | None = None,
     ) -> EnsembleConfig:
-        """Register the config as a version of `<dataset>.ensemble` (pyfunc of members + combiner)."""
+        """Register the config as a version of `<dataset>.ensemble` (pyfunc of members + combiner).
+        The output signature is the runtime's score of the first rows of `example`; `member_proba`:
+        the members' probabilities of those rows (stored, bit-identical: then the members need not
+        be loaded, and `runtime` may hold `RegisteredMember` references)."""
         name = ensemble_model_name(config.dataset)
         existing = self.find_version(name, config.config_hash)
         if existing is not None:
@@ -139,7 +144,9 @@ class Registry(RegistryStages, RegistryDownloads):
             runtime_path = Path(tmp) / DATA_PATH.name
             # The served members are their registered artefacts, copied byte for byte (not serialised
             # again: the same bytes, as safe_format's output is canonical, at a file copy's cost).
-            runtime.save(runtime_path, self.member_artefacts(config.members, Path(tmp) / "artefacts"))
+            files = self.member_artefacts(config.members, Path(tmp) / "artefacts")
+            runtime = self._load_members_without_artefact(runtime, config, files)
+            runtime.save(runtime_path, files)
             config_path = Path(tmp) / "ensemble_config.json"
             config_path.write_text(config.model_dump_json(indent=2))
             mlflow.set_tags(tags)
@@ -152,11 +159,27 @@ class Registry(RegistryStages, RegistryDownloads):
                 name="ensemble",
                 loader_module=LOADER_MODULE,
                 data_path=str(runtime_path),
-                signature=ensemble_signature(runtime.schema, runtime.score(X_example.head(5))),
+                signature=ensemble_signature(runtime.schema, runtime.score(
+                    example.head(SIGNATURE_ROWS),
+                    member_proba=None if member_proba is None else member_proba[:SIGNATURE_ROWS])),
                 pip_requirements=runtime_requirements(),
             )
         version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
         return config.model_copy(update={"registered_model": name, "registered_version": version})
+
+    def _load_members_without_artefact(
+        self, runtime: EnsembleRuntime, config: EnsembleConfig, files: dict[str, Path]
+    ) -> EnsembleRuntime:
+        """A served member registered without a safe artefact (adopted from outside the platform)
+        has nothing to copy: the runtime gets it loaded from its MLflow model and serialises it."""
+        missing = [m for m in config.members
+                   if m.name not in files and isinstance(runtime.members.get(m.name), RegisteredMember)]
+        if not missing:
+            return runtime
+        members = dict(runtime.members)
+        for member in missing:
+            members[member.name], _ = self.load_member(member.registered_model, member.version)
+        return dataclasses.replace(runtime, members=members)
 
     def _register(self, model_uri: str, name: str, tags: dict[str, str]) -> str:
         """One registry call creates the version together with its tags: a failure before it

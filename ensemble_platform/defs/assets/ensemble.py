@@ -1,19 +1,16 @@
 """Ensemble stage: member matrices, candidate strategies, the versioned config, validation."""
 
 
-import tempfile
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
-from ensemble_platform import safe_format
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.defs.assets.members import member_model
 from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
-from ensemble_platform.ensemble.build import EnsembleBuild, build_ensemble
-from ensemble_platform.ensemble.config import ConfigStore, MemberRef
+from ensemble_platform.ensemble.build import EnsembleBuild, build_ensemble, member_references
+from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.ensemble.predictions import (
     MemberPredictions,
     collect_member_predictions,
@@ -21,7 +18,6 @@ from ensemble_platform.ensemble.predictions import (
     member_costs,
     write_parquet,
 )
-from ensemble_platform.ensemble.runtime import OWN_TYPES
 from ensemble_platform.ensemble.selection import CandidateSet, select_strategy
 from ensemble_platform.ensemble.strategies import strategy_catalogue
 from ensemble_platform.ensemble.validation import VALIDATION_FILE, sampled_parity_problems, validation_report
@@ -38,26 +34,6 @@ from ensemble_platform.policy import SelectionPolicy
 from ensemble_platform.serving.parity import ParitySet
 
 GROUP = "ensemble"
-
-
-def registered_members(platform: PlatformResource):
-    """Loader of the served members' fitted models from the registry: each version's safe artefact
-    (checked against its SHA-256 tag; the bytes bundles copy), or its MLflow model for a version
-    registered without one. Only the assets that score load fitted members."""
-
-    def load(members: list[MemberRef]) -> dict[str, object]:
-        registry, models = platform.registry(), {}
-        with tempfile.TemporaryDirectory() as scratch:
-            for member in members:
-                path = registry.download_member_artefact(member.registered_model, member.version,
-                                                         Path(scratch) / member.name)
-                if path is None:
-                    models[member.name], _ = registry.load_member(member.registered_model, member.version)
-                else:
-                    models[member.name] = safe_format.loads(path.read_bytes(), OWN_TYPES)
-        return models
-
-    return load
 
 
 class MemberVersions(dg.Config):
@@ -148,9 +124,16 @@ def ensemble_config(
     split = train_holdout_split
     store = ConfigStore(platform.paths.configs_dir(split.dataset))
     previous = store.latest()
+    # The members stay in the registry: registering copies their artefacts, and the output signature
+    # is scored from their stored (bit-identical) holdout probabilities. Only the parity check in
+    # `ensemble_validation` loads them, through the registered runtime.
     build = build_ensemble(ensemble_candidates, oof_predictions, None, split, previous,
-                           governance=platform.spec().governance, load_models=registered_members(platform))
-    config = platform.registry().register_ensemble(build.config, build.runtime, split.X_train(), context.run_id)
+                           governance=platform.spec().governance, load_models=member_references)
+    served = [m.name for m in build.config.members]
+    config = platform.registry().register_ensemble(
+        build.config, build.runtime, split.holdout, context.run_id,
+        member_proba=matrix(oof_predictions.holdout, served),
+    )
     path = store.save(config)
     build.config = config
     build = build.document()  # the stored value: config, combiner, calibrator; members stay in the registry
