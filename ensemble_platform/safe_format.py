@@ -334,9 +334,8 @@ class _BlobSink:
 def _skops_state(obj: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
     """What `skops.io.dumps` puts in its archive (schema and blobs), without the archive.
 
-    `sio.dumps` encodes the schema with `json.dumps(indent=2)` (pure-Python encoder: ~0.3 s per
-    forest) into a zip that `_canonical` then reads back and decodes: half the cost of `dumps` for
-    the same schema. So this calls skops's own `get_state` as `skops.io._persist._save` does (the
+    `sio.dumps` encodes the schema with `json.dumps(indent=2)` (Python's pure-Python encoder) into
+    a zip that `_canonical` then reads back and decodes: ~40% of `dumps` for a forest. So this calls skops's own `get_state` as `skops.io._persist._save` does (the
     skops version is pinned to one minor release) and round-trips the state through the C encoder,
     which gives the very structure `sio.dumps` + `json.loads` gives (tuples as lists, keys as str);
     a test checks the bytes equal the public path's."""

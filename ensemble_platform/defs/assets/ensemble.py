@@ -1,7 +1,5 @@
 """Ensemble stage: member matrices, candidate strategies, the versioned config, validation."""
 
-
-
 import dagster as dg
 import numpy as np
 
