@@ -350,14 +350,6 @@ def _skops_state(obj: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
     return json.loads(json.dumps(state)), sink.blobs
 
 
-def _skops_archive_state(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Schema and blobs of an archive written by `skops.io.dumps` (the public path `dumps` skips)."""
-    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-        schema = json.loads(archive.read(_SCHEMA))
-        blobs = {name: archive.read(name) for name in archive.namelist() if name != _SCHEMA}
-    return schema, blobs
-
-
 def _canonical(schema: dict[str, Any], blobs: dict[str, bytes]) -> bytes:
     _sort_sets(schema)
     ids: dict[int, int] = {}

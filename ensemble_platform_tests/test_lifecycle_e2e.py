@@ -62,6 +62,31 @@ def test_registered_ensemble_holds_the_registered_member_artefacts_byte_for_byte
         assert hashlib.sha256(path.read_bytes()).hexdigest() == tag, path.stem
 
 
+def test_a_forged_registered_member_artefact_is_refused_before_it_is_copied(lifecycle, tmp_path):
+    """Attack: someone who can write under the platform home rewrites a member version's safe artefact
+    in the MLflow artifact store. Registering an ensemble and exporting a bundle copy that artefact
+    (`Registry.member_artefacts`): the copy checks it against the version's SHA-256 tag and refuses."""
+    from ensemble_platform.ensemble.config import ConfigStore
+    from ensemble_platform.errors import PlatformError
+    from ensemble_platform.governance.registry import Registry
+    from ensemble_platform.tags import MEMBER_ARTEFACT
+
+    paths, _ = lifecycle
+    config = ConfigStore(paths.configs_dir("credit_slice")).load("1.0.0")
+    target = config.members[0]
+    client = MlflowClient(paths.mlflow_tracking_uri, paths.mlflow_tracking_uri)
+    run = client.get_run(client.get_model_version(target.registered_model, target.version).run_id)
+    artefact = Path(run.info.artifact_uri.removeprefix("file://")) / MEMBER_ARTEFACT
+    original = artefact.read_bytes()
+    try:
+        artefact.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped
+        with pytest.raises(PlatformError, match="the artefact was changed"):
+            Registry(paths).member_artefacts(config.members, tmp_path / "copy")
+    finally:
+        artefact.write_bytes(original)  # the session-wide lifecycle home is shared
+    assert set(Registry(paths).member_artefacts(config.members, tmp_path / "again")) == {m.name for m in config.members}
+
+
 def test_validation_report_schema_and_consistency(lifecycle):
     paths, _ = lifecycle
     report = json.loads((paths.version_reports_dir("credit_slice", "1.0.0") / "validation.json").read_text())
