@@ -5,6 +5,7 @@ like `make demo` prepares it. No graph runs here: a catalogue entry is all a hom
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,38 @@ def test_the_service_command_line_refuses_an_unknown_dataset_too(known_home, cap
 def test_a_known_dataset_name_passes_the_check(known_home, capsys):
     assert cli.main(["status", "--dataset", "credit_slice", "--home", str(known_home)]) == 0
     assert "dataset credit_slice" in capsys.readouterr().out
+
+
+def test_parsing_a_command_does_not_import_the_http_service():
+    # Every command builds the whole parser (the service's sub-commands included); the service
+    # package exports its app lazily, so `--help` or `demo` do not pay for FastAPI and the decider.
+    import subprocess
+
+    code = ("import sys; from ensemble_platform import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'sklearn', 'ensemble_platform.service.app') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+    from ensemble_platform import service
+
+    assert {name: getattr(service, name).__name__ for name in ("create_app", "ServerThread")} == {
+        "create_app": "create_app", "ServerThread": "ServerThread"}
+    assert sorted(service.__all__) == sorted(service._EXPORTS)
+
+
+def test_the_console_script_exits_with_the_commands_code_and_all_its_output(known_home, capsys):
+    # `cli.entry` skips the interpreter's teardown after the command: the exit code and every
+    # line printed must still come through, through a pipe as on a terminal.
+    import subprocess
+
+    script = str(Path(sys.executable).with_name("ensemble-platform"))
+    assert cli.main(["status", "--dataset", "credit_slice", "--home", str(known_home)]) == 0
+    expected = capsys.readouterr().out
+    done = subprocess.run([script, "status", "--dataset", "credit_slice", "--home", str(known_home)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, expected)
+    refused = subprocess.run([script, "status", "--dataset", "credit_slcie", "--home", str(known_home)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "known: credit_slice" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_the_cli_prepares_a_dagster_home_like_make_demo(tmp_path):

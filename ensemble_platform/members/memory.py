@@ -10,8 +10,9 @@ Up to SCALE_ROWS the forests grow full depth (their nodes grow with the rows, ~1
 the two forests) and k-NN keeps every row: BASE_MB and BYTES_PER_ROW_UNBOUNDED are fitted on the
 whole graph's peak RSS measured by `bench/bench_scale.py` (3,340 training rows: 669 MB; 7,500:
 868 MB; see bench/README.md, "Scale"). Above it the members are bounded (`members.scale`: forest
-samples and k-NN reference capped at the threshold's 50,000 rows, so the members themselves cost what
-they cost at SCALE_ROWS), so what still grows is the table and its encoded copies:
+samples capped at the threshold's 50,000 rows, k-NN's reference growing with the square root of
+the rows: 193,649 rows of 40 float64 columns, ~60 MB, at 750k), so what still grows is the table
+and its encoded copies:
 BYTES_PER_ROW_BOUNDED is that estimate (pandas table ~0.4 KB, the members' encoded float64 copies
 ~2.5 KB, fold copies ~0.4 KB, rounded up), not yet checked by a run above SCALE_ROWS.
 """

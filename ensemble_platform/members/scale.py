@@ -1,8 +1,9 @@
 """Members bounded at scale: above SCALE_ROWS training rows the catalogue caps what grows
 faster than the data (k-NN's reference set, forests' per-tree samples, boosting's iterations).
-The samples are the threshold's size (k-NN: a stratified sample of SCALE_ROWS reference rows with
-KNN_NEIGHBOURS_FACTOR times the neighbours; forests: SCALE_ROWS rows per tree), so a member's cost
-per tree / per predicted row stops growing at the threshold.
+Forests' per-tree samples are the threshold's size (SCALE_ROWS rows per tree), so a tree's cost
+stops growing there. k-NN keeps a stratified sample whose size grows with the square root of the
+training rows (`knn_reference_rows`) and averages over KNN_NEIGHBOURS_FACTOR times the catalogue's
+neighbours, so its cost per predicted row grows sub-linearly (its whole cost as n^1.5, not n^2).
 
 The bounds are set as estimator parameters, so they are part of the member definition the
 fingerprint hashes: a version says what was trained. Below the threshold nothing changes (the
@@ -11,6 +12,8 @@ default data's definitions, versions and metrics are those of the unbounded memb
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
@@ -18,14 +21,16 @@ from sklearn.pipeline import Pipeline
 
 # Training tables up to this many rows get the catalogue's members as they are.
 SCALE_ROWS = 50_000
-# k-NN keeps a stratified sample of this many reference rows: the largest reference an unbounded
-# k-NN has, so no member above the threshold costs more per predicted row than one at SCALE_ROWS.
-# A 20,000-row sample lost 0.0073 holdout AUC at 100k rows (bench/README.md, "Scale").
-KNN_REFERENCE_ROWS = SCALE_ROWS
+# k-NN keeps a stratified sample of SCALE_ROWS * sqrt(rows / SCALE_ROWS) reference rows (all 50,000
+# at the threshold, 61,237 of 75k training rows, 86,603 of 150k, 193,649 of 750k), measured on the bench tables (bench/README.md, "Scale"): a fixed 50,000-row sample was
+# +0.0043 holdout AUC against unbounded k-NN at 75k training rows but -0.0029 at 150k (the
+# unbounded member keeps improving with the rows, a fixed sample does not); the square root keeps
+# both within 0.002 (+0.0061 and +0.0008) for 1.2x and 1.7x the fixed sample's reference rows.
+# A 20,000-row fixed sample lost 0.0073 at 75k rows.
 # ...and averages over this many times the catalogue's neighbours: a sample's neighbourhoods hold
-# fewer rows, so its estimates are noisier; on the 100k-row bench table (75k training rows,
-# 50k-row sample) k=100 scored holdout AUC 0.8618 and k=50 0.8559 against the unbounded k=50's
-# 0.8575. Fewer neighbours (the same share of the data as unbounded, k=13 of a 20k sample) lost 0.043.
+# fewer rows, so its estimates are noisier (86,603 rows of 150k: k=100 +0.0008 AUC, k=75 -0.0009,
+# k=50 -0.0036 against the unbounded k=50). Fewer neighbours (the same share of the data as
+# unbounded, k=13 of a 20k sample) lost 0.043 at 75k rows.
 KNN_NEIGHBOURS_FACTOR = 2
 # Each forest tree sees a bootstrap sample of this many rows: as many as a tree of a forest at the
 # threshold, so a tree's cost and size stop growing there. 20,000 lost 0.0018 (random forest) and
@@ -57,6 +62,12 @@ class ReferenceSampleKNeighbors(KNeighborsClassifier):
         return super().fit(X, y)
 
 
+def knn_reference_rows(n_rows: int) -> int:
+    """Reference rows of the bounded k-NN trained on `n_rows` rows: SCALE_ROWS * sqrt(n_rows /
+    SCALE_ROWS), rounded (the threshold's rows at the threshold, growing sub-linearly above it)."""
+    return min(n_rows, round(SCALE_ROWS * math.sqrt(n_rows / SCALE_ROWS)))
+
+
 def bounded_for_rows(name: str, pipeline: Pipeline, n_rows: int, seed: int) -> Pipeline:
     """The catalogue member `name` as trained on `n_rows` training rows: unchanged up to SCALE_ROWS,
     bounded above it (see the module docstring)."""
@@ -66,7 +77,7 @@ def bounded_for_rows(name: str, pipeline: Pipeline, n_rows: int, seed: int) -> P
     if name == "k_nearest_neighbours":
         params = model.get_params() | {"n_neighbors": KNN_NEIGHBOURS_FACTOR * model.n_neighbors}
         pipeline.steps[-1] = (pipeline.steps[-1][0], ReferenceSampleKNeighbors(
-            **params, max_reference=KNN_REFERENCE_ROWS, random_state=seed))
+            **params, max_reference=knn_reference_rows(n_rows), random_state=seed))
     elif name in ("random_forest", "extra_trees"):
         model.set_params(bootstrap=True, max_samples=FOREST_SAMPLE_ROWS)
     elif name == "hist_gradient_boosting":
