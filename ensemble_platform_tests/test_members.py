@@ -149,3 +149,22 @@ def test_fast_forest_path_is_bit_identical_row_by_row_and_in_batches(split, name
                          for i in range(0, len(X), FAST_PATH_MAX_ROWS)])
     assert np.array_equal(batches, plain)
     assert np.array_equal(positive_proba(pipeline, X.iloc[:1]), plain[:1, 1])
+
+
+@pytest.mark.parametrize("name", ["random_forest", "extra_trees"])
+def test_forest_rows_summed_on_threads_are_bit_identical_whatever_the_thread_count(split, name, monkeypatch):
+    from ensemble_platform.members import fast_predict
+
+    pipeline = fit_member(name, split, seed=0).fitted()
+    X = split.X_holdout()
+    plain = pipeline.predict_proba(X)  # scikit-learn's own path (joblib, one thread)
+    forest, Z = pipeline.steps[-1][1], pipeline[:-1].transform(X)
+    for workers in (1, 2, 3, 7):
+        assert np.array_equal(fast_predict.forest_proba_by_rows(forest, Z, workers), plain), workers
+    # Large inputs take it by default (the threshold lowered to the test holdout's size).
+    calls = []
+    monkeypatch.setattr(fast_predict, "forest_proba_by_rows",
+                        lambda *a: calls.append(len(a[1])) or fast_predict.forest_proba(*a[:2]))
+    monkeypatch.setattr(fast_predict, "PARALLEL_MIN_ROWS", len(X))
+    assert np.array_equal(fast_predict.fast_predict_proba(pipeline, X), plain) and calls == [len(X)]
+    assert np.array_equal(fast_predict.fast_predict_proba(pipeline, X.iloc[:-1]), plain[:-1]) and calls == [len(X)]

@@ -137,7 +137,6 @@ def validate_table(
     source = context.data_sources.add_pandas(name=f"{name}_source")
     asset = source.add_dataframe_asset(name=f"{name}_asset")
     batch = asset.add_batch_definition_whole_dataframe(f"{name}_batch")
-    suite = context.suites.add(gx.ExpectationSuite(name=name))
     batch_suite = labels is not None
     if batch_suite and schema.datetime:
         table = with_datetime_parts(table, [c for c in schema.datetime if c in table.columns])
@@ -146,8 +145,9 @@ def validate_table(
         import great_expectations.expectations as gxe
 
         expectations.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
-    for expectation in expectations:
-        suite.add_expectation(expectation)
+    # The suite is stored once with all its expectations: `add_expectation` on a stored suite
+    # re-serialises the whole suite into the store per expectation (0.5 s of a 2 s data run at 10k rows).
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
     )

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.mlflow_schema import seed_sqlite_store
 from ensemble_platform.settings import PlatformPaths, restore_started_mlflow_env
 from ensemble_platform.tags import SEMVER_TAG
 
@@ -44,16 +45,19 @@ class RegistryConnection:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         restore_started_mlflow_env()  # ... without handing this home's store to child processes
-        self.client = MlflowClient(self.tracking_uri, self.tracking_uri)
-        self._migrate_once()
+        self.client = self._connect_once()
 
-    def _migrate_once(self) -> None:
+    def _connect_once(self) -> MlflowClient:
         """Create/upgrade the sqlite schema under an exclusive lock: concurrent first use by
-        several run processes would otherwise corrupt a fresh store."""
+        several run processes would otherwise corrupt a fresh store. A new sqlite store starts as
+        the installation's empty schema (`mlflow_schema`), not as MLflow's migration chain."""
         with open(self.paths.mlflow_dir / ".migrate.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self.client.search_experiments(max_results=1)
+                seed_sqlite_store(self.tracking_uri)
+                client = MlflowClient(self.tracking_uri, self.tracking_uri)
+                client.search_experiments(max_results=1)
+                return client
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
