@@ -5,7 +5,7 @@ Forests: scikit-learn's `predict_proba` dispatches every tree through joblib (ab
 for one row, measured in issue 18), although with `n_jobs=1` it sums the trees in their order on
 one thread. Summing the same trees directly, in the same order, into the same float64 buffer and
 dividing by the tree count is the same computation: bit-identical results (tested on the holdout,
-row by row and in batches). Larger inputs keep scikit-learn's own path.
+row by row and in batches). Inputs from 65 rows up to PARALLEL_MIN_ROWS keep scikit-learn's own path.
 
 Large inputs to a forest go the other way: scikit-learn predicts with the forest's `n_jobs`, and a
 multi-threaded forest adds its trees' probabilities in whatever order the threads finish (different
