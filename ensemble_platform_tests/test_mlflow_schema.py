@@ -12,9 +12,14 @@ from ensemble_platform.governance.registry_connection import RegistryConnection
 from ensemble_platform.settings import PlatformPaths
 
 
-def schema(path) -> tuple[set[tuple[str, str, str]], list[tuple[str]]]:
+def schema(path) -> tuple[set[tuple[str, str, tuple[str, ...]]], list[tuple[str]]]:
+    """Every table, index and trigger with its definition's clauses as a sorted tuple: MLflow's own
+    migration chain writes a rebuilt table's CHECK constraints in an order that changes from one
+    process to the next (seen: two `runs` constraints swapped between two runs of it), so clause
+    order is not part of the schema."""
     with sqlite3.connect(path) as db:
-        objects = {(kind, name, sql) for kind, name, sql in
+        objects = {(kind, name, tuple(sorted(line.strip().rstrip(",").strip() for line in (sql or "").splitlines())))
+                   for kind, name, sql in
                    db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
         revision = db.execute("SELECT version_num FROM alembic_version").fetchall()
     return objects, revision
