@@ -64,3 +64,19 @@ def test_without_a_template_mlflow_creates_the_store_itself(tmp_path, monkeypatc
     connection = RegistryConnection(PlatformPaths.from_env(tmp_path / "home"))
     assert not (tmp_path / "installation" / "schema.db").exists()
     assert [e.name for e in connection.client.search_experiments()] == ["Default"]
+
+
+def test_a_link_planted_where_the_copy_is_written_does_not_redirect_it(tmp_path):
+    # Attack: someone who can write the platform home plants symlinks at the names a new store's
+    # copy could be written through, pointing at a file of the platform user (a key, say).
+    victim = tmp_path / "elsewhere" / "signing.key"
+    victim.parent.mkdir()
+    victim.write_bytes(b"secret key bytes")
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in (".mlflow.db.partial", "mlflow.db.partial", ".mlflow.db.tmp"):
+        (home / name).symlink_to(victim)
+    assert mlflow_schema.seed_sqlite_store(f"sqlite:///{home / 'mlflow.db'}") is True
+    assert victim.read_bytes() == b"secret key bytes"
+    assert not (home / "mlflow.db").is_symlink() and schema(home / "mlflow.db")[1]
+    assert not [p for p in home.iterdir() if p.name.startswith(".mlflow.db.") and not p.is_symlink()]

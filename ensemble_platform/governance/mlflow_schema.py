@@ -43,9 +43,16 @@ def seed_sqlite_store(tracking_uri: str) -> bool:
     template = _template()
     if template is None:
         return False
-    partial = store.with_name(f".{store.name}.partial")
-    shutil.copyfile(template, partial)
-    os.replace(partial, store)
+    # The copy goes to a fresh, exclusively created name (never a fixed one: a link planted there by
+    # whoever can write the home would redirect the write), then is renamed over the store's name.
+    descriptor, partial = tempfile.mkstemp(prefix=f".{store.name}.", suffix=".partial", dir=store.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as out, open(template, "rb") as source:
+            shutil.copyfileobj(source, out)
+        os.replace(partial, store)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return True
 
 
