@@ -109,16 +109,10 @@ def estimator_proba(estimator: Any, Z: Any) -> np.ndarray:
 
 
 def fast_predict_proba(model: Any, X: Any) -> np.ndarray:
-    """`model.predict_proba(X)`, bit for bit; forests (alone or ending a pipeline) and, on small
-    inputs, histogram boosting take `estimator_proba`."""
+    """`model.predict_proba(X)`, bit for bit; forests and histogram boosting (alone or ending a
+    pipeline) go through `estimator_proba`, which picks their path by input size."""
     estimator = final_estimator(model)
-    if not fast_path_enabled() or not _has_fast_path(estimator, len(X)):
+    if not fast_path_enabled() or not (is_forest(estimator) or isinstance(estimator, HistGradientBoostingClassifier)):
         return np.asarray(model.predict_proba(X))
     Z = model[:-1].transform(X) if isinstance(model, Pipeline) and len(model.steps) > 1 else X
     return estimator_proba(estimator, Z)
-
-
-def _has_fast_path(estimator: Any, rows: int) -> bool:
-    if rows <= FAST_PATH_MAX_ROWS:
-        return is_forest(estimator) or isinstance(estimator, HistGradientBoostingClassifier)
-    return rows >= PARALLEL_MIN_ROWS and is_forest(estimator)
