@@ -11,6 +11,8 @@ FAMILY_TAG = PREFIX + "family"
 # A member's measured predict cost (seconds per row, timed at fit): evidence for cost-aware
 # strategies, never part of a fingerprint or config hash.
 PREDICT_COST_TAG = PREFIX + "predict_seconds_per_row"
+# The OpenBLAS kernel a member was fitted on (its bits depend on it: blas_kernel.py).
+BLAS_KERNEL_TAG = PREFIX + "blas_kernel"
 # The member in safe_format (no code runs on load), logged beside the MLflow model in the member's
 # run; its SHA-256 is a version tag, so a bundle's member file is checked against the registry.
 MEMBER_ARTEFACT = "member.skops"

@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble_platform import blas_kernel
 
 SCRIPT = """
 import hashlib, numpy as np, cloudpickle
@@ -64,3 +69,58 @@ def test_member_predictions_do_not_depend_on_the_thread_count():
     # With OpenBLAS's two threads the logistic-regression member's fit gave other bits than with
     # one on 7,500 rows (and took 10x longer): member fits run with one BLAS thread.
     assert _member_digest("logistic_regression", "1") == _member_digest("logistic_regression", "2")
+
+
+# Versions must not depend on the CPU either: OpenBLAS picks its kernels by the CPU it finds, and the
+# AVX-512 kernels of a recent Xeon gave the logistic-regression member other bits than the AVX2
+# kernels of an EPYC (the default demo's config hash differed). The package pins one kernel.
+_SKYLAKEX_FLAGS = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")), set())
+
+
+def _member_digest_under(coretype: str, numpy_first: bool) -> str:
+    # numpy_first: numpy (and so OpenBLAS) loads before the package can pin the kernel, as on a machine
+    # without the pin; the control that shows the kernel changes these bits at all.
+    script = ("import numpy\n" if numpy_first else "import ensemble_platform\n") + MEMBER_SCRIPT
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script, "logistic_regression"], env=env, capture_output=True,
+                          text=True, check=True, timeout=300).stdout.strip()
+
+
+@pytest.mark.skipif(not _SKYLAKEX_FLAGS <= _cpu_flags() or not blas_kernel.cpu_runs_pinned_kernel(),
+                    reason="needs an x86-64 CPU that runs both the AVX2 and the AVX-512 OpenBLAS kernels")
+def test_member_predictions_do_not_depend_on_the_cpu_kernel():
+    pinned = _member_digest_under("Haswell", numpy_first=True)
+    # The environment asks for the AVX-512 kernels (what OpenBLAS picks by itself on such a CPU).
+    assert _member_digest_under("SkylakeX", numpy_first=False) == pinned
+    assert _member_digest_under("SkylakeX", numpy_first=True) != pinned, "control: the kernel no longer matters here"
+
+
+def test_the_package_pins_the_kernel_before_numpy_loads():
+    script = "import ensemble_platform, numpy, scipy.linalg\nfrom ensemble_platform import blas_kernel\nprint(blas_kernel.kernels())"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Prescott"}  # an inherited setting is overridden
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
+                         timeout=120).stdout.strip()
+    if blas_kernel.cpu_runs_pinned_kernel():
+        assert out == blas_kernel.PINNED_CORETYPE
+    else:
+        assert blas_kernel.PINNED_CORETYPE not in out.split(",")
+
+
+def test_the_pin_needs_avx2_and_fma(tmp_path, monkeypatch):
+    monkeypatch.setattr(blas_kernel.platform, "machine", lambda: "x86_64")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx fma\n")
+    assert not blas_kernel.cpu_runs_pinned_kernel(str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n")
+    assert blas_kernel.cpu_runs_pinned_kernel(str(cpuinfo))
+    assert not blas_kernel.cpu_runs_pinned_kernel(str(tmp_path / "missing"))
+    monkeypatch.setattr(blas_kernel.platform, "machine", lambda: "aarch64")
+    assert not blas_kernel.cpu_runs_pinned_kernel(str(cpuinfo))

@@ -19,7 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from ensemble_platform import __version__, safe_format
+from ensemble_platform import __version__, blas_kernel, safe_format
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember
 from ensemble_platform.governance.registry_connection import (
@@ -34,6 +34,7 @@ from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.pyfunc import DATA_PATH, LOADER_MODULE
 from ensemble_platform.serving.signature import ensemble_signature
 from ensemble_platform.tags import (
+    BLAS_KERNEL_TAG,
     CONFIG_HASH_TAG,
     FAMILY_TAG,
     FINGERPRINT_TAG,
@@ -93,6 +94,8 @@ class Registry(RegistryStages, RegistryDownloads):
             FAMILY_TAG: fit.family,
             PREDICT_COST_TAG: f"{fit.predict_seconds_per_row:.6g}",
             "ensemble_platform.code_version": __version__,
+            # The OpenBLAS kernel the fit ran on: its bits depend on it (blas_kernel.py).
+            BLAS_KERNEL_TAG: blas_kernel.kernels(),
             "ensemble_platform.dagster_run_id": dagster_run_id or "",
             **{f"ensemble_platform.{k}": str(v) for k, v in lineage.items()},
         }

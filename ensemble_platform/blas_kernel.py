@@ -1,0 +1,61 @@
+"""One OpenBLAS kernel on every x86-64 machine, so a version's bits do not depend on the CPU.
+
+OpenBLAS picks its kernels by the CPU it finds (`DYNAMIC_ARCH`): AVX2 "Haswell" kernels on an AMD
+EPYC, AVX-512 "SkylakeX" kernels on a recent Xeon. The two sum in different orders, so the
+logistic-regression member fitted on the same rows differs in the last bits, and with it every
+version and hash downstream: the default demo gave config 5f1244953a66 on an EPYC and 1ddfef831e76
+on a Xeon (2026-12-04), and 5f1244953a66 on the Xeon with `OPENBLAS_CORETYPE=Haswell`.
+
+OpenBLAS reads `OPENBLAS_CORETYPE` once, when the library loads (numpy's or scipy's first import), so
+the package sets it on import, before anything of ours imports numpy, and children inherit it
+(Dagster run workers, the decision service's workers). It overrides an inherited value: a value set
+in the environment is exactly what would make two machines disagree. The pin applies only where the
+CPU runs the kernel (x86-64 with AVX2 and FMA, every x86 server CPU since 2013); elsewhere, or if
+numpy was imported before this package, OpenBLAS keeps its own choice and `kernels()` says which
+(recorded on every member's MLflow run).
+
+Haswell's AVX2 kernels rather than a newer set: the newest set any machine we run on has in common,
+and the one the published figures (bench/README.md) were produced with. On the small products of our
+fits the difference in speed is within noise."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+CORETYPE_ENV = "OPENBLAS_CORETYPE"
+PINNED_CORETYPE = "Haswell"
+_REQUIRED_CPU_FLAGS = frozenset({"avx2", "fma"})
+_CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_runs_pinned_kernel(cpuinfo: str = _CPUINFO) -> bool:
+    """True on x86-64 Linux where the CPU reports AVX2 and FMA (what the Haswell kernels execute)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return _REQUIRED_CPU_FLAGS <= set(line.partition(":")[2].split())
+    except OSError:
+        return False
+    return False
+
+
+def pin_kernel() -> bool:
+    """Set `OPENBLAS_CORETYPE` for this process and its children; False where it cannot take effect
+    (OpenBLAS already loaded, or a CPU without the kernel's instructions)."""
+    if "numpy" in sys.modules or "scipy" in sys.modules or not cpu_runs_pinned_kernel():
+        return False
+    os.environ[CORETYPE_ENV] = PINNED_CORETYPE
+    return True
+
+
+def kernels() -> str:
+    """The kernel each loaded OpenBLAS runs, e.g. "Haswell" (or "SkylakeX,Haswell" when they differ)."""
+    from threadpoolctl import threadpool_info
+
+    found = sorted({str(info.get("architecture")) for info in threadpool_info() if info.get("internal_api") == "openblas"})
+    return ",".join(found) or "none"
