@@ -3,7 +3,7 @@
 For each size: the whole asset graph (`ensemble-platform demo --dataset <synthetic spec>`) in a
 fresh platform home, and scikit-learn's StackingClassifier over the same six members (bounded as
 the catalogue bounds them at that size) on the platform's folds, each in its own child process.
-Reported: wall time and peak RSS (the child's own `ru_maxrss`, via `os.wait4`) of both, the
+Reported: wall time, CPU seconds and peak RSS (the child's own `ru_utime + ru_stime` and `ru_maxrss`, via `os.wait4`) of both, the
 process-tree RSS sampled every 0.2 s, each Dagster step's wall time and the highest process-tree
 RSS seen while it ran (read back from the run's event log), and the ratio graph / Stacking fit.
 
@@ -116,6 +116,9 @@ def run_child(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> 
     samples = sampler.stop()
     return {"wall_seconds": round(time.perf_counter() - started, 1), "exit_status": status,
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            # CPU seconds of the child itself (all its threads; not its own children): over the
+            # machine's cores, the wall time the work could take if it kept every core busy.
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
             "tree_peak_rss_mb": round(max((s[1] for s in samples), default=0.0), 1), "samples": samples}
 
 
@@ -145,6 +148,7 @@ def step_table(dagster_home: Path, samples: list[tuple[float, float]]) -> dict[s
 
 STACKING_CHILD = """
 import json, resource, sys, time
+import ensemble_platform  # first: the OpenBLAS kernel the graph runs on (blas_kernel.py), not the CPU's own pick
 from sklearn.ensemble import StackingClassifier
 from sklearn.linear_model import LogisticRegression
 from ensemble_platform.data.loading import load_dataset

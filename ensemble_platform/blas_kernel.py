@@ -15,8 +15,9 @@ numpy was imported before this package, OpenBLAS keeps its own choice and `kerne
 (recorded on every member's MLflow run).
 
 Haswell's AVX2 kernels rather than a newer set: the newest set any machine we run on has in common,
-and the one the published figures (bench/README.md) were produced with. On the small products of our
-fits the difference in speed is within noise."""
+and the one the published figures (bench/README.md) were produced with. The price on an AVX-512 Xeon,
+measured at 200k rows: the bounded k-NN's holdout prediction (distance products) 9.3 s instead of
+8.8 s (+5%); the logistic regression's fit 1.38 s either way."""
 
 from __future__ import annotations
 
