@@ -16,6 +16,9 @@ import tempfile
 os.environ.setdefault("ENSEMBLE_PLATFORM_KEY_FILE",
                       str(Path(tempfile.mkdtemp(prefix="ensemble-platform-keys-")) / "signing.key"))
 
+# The package before numpy: importing it pins OpenBLAS's kernel (blas_kernel.py), so the tests' fits
+# run on the kernel the platform's own processes use, on any CPU.
+import ensemble_platform  # noqa: F401, I001
 import numpy as np
 import pandas as pd
 import pytest

@@ -38,6 +38,12 @@ def test_registry_has_every_member_and_the_ensemble(lifecycle):
     for tag in ("ensemble_platform.data_hash", "ensemble_platform.dagster_run_id", "ensemble_platform.code_version",
                 "ensemble_platform.fingerprint"):
         assert member.tags[tag], tag
+    from ensemble_platform import blas_kernel
+    from ensemble_platform.tags import BLAS_KERNEL_TAG
+
+    # The kernel the fit ran on: the pinned one wherever the CPU runs it (conftest imports the package first).
+    pinned = blas_kernel.cpu_runs_pinned_kernel()
+    assert member.tags[BLAS_KERNEL_TAG] == (blas_kernel.PINNED_CORETYPE if pinned else blas_kernel.kernels())
     ensemble = client.get_model_version("credit_slice.ensemble", "1")
     assert ensemble.tags["ensemble_platform.semver"] == "1.0.0"
 
