@@ -12,7 +12,9 @@ the package sets it on import, before anything of ours imports numpy, and childr
 in the environment is exactly what would make two machines disagree. The pin applies only where the
 CPU runs the kernel (x86-64 with AVX2 and FMA, every x86 server CPU since 2013); elsewhere, or if
 numpy was imported before this package, OpenBLAS keeps its own choice and `kernels()` says which
-(recorded on every member's MLflow run).
+(recorded on every member's MLflow run). `ENSEMBLE_PLATFORM_BLAS_KERNEL=native` leaves OpenBLAS its own
+choice (say, to try the CPU's faster kernels): versions may then differ between machines, and the tag
+says on which kernel each member was fitted.
 
 Haswell's AVX2 kernels rather than a newer set: the newest set any machine we run on has in common,
 and the one the published figures (bench/README.md) were produced with. The price on an AVX-512 Xeon,
@@ -26,6 +28,7 @@ import platform
 import sys
 
 CORETYPE_ENV = "OPENBLAS_CORETYPE"
+SETTING_ENV = "ENSEMBLE_PLATFORM_BLAS_KERNEL"  # "native": no pin
 PINNED_CORETYPE = "Haswell"
 _REQUIRED_CPU_FLAGS = frozenset({"avx2", "fma"})
 _CPUINFO = "/proc/cpuinfo"
@@ -48,6 +51,8 @@ def cpu_runs_pinned_kernel(cpuinfo: str = _CPUINFO) -> bool:
 def pin_kernel() -> bool:
     """Set `OPENBLAS_CORETYPE` for this process and its children; False where it cannot take effect
     (OpenBLAS already loaded, or a CPU without the kernel's instructions)."""
+    if os.environ.get(SETTING_ENV, "").strip().lower() == "native":
+        return False
     if "numpy" in sys.modules or "scipy" in sys.modules or not cpu_runs_pinned_kernel():
         return False
     os.environ[CORETYPE_ENV] = PINNED_CORETYPE

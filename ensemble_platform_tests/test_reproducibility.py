@@ -116,6 +116,17 @@ def test_the_package_pins_the_kernel_before_numpy_loads():
         assert blas_kernel.PINNED_CORETYPE not in out.split(",")
 
 
+def test_native_leaves_openblas_its_own_choice():
+    script = "import os, ensemble_platform\nprint(os.environ.get('OPENBLAS_CORETYPE', 'unset'))"
+    env = {k: v for k, v in os.environ.items() if k != blas_kernel.CORETYPE_ENV}
+    pinned = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    native = subprocess.run([sys.executable, "-c", script], env=env | {blas_kernel.SETTING_ENV: "native"},
+                            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert native == "unset"
+    assert pinned == (blas_kernel.PINNED_CORETYPE if blas_kernel.cpu_runs_pinned_kernel() else "unset")
+
+
 def test_the_pin_needs_avx2_and_fma(tmp_path, monkeypatch):
     monkeypatch.setattr(blas_kernel.platform, "machine", lambda: "x86_64")
     cpuinfo = tmp_path / "cpuinfo"
