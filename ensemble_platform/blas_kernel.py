@@ -34,18 +34,21 @@ _REQUIRED_CPU_FLAGS = frozenset({"avx2", "fma"})
 _CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_runs_pinned_kernel(cpuinfo: str = _CPUINFO) -> bool:
-    """True on x86-64 Linux where the CPU reports AVX2 and FMA (what the Haswell kernels execute)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+def cpu_flags(cpuinfo: str = _CPUINFO) -> frozenset[str]:
+    """The instruction-set flags the (first) CPU reports on Linux; empty where there is no cpuinfo."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return _REQUIRED_CPU_FLAGS <= set(line.partition(":")[2].split())
+                    return frozenset(line.partition(":")[2].split())
     except OSError:
-        return False
-    return False
+        pass
+    return frozenset()
+
+
+def cpu_runs_pinned_kernel(cpuinfo: str = _CPUINFO) -> bool:
+    """True on x86-64 Linux where the CPU reports AVX2 and FMA (what the Haswell kernels execute)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and _REQUIRED_CPU_FLAGS <= cpu_flags(cpuinfo)
 
 
 def pin_kernel() -> bool:

@@ -1,4 +1,4 @@
-"""Versions must not depend on the machine's thread settings: the same out-of-fold evidence fitted
+"""Versions must not depend on the machine's thread settings or CPU: the same out-of-fold evidence fitted
 under OMP_NUM_THREADS=1 and =2 gives the same combiner bytes (and so the same config hash)."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -77,14 +76,6 @@ def test_member_predictions_do_not_depend_on_the_thread_count():
 _SKYLAKEX_FLAGS = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")), set())
-
-
 def _member_digest_under(coretype: str, numpy_first: bool) -> str:
     # numpy_first: numpy (and so OpenBLAS) loads before the package can pin the kernel, as on a machine
     # without the pin; the control that shows the kernel changes these bits at all.
@@ -94,7 +85,7 @@ def _member_digest_under(coretype: str, numpy_first: bool) -> str:
                           text=True, check=True, timeout=300).stdout.strip()
 
 
-@pytest.mark.skipif(not _SKYLAKEX_FLAGS <= _cpu_flags() or not blas_kernel.cpu_runs_pinned_kernel(),
+@pytest.mark.skipif(not _SKYLAKEX_FLAGS <= blas_kernel.cpu_flags() or not blas_kernel.cpu_runs_pinned_kernel(),
                     reason="needs an x86-64 CPU that runs both the AVX2 and the AVX-512 OpenBLAS kernels")
 def test_member_predictions_do_not_depend_on_the_cpu_kernel():
     pinned = _member_digest_under("Haswell", numpy_first=True)
