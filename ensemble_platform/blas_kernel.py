@@ -68,3 +68,17 @@ def kernels() -> str:
 
     found = sorted({str(info.get("architecture")) for info in threadpool_info() if info.get("internal_api") == "openblas"})
     return ",".join(found) or "none"
+
+
+def unpinned_warning() -> str | None:
+    """Why this process's fits may not reproduce on another machine: the CPU runs the pinned kernel
+    but OpenBLAS runs another (None when pinned, or where no pin applies)."""
+    if not cpu_runs_pinned_kernel():
+        return None
+    running = kernels()
+    if running in (PINNED_CORETYPE, "none"):
+        return None
+    native = os.environ.get(SETTING_ENV, "").strip().lower() == "native"
+    why = f"{SETTING_ENV}=native" if native else "numpy was imported before ensemble_platform"
+    return (f"OpenBLAS runs the {running} kernel, not {PINNED_CORETYPE} ({why}): this fit's last bits, and the "
+            f"versions fitted on it, may differ from another machine's")

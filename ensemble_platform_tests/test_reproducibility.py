@@ -118,6 +118,22 @@ def test_native_leaves_openblas_its_own_choice():
     assert pinned == (blas_kernel.PINNED_CORETYPE if blas_kernel.cpu_runs_pinned_kernel() else "unset")
 
 
+@pytest.mark.skipif(not blas_kernel.cpu_runs_pinned_kernel(), reason="no pin on this CPU")
+def test_an_unpinned_fit_is_flagged():
+    script = ("import {first}\nimport ensemble_platform, numpy, scipy.linalg\nfrom ensemble_platform import blas_kernel\n"
+              "print(blas_kernel.unpinned_warning())")
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Prescott"}  # what OpenBLAS runs when the pin comes too late
+
+    def warning(first: str) -> str:
+        return subprocess.run([sys.executable, "-c", script.format(first=first)], env=env, capture_output=True,
+                              text=True, check=True, timeout=120).stdout.strip()
+
+    assert warning("os") == "None"
+    late = warning("numpy")
+    # (threadpoolctl names the SSE3 kernel's architecture "Katmai")
+    assert f"kernel, not {blas_kernel.PINNED_CORETYPE} (numpy was imported before ensemble_platform)" in late
+
+
 def test_the_pin_needs_avx2_and_fma(tmp_path, monkeypatch):
     monkeypatch.setattr(blas_kernel.platform, "machine", lambda: "x86_64")
     cpuinfo = tmp_path / "cpuinfo"

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from ensemble_platform import blas_kernel
 from ensemble_platform.data.splitting import TrainHoldoutSplit
 from ensemble_platform.defs.owners import owners
 from ensemble_platform.defs.resources import PlatformResource
@@ -35,6 +36,8 @@ def member_model(
         raise PlatformError(problem)  # before anything is fitted
     context.log.info(f"member {name}: {len(split.y_train):,} training rows, estimated peak "
                      f"{estimated_peak_mb(len(split.y_train), len(split.schema.features)):,.0f} MB")
+    if (unpinned := blas_kernel.unpinned_warning()) is not None:
+        context.log.warning(f"member {name}: {unpinned}")
     fit = fit_member(name, train_holdout_split, spec.seed, log=context.log)
     fit = platform.registry().register_member(
         fit, spec.name, train_holdout_split.lineage(), train_holdout_split.X_train(), context.run_id
