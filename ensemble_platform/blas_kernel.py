@@ -51,10 +51,14 @@ def cpu_runs_pinned_kernel(cpuinfo: str = _CPUINFO) -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and _REQUIRED_CPU_FLAGS <= cpu_flags(cpuinfo)
 
 
+def _native() -> bool:
+    return os.environ.get(SETTING_ENV, "").strip().lower() == "native"
+
+
 def pin_kernel() -> bool:
     """Set `OPENBLAS_CORETYPE` for this process and its children; False where it cannot take effect
     (OpenBLAS already loaded, or a CPU without the kernel's instructions)."""
-    if os.environ.get(SETTING_ENV, "").strip().lower() == "native":
+    if _native():
         return False
     if "numpy" in sys.modules or "scipy" in sys.modules or not cpu_runs_pinned_kernel():
         return False
@@ -78,7 +82,6 @@ def unpinned_warning() -> str | None:
     running = kernels()
     if running in (PINNED_CORETYPE, "none"):
         return None
-    native = os.environ.get(SETTING_ENV, "").strip().lower() == "native"
-    why = f"{SETTING_ENV}=native" if native else "numpy was imported before ensemble_platform"
+    why = f"{SETTING_ENV}=native" if _native() else "numpy was imported before ensemble_platform"
     return (f"OpenBLAS runs the {running} kernel, not {PINNED_CORETYPE} ({why}): this fit's last bits, and the "
             f"versions fitted on it, may differ from another machine's")

@@ -44,11 +44,15 @@ def seed_sqlite_store(tracking_uri: str) -> bool:
     if template is None:
         return False
     # The copy goes to a fresh, exclusively created name (never a fixed one: a link planted there by
-    # whoever can write the home would redirect the write), then is renamed over the store's name.
+    # whoever can write the home would redirect the write), written through the descriptor that
+    # created it, fsynced, then renamed over the store's name. Not `files.atomic_path`: that hands
+    # its writers a path, reopened by name after the descriptor is closed, and this copy needs none.
     descriptor, partial = tempfile.mkstemp(prefix=f".{store.name}.", suffix=".partial", dir=store.parent)
     try:
         with os.fdopen(descriptor, "wb") as out, open(template, "rb") as source:
             shutil.copyfileobj(source, out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(partial, store)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
