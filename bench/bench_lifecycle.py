@@ -253,8 +253,6 @@ def variant_member(args: argparse.Namespace) -> dict:
 
 
 def variant_dagster(args: argparse.Namespace) -> dict:
-    import pickle
-
     home = Path(args.home).resolve()
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -269,7 +267,10 @@ def variant_dagster(args: argparse.Namespace) -> dict:
 
     from ensemble_platform.definitions import build_definitions
     from ensemble_platform.defs.runner import materialize_lifecycle
+    from ensemble_platform.integrity.keys import load_signing_key
+    from ensemble_platform.integrity.sealed_values import read_sealed
     from ensemble_platform.members.catalogue import MEMBER_NAMES
+    from ensemble_platform.settings import PlatformPaths
 
     imports_seconds = time.perf_counter() - imports_started
     rss_before = _current_rss_mb()
@@ -323,14 +324,15 @@ def variant_dagster(args: argparse.Namespace) -> dict:
     validation = run.validation
     assert validation is not None, "the ensemble job returned no validation report"
 
-    # Read the stored asset values back (FilesystemIOManager under <home>/dagster/storage).
-    storage = dagster_home / "storage"
-    member_seconds = {}
-    for name in MEMBER_NAMES:
-        with open(storage / "member_model" / name, "rb") as fh:
-            member_seconds[name] = pickle.load(fh).fit_seconds
-    with open(storage / "ensemble_candidates", "rb") as fh:
-        candidates = pickle.load(fh)
+    # Read the stored asset values back (sealed pickles under <home>/dagster/storage/<dataset>/).
+    dataset = validation["dataset"]
+    key = load_signing_key(PlatformPaths.from_env(home))
+
+    def stored(relative: str):
+        return read_sealed(dagster_home / "storage" / dataset / relative, key, f"{dataset}/{relative}")
+
+    member_seconds = {name: stored(f"member_model/{name}").fit_seconds for name in MEMBER_NAMES}
+    candidates = stored("ensemble_candidates")
     strategy_seconds = {n: ev.fit_seconds for n, ev in candidates.candidates.items()}
     best = validation["best_member"]
     return {

@@ -14,6 +14,8 @@ from ensemble_platform.definitions import build_definitions
 from ensemble_platform.defs.runner import materialize_lifecycle
 from ensemble_platform.ensemble.build import member_references
 from ensemble_platform.ensemble.runtime import RegisteredMember
+from ensemble_platform.integrity.keys import load_signing_key
+from ensemble_platform.integrity.sealed_values import read_sealed
 from ensemble_platform.members import catalogue
 from ensemble_platform.members.catalogue import MEMBER_NAMES, MemberSpec
 from ensemble_platform.settings import PlatformPaths
@@ -247,21 +249,69 @@ def test_blocking_expectations_stop_the_split(tmp_path, credit_slice):
     assert instance.get_latest_materialization_event(dg.AssetKey("train_holdout_split")) is None
 
 
+def _stored(paths: PlatformPaths, relative: str):
+    """An asset value of the credit_slice run, read as the platform reads it (seal checked)."""
+    return read_sealed(paths.asset_storage("credit_slice") / relative, load_signing_key(paths),
+                       f"credit_slice/{relative}")
+
+
 def test_asset_values_are_documents_not_fitted_models(lifecycle):
     """Fitted members are registry artefacts: the stored asset values carry predictions, records and
     the combiner, never a fitted member (issue 18: each copy cost 1.8 GB at 320k rows)."""
-    import pickle
-
     paths, _ = lifecycle
     storage = paths.asset_storage("credit_slice")
     for name in MEMBER_NAMES:
-        record = pickle.loads((storage / "member_model" / name).read_bytes())
+        record = _stored(paths, f"member_model/{name}")
         assert record.pipeline is None and record.key_params is not None and record.version == "1", name
-    predictions = pickle.loads((storage / "oof_predictions").read_bytes())
+    predictions = _stored(paths, "oof_predictions")
     assert all(fit.pipeline is None for fit in predictions.fits.values())
-    build = pickle.loads((storage / "ensemble_config").read_bytes())
+    build = _stored(paths, "ensemble_config")
     # The stored runtime names its served members, in order, as registry references only.
     assert build.runtime.members == member_references(build.config.members) and build.config.members
     assert all(type(m) is RegisteredMember for m in build.runtime.members.values())
     # Small: one float per row and member, not trees (the forests alone pickle to megabytes).
     assert max((storage / "member_model" / name).stat().st_size for name in MEMBER_NAMES) < 200_000
+
+
+class _RunsCode:
+    """Unpickling this creates `marker`: what an attacker's file would do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("attack", ["plain pickle", "sealed value of another asset", "one byte flipped"])
+def test_a_planted_asset_value_is_refused_before_it_is_unpickled(lifecycle, tmp_path, attack):
+    """Threat model: write access to the platform home. An asset value replaced by a pickle that runs
+    code, by another asset's genuine sealed value, or edited, stops the next run at that input; the
+    planted code never runs and nothing downstream is written."""
+    import pickle
+
+    paths, spec_path = lifecycle
+    target = paths.asset_storage("credit_slice") / "member_model" / "random_forest"
+    original = target.read_bytes()
+    marker = tmp_path / "planted-code-ran"
+    planted = {
+        "plain pickle": pickle.dumps(_RunsCode(marker)),
+        "sealed value of another asset": (target.parent / "xgboost").read_bytes(),
+        "one byte flipped": original[:-40] + bytes([original[-40] ^ 1]) + original[-39:],
+    }[attack]
+    config = paths.configs_dir("credit_slice")
+    configs_before = sorted(p.name for p in config.iterdir())
+    target.write_bytes(planted)
+    try:
+        instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+        job = build_definitions(str(paths.home), str(spec_path)).resolve_job_def("ensemble_job")
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    finally:
+        target.write_bytes(original)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "oof_predictions"
+    message = str(failure.event_specific_data.error)
+    assert str(target) in message and "materialize its asset again" in message, message
+    assert not marker.exists()
+    assert sorted(p.name for p in config.iterdir()) == configs_before

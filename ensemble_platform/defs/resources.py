@@ -6,11 +6,17 @@ sensors and schedules, or by hand at launch) works on that spec; an untagged run
 configured spec. Asset values are stored per dataset, so datasets never overwrite each other.
 """
 
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 from pydantic import PrivateAttr
+from upath import UPath
 
 from ensemble_platform.data.spec import DatasetSpec, load_spec, peek_dataset_name
 from ensemble_platform.governance.registry import Registry
+from ensemble_platform.integrity.keys import SigningKey, load_signing_key
+from ensemble_platform.integrity.sealed_values import read_sealed, write_sealed
 from ensemble_platform.settings import DATASET_TAG, PlatformPaths
 
 
@@ -45,13 +51,36 @@ class PlatformResource(dg.ConfigurableResource):
         return self._registry
 
 
+class SealedValueIOManager(dg.UPathIOManager):
+    """Asset values as sealed pickles (`integrity.sealed_values`): Dagster's FilesystemIOManager
+    unpickles whatever file it finds under the platform home, so a file dropped there would run
+    code in the next run; this one unpickles only values whose MAC, keyed with the signing key
+    (kept outside the home), verifies for that asset and dataset. Writes are atomic."""
+
+    extension: str = ""
+
+    def __init__(self, base_dir: Path, dataset: str, key: SigningKey):
+        self.base_dir, self.dataset, self.key = Path(base_dir), dataset, key
+        super().__init__(base_path=UPath(base_dir))
+
+    def _label(self, path: UPath) -> str:
+        """Where the value belongs: its dataset and its path under the dataset's storage."""
+        return f"{self.dataset}/{Path(str(path)).relative_to(self.base_dir).as_posix()}"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        write_sealed(Path(str(path)), obj, self.key, self._label(path))
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        return read_sealed(Path(str(path)), self.key, self._label(path))
+
+
 class DatasetStorage(dg.ConfigurableIOManagerFactory):
-    """Pickled asset values under `<home>/dagster/storage/<dataset>/` for the run's dataset."""
+    """Sealed asset values under `<home>/dagster/storage/<dataset>/` for the run's dataset."""
 
     home: str | None = None
     dataset_spec: str | None = None
 
     def create_io_manager(self, context: dg.InitResourceContext) -> dg.IOManager:
         dataset = peek_dataset_name(_run_spec_path(context, self.dataset_spec))
-        base = PlatformPaths.from_env(self.home).asset_storage(dataset)
-        return dg.FilesystemIOManager(base_dir=str(base)).create_io_manager(context)
+        paths = PlatformPaths.from_env(self.home)
+        return SealedValueIOManager(paths.asset_storage(dataset), dataset, load_signing_key(paths))
