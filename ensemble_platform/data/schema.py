@@ -131,15 +131,23 @@ def _is_number(values: pd.Series) -> bool:
 
 
 def _text_reason(values: pd.Series) -> str | None:
-    present = values.dropna().astype(str)
-    if present.empty:
+    counts = _text_counts(values)
+    if counts.empty:
         return None
-    words = present.str.split().str.len()
-    unique = present.nunique() / len(present)
+    # Word counts of each distinct text, repeated as often as it occurs: the median over rows, as
+    # `present.str.split().str.len().median()` gives it, splitting each distinct value once.
+    words = pd.Series(np.repeat(counts.index.str.split().str.len().to_numpy(), counts.to_numpy()))
+    unique = len(counts) / int(counts.sum())
     if words.median() >= _TEXT_MEDIAN_WORDS and unique >= _TEXT_UNIQUE_SHARE:
         return (f"free text (inferred: median {words.median():.0f} words, {unique:.0%} of values distinct); "
                 "list it under 'categorical' to use it as levels")
     return None
+
+
+def _text_counts(values: pd.Series) -> pd.Series:
+    """Rows per distinct text of the present values: the row-wise string work (splitting into words,
+    matching a date pattern) then runs once per distinct text, a handful in a categorical column."""
+    return values.dropna().astype(str).value_counts(sort=False)
 
 
 def _identifier_reason(values: pd.Series, integer: bool = False) -> str | None:
@@ -172,7 +180,7 @@ def datetime_columns(table: pd.DataFrame, spec: DatasetSpec) -> list[str]:
         if column in spec.datetime or pd.api.types.is_datetime64_any_dtype(values):
             found.append(column)
         elif values.dtype == object:
-            present = values.dropna().astype(str)
+            present = _text_counts(values).index  # each distinct text once
             if len(present) and bool(present.str.match(_ISO_DATETIME).all()):
                 found.append(column)
     return found
