@@ -40,6 +40,7 @@ test: install browser lint
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "MLflow UI on the same store: make mlflow-ui"
+	@$(BIN)/python -m ensemble_platform.instance_settings $(DAGSTER_HOME)/dagster.yaml
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster dev -w workspace.yaml
 
 mlflow-ui: install

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ensemble_platform import instance_settings
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.settings import PlatformPaths
 
@@ -42,7 +43,8 @@ def prepare_dagster_home(paths: PlatformPaths) -> Path:
 def _instance(paths: PlatformPaths):
     import dagster as dg
 
-    prepare_dagster_home(paths)
+    config = prepare_dagster_home(paths)
+    instance_settings.check(config)  # settings under the home can name code to run: refused before use
     os.environ.setdefault("DAGSTER_HOME", str(paths.dagster_home))
     return dg.DagsterInstance.from_config(str(paths.dagster_home))
 

@@ -30,6 +30,11 @@ SERVED_ARTIFACTS_ROOT = "mlflow-artifacts:"
 # PostgreSQL store every service replica appends to.
 DECISION_STORE_ENV = "ENSEMBLE_PLATFORM_DECISION_STORE"
 DECISION_STORE_SCHEMES = ("postgresql://", "postgres://")
+# "1": a member version registered without a safe artefact (logged from a notebook as MLflow's
+# cloudpickle) may be loaded, which runs whatever code its file holds. Unset, such versions are
+# refused with the reason: anyone who can write the MLflow store (under the home by default) could
+# otherwise have the member-version sensor run their code. Set it where only trusted people write it.
+TRUST_PICKLED_MEMBERS_ENV = "ENSEMBLE_PLATFORM_TRUST_PICKLED_MEMBERS"
 
 
 # MLflow's own variable as the process was started: `mlflow.set_tracking_uri` rewrites it in the
@@ -77,6 +82,10 @@ def configured_decision_store() -> str | None:
                          f"unset (the SQLite decision log under the platform home) or a PostgreSQL URL "
                          f"(postgresql://user:password@host:port/database)")
     return value
+
+
+def trust_pickled_members() -> bool:
+    return os.environ.get(TRUST_PICKLED_MEMBERS_ENV, "").strip() == "1"
 
 
 def automation_enabled() -> bool:

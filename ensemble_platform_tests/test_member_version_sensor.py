@@ -4,6 +4,7 @@ produces a MINOR-bumped candidate and leaves production alone, and versions with
 the ensemble needs are skipped with a reason that names them."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -16,24 +17,50 @@ from ensemble_platform.data.spec import load_spec
 from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.definitions import build_definitions
 from ensemble_platform.ensemble.config import ConfigStore
+from ensemble_platform.governance.registry import Registry, register_outside_member
 from ensemble_platform.governance.release import Release
 from ensemble_platform.members.catalogue import get_member_spec, one_hot_scaled
-from ensemble_platform.settings import DATASET_TAG
+from ensemble_platform.settings import DATASET_TAG, TRUST_PICKLED_MEMBERS_ENV
 from ensemble_platform_tests.conftest import home_in_production
 
 DATASET = "credit_slice"
 
 
-def _register_from_notebook(paths, member: str, model, tags: dict[str, str]) -> str:
-    """What a data scientist does outside the platform: log a model and register it by hand."""
+def _notebook_experiment(paths, member: str) -> str:
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     mlflow.set_registry_uri(paths.mlflow_tracking_uri)
     # Its own experiment, artifacts under the temp home (MLflow's default experiment would write ./mlruns).
     experiment = mlflow.create_experiment(f"notebook-{member}-{len(mlflow.search_experiments())}",
                                           artifact_location=(paths.home / "notebook").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    return experiment
+
+
+def _register_from_notebook(paths, member: str, model, tags: dict[str, str]) -> str:
+    """What a data scientist does outside the platform: log a model and register it by hand, as
+    MLflow's cloudpickle only (no safe artefact: the platform unpickles it only when trusted to)."""
+    experiment = _notebook_experiment(paths, member)
     with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
+        # Requirements given: MLflow would otherwise load the model in a subprocess to infer them.
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
+                                        pip_requirements=["scikit-learn"])
     return str(mlflow.register_model(info.model_uri, f"{DATASET}.{member}", tags=tags).version)
+
+
+def _register_with_safe_artefact(paths, member: str, model, train_hash: str) -> str:
+    """The documented way from a notebook: `register_outside_member` logs the safe artefact too."""
+    _notebook_experiment(paths, member)
+    return register_outside_member(model, f"{DATASET}.{member}", train_hash)
+
+
+class _RunsCode:
+    """Unpickling this creates `marker`: a planted model file that runs code when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
 
 
 def _tick(defs, instance, cursor=None):
@@ -58,8 +85,7 @@ def test_a_new_member_version_is_revalidated_once_into_a_minor_candidate(in_prod
 
     notebook_model = get_member_spec("logistic_regression").build(split.schema, 0).set_params(model__C=0.05)
     notebook_model.fit(split.X_train(), split.y_train)
-    version = _register_from_notebook(paths, "logistic_regression", notebook_model,
-                                      {"ensemble_platform.train_hash": split.train_hash})
+    version = _register_with_safe_artefact(paths, "logistic_regression", notebook_model, split.train_hash)
     assert version == "2"
 
     first = _tick(defs, instance, quiet.cursor)
@@ -89,8 +115,9 @@ def test_a_new_member_version_is_revalidated_once_into_a_minor_candidate(in_prod
     assert _tick(defs, instance, first.cursor).run_requests == []  # the new config uses version 2
 
 
-def test_versions_without_lineage_are_skipped_with_the_reason(in_production):
+def test_versions_without_lineage_are_skipped_with_the_reason(in_production, monkeypatch):
     paths, spec_path, split = in_production
+    monkeypatch.setenv(TRUST_PICKLED_MEMBERS_ENV, "1")  # MLflow's pickles from the notebook, trusted here
     defs = build_definitions(str(paths.home), str(spec_path))
     instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
     cursor = _tick(defs, instance).cursor
@@ -108,3 +135,47 @@ def test_versions_without_lineage_are_skipped_with_the_reason(in_production):
     again = _tick(defs, instance, tick.cursor)  # reported once, then remembered
     assert again.run_requests == [] and "no member version newer" in again.skip_message
     assert json.loads(again.cursor)[DATASET]["xgboost"] == int(no_lineage)
+
+
+def test_a_pickled_member_version_is_not_unpickled_unless_trusted(in_production, tmp_path, monkeypatch):
+    """Threat model: write access to the home, where the MLflow store lives. A version registered as
+    MLflow's pickle only, whose file runs code when unpickled, is skipped by the sensor naming the
+    version and the setting; its code never runs. The control: trusted, it does run."""
+    paths, spec_path, split = in_production
+    monkeypatch.delenv(TRUST_PICKLED_MEMBERS_ENV, raising=False)
+    defs = build_definitions(str(paths.home), str(spec_path))
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+    cursor = _tick(defs, instance).cursor
+    marker = tmp_path / "planted-model-ran"
+    version = _register_from_notebook(paths, "hist_gradient_boosting", _RunsCode(marker),
+                                      {"ensemble_platform.train_hash": split.train_hash})
+    assert not marker.exists(), "logged and registered without being loaded"
+    tick = _tick(defs, instance, cursor)
+    assert tick.run_requests == [] and not marker.exists()
+    assert f"version {version} of {DATASET}.hist_gradient_boosting" in tick.skip_message
+    assert f"{TRUST_PICKLED_MEMBERS_ENV}=1" in tick.skip_message and "refused" in tick.skip_message
+    monkeypatch.setenv(TRUST_PICKLED_MEMBERS_ENV, "1")
+    Registry(paths).load_member(f"{DATASET}.hist_gradient_boosting", version)  # the control: trusted, it runs
+    assert marker.exists()
+
+
+def test_a_platform_member_loads_from_its_safe_artefact_even_with_its_pickle_replaced(in_production, tmp_path,
+                                                                                     monkeypatch):
+    """Every version the platform registers carries a safe artefact: loading it never unpickles, so
+    a planted `model.pkl` in its MLflow model does not run, even where pickles are trusted."""
+    import pickle
+
+    paths, _, split = in_production
+    monkeypatch.setenv(TRUST_PICKLED_MEMBERS_ENV, "1")
+    registry = Registry(paths)
+    name = f"{DATASET}.xgboost"
+    logged_model = registry.client.get_model_version(name, "1").source.rsplit("/", 1)[-1]  # models:/m-...
+    stored = list(paths.home.rglob(f"{logged_model}/artifacts/model.pkl"))
+    assert len(stored) == 1, "the registered member's MLflow pickle, under the home"
+    marker = tmp_path / "planted-pickle-ran"
+    stored[0].write_bytes(pickle.dumps(_RunsCode(marker)))
+    model, entry = registry.load_member(name, "1")
+    assert not marker.exists() and str(entry.version) == "1"
+    assert model.predict_proba(split.X_holdout().head(3)).shape == (3, 2)
+    mlflow.sklearn.load_model(f"models:/{name}/1")  # the control: MLflow's own loader unpickles the planted file
+    assert marker.exists()

@@ -358,6 +358,12 @@ def _dumps(part: object) -> bytes:
     return safe_format.dumps(part)
 
 
+def load_member_artefact(data: bytes) -> object:
+    """A member's safe artefact (stored beside its MLflow model in the registry), loaded as a stored
+    runtime's members are: allow-listed types only, nothing unpickled."""
+    return _loads(data)
+
+
 def _loads(data: bytes) -> object:
     """Only scikit-learn/XGBoost parts on safe_format's list and the platform's own combiners,
     calibrator and schema load; anything else is refused before it is constructed."""

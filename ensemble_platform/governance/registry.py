@@ -21,7 +21,7 @@ from mlflow.models import infer_signature
 
 from ensemble_platform import __version__, blas_kernel, safe_format
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember, load_member_artefact
 from ensemble_platform.governance.registry_connection import (
     RegistryConnection,
     ensemble_model_name,
@@ -42,6 +42,7 @@ from ensemble_platform.tags import (
     MEMBER_SHA256_TAG,
     PREDICT_COST_TAG,
     SEMVER_TAG,
+    TRAIN_HASH_TAG,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "RegistrySnapshot",
     "ensemble_model_name",
     "member_model_name",
+    "register_outside_member",
     "runtime_requirements",
 ]
 
@@ -219,3 +221,22 @@ class Registry(RegistryStages, RegistryDownloads):
                 self.client.log_metric(run_id, key, float(value))
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+def register_outside_member(model: object, model_name: str, train_hash: str,
+                            tags: dict[str, str] | None = None) -> str:
+    """For a data scientist's notebook (MLflow's tracking URI set to the platform's store): log the
+    fitted `model` as MLflow's scikit-learn model and as the platform's safe artefact, and register
+    it as a new version of `model_name` (`<dataset>.<member>`) with the lineage tag and the
+    artefact's SHA-256. The platform then loads the safe artefact, never the pickle
+    (`RegistryDownloads.load_member`). Returns the new version. A model with types outside the safe
+    format's allow-list fails here (UnsupportedModelError/UnsafeModelError), naming the type."""
+    safe = safe_format.dumps(model)
+    load_member_artefact(safe)  # types outside the allow-list fail here, not later in the platform
+    with mlflow.start_run(run_name=f"outside member: {model_name}"):
+        with tempfile.TemporaryDirectory() as scratch:
+            (Path(scratch) / MEMBER_ARTEFACT).write_bytes(safe)
+            mlflow.log_artifact(str(Path(scratch) / MEMBER_ARTEFACT))
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
+    lineage = {TRAIN_HASH_TAG: train_hash, MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest()}
+    return str(mlflow.register_model(info.model_uri, model_name, tags={**(tags or {}), **lineage}).version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from ensemble_platform.ensemble.config import MemberRef
+from ensemble_platform.ensemble.runtime import load_member_artefact
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.registry_connection import RegistryConnection
+from ensemble_platform.settings import TRUST_PICKLED_MEMBERS_ENV, trust_pickled_members
 from ensemble_platform.tags import MEMBER_ARTEFACT, MEMBER_SHA256_TAG
 
 
@@ -21,8 +24,25 @@ class RegistryDownloads(RegistryConnection):
     """Registered members and models, downloaded or loaded."""
 
     def load_member(self, model_name: str, version: str) -> tuple[object, ModelVersion]:
-        """A registered member version as a scikit-learn model, with its registry entry."""
+        """A registered member version as a scikit-learn model, with its registry entry: from its safe
+        artefact (checked against its SHA-256 tag; nothing unpickled) when it has one, as every version
+        the platform registers does. A version registered without one (MLflow's cloudpickle from a
+        notebook) is unpickled only with ENSEMBLE_PLATFORM_TRUST_PICKLED_MEMBERS=1 (`settings`)."""
         entry = self.client.get_model_version(model_name, str(version))
+        with tempfile.TemporaryDirectory() as scratch:
+            artefact = self.download_member_artefact(model_name, version, Path(scratch))
+            if artefact is not None:
+                try:
+                    return load_member_artefact(artefact.read_bytes()), entry
+                except (PlatformError, ValueError, TypeError) as exc:
+                    raise PlatformError(f"the safe artefact of {model_name} version {version} cannot be loaded: "
+                                        f"{exc}") from exc
+        if not trust_pickled_members():
+            raise PlatformError(
+                f"version {version} of {model_name} has no safe artefact ({MEMBER_ARTEFACT}), only an MLflow "
+                "cloudpickle model, and unpickling runs whatever code the file holds: refused. Register it with "
+                f"its safe artefact (README, 'Registering a member from outside'), or set "
+                f"{TRUST_PICKLED_MEMBERS_ENV}=1 where only trusted people can write the MLflow store")
         try:
             model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
         except Exception as exc:
