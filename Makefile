@@ -40,6 +40,8 @@ test: install browser lint
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "MLflow UI on the same store: make mlflow-ui"
+	@# dagster dev reads the home's settings: put the platform's there again, then check them.
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	@$(BIN)/python -m ensemble_platform.instance_settings $(DAGSTER_HOME)/dagster.yaml
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster dev -w workspace.yaml
 

@@ -14,39 +14,42 @@ from pathlib import Path
 
 from ensemble_platform import instance_settings
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.settings import PlatformPaths
-
-# The instance settings `make demo` copies from the repository's dagster.yaml (a test keeps the two equal):
-# written into a Dagster home that has none, so the CLI run anywhere gets the same instance (telemetry off,
-# no missing-config warning).
-DAGSTER_YAML = """\
-# Dagster instance settings written by ensemble-platform (the same as the repository's dagster.yaml).
-telemetry:
-  enabled: false
-concurrency:
-  runs:
-    max_concurrent_runs: 2
-  pools:
-    default_limit: 1
-"""
+from ensemble_platform.settings import DAGSTER_INSTANCE_ENV, PlatformPaths
 
 
 def prepare_dagster_home(paths: PlatformPaths) -> Path:
-    """The home's Dagster directory with a dagster.yaml (written when absent; an existing one is kept)."""
+    """The home's Dagster directory, with the platform's dagster.yaml for `make ui` / `dagster dev`
+    (written when absent; an existing one is kept, and `make ui` checks it). The CLI itself never
+    reads it: see `_instance`."""
     paths.ensure()
     config = paths.dagster_home / "dagster.yaml"
     if not config.is_file():
-        config.write_text(DAGSTER_YAML)
+        config.write_text(instance_settings.PLATFORM_SETTINGS)
     return config
 
 
 def _instance(paths: PlatformPaths):
+    """The Dagster instance on the home's storage with the platform's own settings: a dagster.yaml
+    under the home can make Dagster run code (`instance_settings`), so it is not read here. With
+    ENSEMBLE_PLATFORM_DAGSTER_INSTANCE set (a directory outside the home): that instance."""
     import dagster as dg
 
-    config = prepare_dagster_home(paths)
-    instance_settings.check(config)  # settings under the home can name code to run: refused before use
+    # No public API builds an instance whose settings live apart from its storage directory.
+    from dagster._core.instance import InstanceRef
+
+    external = os.environ.get(DAGSTER_INSTANCE_ENV, "").strip()
+    if external:
+        directory = Path(external).expanduser().resolve()
+        if directory.is_relative_to(paths.home.resolve()):
+            raise PlatformError(f"{DAGSTER_INSTANCE_ENV}={external} is inside the platform home {paths.home}, where "
+                                "anyone who can write the home could change its settings (settings can make Dagster "
+                                "run code); keep the instance's dagster.yaml outside the home, or unset it")
+        return dg.DagsterInstance.from_config(str(directory))
+    prepare_dagster_home(paths)
     os.environ.setdefault("DAGSTER_HOME", str(paths.dagster_home))
-    return dg.DagsterInstance.from_config(str(paths.dagster_home))
+    with instance_settings.platform_settings_dir() as settings:
+        ref = InstanceRef.from_dir(str(paths.dagster_home), config_dir=settings)
+    return dg.DagsterInstance.from_ref(ref)
 
 
 def _platform_error(exc: BaseException) -> PlatformError | None:

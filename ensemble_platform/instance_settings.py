@@ -1,21 +1,23 @@
-"""The Dagster instance settings under the platform home (`<home>/dagster/dagster.yaml`), checked
-before an instance is created from them.
+"""The Dagster instance settings: the platform's own, never a file under the platform home.
 
 Those settings are code, not data: `python_logs.dagster_handler_config` goes to Python's
-`logging.config.dictConfig`, whose `()` keys call any importable callable with the given
-arguments, and every `module`/`class` pair is imported and instantiated. The file lives in the
-home, which the threat model lets an attacker write (README, "Security"). So the CLI and `make ui`
-refuse a settings file with a logging handler configuration or a class from outside Dagster and its
-`dagster_*` libraries, naming the file, the key and the reason. Settings the platform ships or
-documents (storage, run coordinator and launcher, concurrency, telemetry) pass.
+`logging.config.dictConfig`, whose `()` keys call any importable callable; `secrets` loaders put a
+file's variables into the environment (the signing key's variable among them); every
+`module`/`class` pair is imported and instantiated; storage settings can send `{env: ...}` values
+to a host of their choosing. A file in the home is writable by the threat model's attacker
+(README, "Security"). So:
 
-`python -m ensemble_platform.instance_settings PATH` checks one file (exit 1 with the reasons).
+* the CLI builds its instance from `PLATFORM_SETTINGS` (the repository's dagster.yaml; a test keeps
+  the two equal), with storage in the home: the home's file is never read (`cli._instance`);
+* `make ui` (`dagster dev`, which reads `$DAGSTER_HOME/dagster.yaml`) copies the repository's file
+  into the home, then `python -m ensemble_platform.instance_settings FILE` refuses it unless it is
+  the platform's settings exactly, naming what differs.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,57 +25,61 @@ import yaml
 
 from ensemble_platform.errors import PlatformError
 
-# Keys whose values Python's logging.config.dictConfig interprets (callables via "()").
-_LOGGING_CONFIG_KEY = "dagster_handler_config"
-# Top-level packages a `module:` entry may name: Dagster itself and its integration libraries.
-_ALLOWED_PACKAGE = "dagster"
+PLATFORM_SETTINGS = """\
+# Dagster instance settings written by ensemble-platform (the same as the repository's dagster.yaml).
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 2
+  pools:
+    default_limit: 1
+"""
 
 
 class UnsafeInstanceSettings(PlatformError):
-    """The instance settings file asks Dagster to run code of its choosing."""
+    """The instance settings file is not the platform's: it could make Dagster run code of its choosing."""
 
 
-def _walk(node: Any, where: str = "") -> Iterator[tuple[str, str, Any]]:
-    """(path to the key, key, value) for every mapping entry in the YAML tree."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            path = f"{where}.{key}" if where else str(key)
-            yield path, str(key), value
-            yield from _walk(value, path)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _walk(value, f"{where}[{i}]")
+def platform_settings() -> dict[str, Any]:
+    return yaml.safe_load(PLATFORM_SETTINGS)
+
+
+def platform_settings_dir() -> tempfile.TemporaryDirectory:
+    """A private directory (0700, outside the home) holding PLATFORM_SETTINGS as dagster.yaml, for
+    Dagster's `InstanceRef.from_dir(config_dir=...)`; remove it once the instance is built."""
+    directory = tempfile.TemporaryDirectory(prefix="ensemble-platform-dagster-settings-")
+    (Path(directory.name) / "dagster.yaml").write_text(PLATFORM_SETTINGS)
+    return directory
 
 
 def problems(settings: Any) -> list[str]:
-    """Why these parsed settings could run code of the file's choosing (empty when they cannot)."""
-    found = []
-    for path, key, value in _walk(settings):
-        if key == _LOGGING_CONFIG_KEY:
-            found.append(f"{path}: a logging configuration, which calls whatever callables its '()' entries "
-                         "name; not supported here (use python_logs.managed_python_loggers)")
-        elif key == "module":
-            package = str(value).split(".", 1)[0]
-            if package != _ALLOWED_PACKAGE and not package.startswith(f"{_ALLOWED_PACKAGE}_"):
-                found.append(f"{path}: module {value!r} is not Dagster's or a dagster_* library's, and the class it "
-                             "names would be imported and run")
+    """How these parsed settings differ from the platform's (empty when they are the same)."""
+    expected = platform_settings()
+    if not isinstance(settings, dict):
+        return [f"expected a mapping of settings, found {type(settings).__name__}"]
+    found = [f"{key}: not one of the platform's settings" for key in settings if key not in expected]
+    found += [f"{key}: {settings[key]!r}, expected {expected[key]!r}" for key in expected
+              if key in settings and settings[key] != expected[key]]
+    found += [f"{key}: missing" for key in expected if key not in settings]
     return found
 
 
 def check(path: Path) -> None:
-    """UnsafeInstanceSettings naming `path` and each problem, if the file is unsafe (absent: fine)."""
+    """UnsafeInstanceSettings naming `path` and each difference unless the file holds the platform's settings."""
     path = Path(path)
-    if not path.is_file():
-        return
     try:
         settings = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnsafeInstanceSettings(f"Dagster instance settings {path} cannot be read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise UnsafeInstanceSettings(f"Dagster instance settings {path} are not valid YAML: {exc}") from exc
     found = problems(settings)
     if found:
         raise UnsafeInstanceSettings(
-            f"Dagster instance settings {path} refused (the file is under the platform home, and these settings run "
-            "code): " + "; ".join(found) + ". Copy the repository's dagster.yaml over it, or remove these keys")
+            f"Dagster instance settings {path} refused: they are under the platform home and are not the platform's "
+            "(settings can make Dagster run code): " + "; ".join(found)
+            + ". Copy the repository's dagster.yaml over it (`make ui` does)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,11 @@ DECISION_STORE_SCHEMES = ("postgresql://", "postgres://")
 # refused with the reason: anyone who can write the MLflow store (under the home by default) could
 # otherwise have the member-version sensor run their code. Set it where only trusted people write it.
 TRUST_PICKLED_MEMBERS_ENV = "ENSEMBLE_PLATFORM_TRUST_PICKLED_MEMBERS"
+# A Dagster instance directory (its dagster.yaml: storage, run queue, launcher) for the CLI to use, e.g.
+# the stack's PostgreSQL instance. It must lie outside the home (settings there are writable by the
+# threat model's attacker and can make Dagster run code). Unset: the platform's own settings with
+# storage under `<home>/dagster` (`instance_settings`).
+DAGSTER_INSTANCE_ENV = "ENSEMBLE_PLATFORM_DAGSTER_INSTANCE"
 
 
 # MLflow's own variable as the process was started: `mlflow.set_tracking_uri` rewrites it in the

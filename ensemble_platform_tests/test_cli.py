@@ -127,7 +127,7 @@ def test_the_cli_prepares_a_dagster_home_like_make_demo(tmp_path):
     assert config == paths.dagster_home / "dagster.yaml"
     assert yaml.safe_load(config.read_text()) == yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert yaml.safe_load(config.read_text())["telemetry"] == {"enabled": False}
-    config.write_text("telemetry:\n  enabled: false\n")  # an operator's own settings are kept
+    config.write_text("telemetry:\n  enabled: false\n")  # kept (`make ui` replaces and checks it; the CLI never reads it)
     cli.prepare_dagster_home(paths)
     assert config.read_text() == "telemetry:\n  enabled: false\n"
 

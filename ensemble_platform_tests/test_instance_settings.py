@@ -1,7 +1,8 @@
-"""The Dagster instance settings under the home (`instance_settings`): attack tests. The file is
-code to Dagster (logging handlers built by dictConfig, classes imported by module name); someone who
-can write the home must not get one of theirs run by the CLI or `make ui`."""
+"""The Dagster instance settings (`instance_settings`): attack tests. The settings file is code to
+Dagster (logging handlers built by dictConfig, secrets loaders, classes imported by module name);
+someone who can write the home must not get one of theirs used by the CLI or `make ui`."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 import yaml
 
 from ensemble_platform import cli
+from ensemble_platform.errors import PlatformError
 from ensemble_platform.instance_settings import UnsafeInstanceSettings, check, problems
-from ensemble_platform_tests.conftest import write_spec
+from ensemble_platform.settings import DAGSTER_INSTANCE_ENV, TRUST_PICKLED_MEMBERS_ENV, PlatformPaths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,57 +25,92 @@ def _planted_logging(marker: Path) -> dict:
         "handlers": {"planted": {"()": "subprocess.call", "args": ["touch", str(marker)]}}}}}
 
 
-@pytest.mark.parametrize("shipped", ["dagster.yaml", "docker/dagster.yaml"])
-def test_the_settings_the_platform_ships_pass(shipped):
-    assert problems(yaml.safe_load((REPO / shipped).read_text())) == []
+def test_the_repositorys_settings_are_the_platforms():
+    assert problems(yaml.safe_load((REPO / "dagster.yaml").read_text())) == []
 
 
-def test_settings_that_name_code_are_refused():
-    found = problems({"run_launcher": {"module": "os", "class": "system"},
-                      "storage": {"sqlite": {"base_dir": "x"}},
-                      "compute_logs": {"module": "dagster_evil_but_named_like_a_library.x", "class": "Y"},
+def test_settings_other_than_the_platforms_are_refused():
+    found = problems({**yaml.safe_load((REPO / "dagster.yaml").read_text()),
+                      "secrets": {"custom": {"module": "dagster._core.secrets.env_file", "class": "EnvFileLoader",
+                                             "config": {"base_dir": "/home/x"}}},
+                      "telemetry": {"enabled": True},
                       "python_logs": {"dagster_handler_config": {"handlers": {}}}})
-    assert len(found) == 2
-    assert any(f.startswith("run_launcher.module: module 'os'") for f in found)
-    assert any(f.startswith("python_logs.dagster_handler_config") for f in found)
+    assert sorted(f.split(":")[0] for f in found) == ["python_logs", "secrets", "telemetry"]
+    assert problems(None) and problems(["a"])
 
 
-def test_a_planted_logging_handler_never_runs_from_the_cli(tmp_path, credit_slice, capsys):
-    home = tmp_path / "home"
-    marker = tmp_path / "planted-handler-ran"
+def _plant(home: Path, marker: Path) -> Path:
+    """A home whose dagster.yaml runs a command through a logging handler and loads a `.env` (setting
+    the variable that would make the platform trust pickled members) through a secrets loader."""
     settings = home / "dagster" / "dagster.yaml"
     settings.parent.mkdir(parents=True)
-    settings.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "dagster.yaml").read_text()),
-                                        **_planted_logging(marker)}))
-    spec = write_spec(tmp_path / "dataset", credit_slice)
-    assert cli.main(["--home", str(home), "demo", "--dataset", str(spec)]) == 2
-    err = capsys.readouterr().err
-    assert str(settings) in err and "python_logs.dagster_handler_config" in err and "refused" in err
-    assert not marker.exists()
-    assert not (home / "mlflow" / "mlflow.db").exists()  # refused before anything ran
+    (home / "dagster" / ".env").write_text(f"{TRUST_PICKLED_MEMBERS_ENV}=1\n")
+    settings.write_text(yaml.safe_dump({
+        **yaml.safe_load((REPO / "dagster.yaml").read_text()), **_planted_logging(marker),
+        "secrets": {"custom": {"module": "dagster._core.secrets.env_file", "class": "EnvFileLoader",
+                               "config": {"base_dir": str(home / "dagster")}}},
+    }))
+    return settings
 
-    # The control: Dagster itself calls the planted factory as soon as a run sets up its loggers (the
-    # factory's result is no handler, so the run then fails; the command has run by then).
-    @dg.op
-    def noop() -> None:
-        return None
 
-    @dg.job
-    def one_op():
-        noop()
+@dg.op
+def _noop() -> None:
+    return None
 
+
+@dg.job
+def _one_op():
+    _noop()
+
+
+def test_the_cli_never_reads_the_homes_settings(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRUST_PICKLED_MEMBERS_ENV, raising=False)
+    home, marker = tmp_path / "home", tmp_path / "planted-handler-ran"
+    settings = _plant(home, marker)
+    instance = cli._instance(PlatformPaths.from_env(home))
+    assert _one_op.execute_in_process(instance=instance).success
+    assert instance.get_settings("telemetry") == {"enabled": False}
+    assert not marker.exists() and TRUST_PICKLED_MEMBERS_ENV not in os.environ
+    assert len(instance.get_runs()) == 1 and (home / "dagster" / "history" / "runs.db").is_file()  # storage: the home
+
+    # The control: Dagster reading the same file calls the planted factory as soon as a run sets up its
+    # loggers (the factory's result is no handler, so the run then fails; the command has run by then).
     with pytest.raises(ValueError, match="Unable to configure handler 'planted'"):
-        one_op.execute_in_process(instance=dg.DagsterInstance.from_config(str(settings.parent)))
+        _one_op.execute_in_process(instance=dg.DagsterInstance.from_config(str(settings.parent)))
     assert marker.exists()
 
 
-def test_make_ui_checks_the_settings_first(tmp_path):
-    settings = tmp_path / "dagster.yaml"
-    settings.write_text(yaml.safe_dump({"run_launcher": {"module": "os", "class": "system"}}))
-    with pytest.raises(UnsafeInstanceSettings, match="module 'os'"):
+def test_make_ui_puts_the_platforms_settings_back_and_checks_them(tmp_path):
+    settings = _plant(tmp_path / "home", tmp_path / "marker")
+    with pytest.raises(UnsafeInstanceSettings, match="python_logs") as refused:
         check(settings)
+    assert str(settings) in str(refused.value) and "secrets" in str(refused.value)
     done = subprocess.run([sys.executable, "-m", "ensemble_platform.instance_settings", str(settings)],
                           capture_output=True, text=True)
-    assert done.returncode == 1 and "module 'os'" in done.stderr and "Traceback" not in done.stderr
-    assert "instance_settings $(DAGSTER_HOME)/dagster.yaml" in (REPO / "Makefile").read_text()
-    check(tmp_path / "absent.yaml")  # no file: Dagster's defaults
+    assert done.returncode == 1 and "python_logs" in done.stderr and "Traceback" not in done.stderr
+    makefile = (REPO / "Makefile").read_text()
+    ui = makefile[makefile.index("\nui:"):makefile.index("\nmlflow-ui:")]
+    copy, verify, start = (ui.index("cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml"),
+                           ui.index("instance_settings $(DAGSTER_HOME)/dagster.yaml"), ui.index("$(BIN)/dagster dev"))
+    assert copy < verify < start
+    settings.write_text((REPO / "dagster.yaml").read_text())
+    check(settings)
+    with pytest.raises(UnsafeInstanceSettings, match="cannot be read"):
+        check(tmp_path / "absent.yaml")
+
+
+def test_an_operators_instance_outside_the_home_is_used_and_one_inside_is_refused(tmp_path, monkeypatch):
+    """ENSEMBLE_PLATFORM_DAGSTER_INSTANCE (the stack's PostgreSQL instance): a directory outside the home
+    is the operator's and is used as it is; one inside the home could be rewritten by the attacker."""
+    home = tmp_path / "home"
+    outside = tmp_path / "operator-dagster"
+    outside.mkdir()
+    (outside / "dagster.yaml").write_text("telemetry:\n  enabled: false\nconcurrency:\n  runs:\n"
+                                          "    max_concurrent_runs: 7\n")
+    monkeypatch.setenv(DAGSTER_INSTANCE_ENV, str(outside))
+    instance = cli._instance(PlatformPaths.from_env(home))
+    assert instance.root_directory == str(outside.resolve())
+    assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 7
+    monkeypatch.setenv(DAGSTER_INSTANCE_ENV, str(home / "dagster"))
+    with pytest.raises(PlatformError, match="inside the platform home"):
+        cli._instance(PlatformPaths.from_env(home))

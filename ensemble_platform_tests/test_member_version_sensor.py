@@ -179,3 +179,21 @@ def test_a_platform_member_loads_from_its_safe_artefact_even_with_its_pickle_rep
     assert model.predict_proba(split.X_holdout().head(3)).shape == (3, 2)
     mlflow.sklearn.load_model(f"models:/{name}/1")  # the control: MLflow's own loader unpickles the planted file
     assert marker.exists()
+
+
+def test_a_version_whose_safe_artefact_is_gone_is_skipped_with_the_reason(in_production):
+    """A missing artefact (deleted, or garbage-collected) is a reason to skip that version, not an
+    error that stops every tick of the sensor."""
+    paths, spec_path, split = in_production
+    defs = build_definitions(str(paths.home), str(spec_path))
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+    cursor = _tick(defs, instance).cursor
+    model = get_member_spec("logistic_regression").build(split.schema, 0).set_params(model__C=0.2)
+    version = _register_with_safe_artefact(paths, "xgboost", model.fit(split.X_train(), split.y_train),
+                                           split.train_hash)
+    run_id = Registry(paths).client.get_model_version(f"{DATASET}.xgboost", version).run_id
+    (artefact,) = [p for p in paths.home.rglob("member.skops") if run_id in str(p)]
+    artefact.unlink()
+    tick = _tick(defs, instance, cursor)
+    assert tick.run_requests == []
+    assert f"version {version} of {DATASET}.xgboost" in tick.skip_message and "cannot be loaded" in tick.skip_message

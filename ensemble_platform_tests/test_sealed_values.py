@@ -61,7 +61,8 @@ def test_a_planted_pickle_never_runs(tmp_path, stored, forge):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("edit", ["flip a payload byte", "truncate", "append", "empty", "flip a MAC digit"])
+@pytest.mark.parametrize("edit", ["flip a payload byte", "truncate", "append", "empty", "flip a MAC digit",
+                                  "non-ASCII MAC"])
 def test_an_edited_value_is_refused(stored, edit):
     data = stored.read_bytes()
     stored.write_bytes({
@@ -71,6 +72,7 @@ def test_an_edited_value_is_refused(stored, edit):
         "empty": b"",
         "flip a MAC digit": data[:len(MAGIC)] + (b"1" if data[len(MAGIC):len(MAGIC) + 1] != b"1" else b"2")
         + data[len(MAGIC) + 1:],
+        "non-ASCII MAC": data[:len(MAGIC)] + "é".encode() * 32 + data[len(MAGIC) + 64:],
     }[edit])
     with pytest.raises(SealedValueError, match="materialize its asset again"):
         read_sealed(stored, KEY, LABEL)
@@ -103,3 +105,26 @@ def test_a_failed_write_keeps_the_previous_value_and_leaves_no_temp_file(stored)
         write_sealed(stored, {"half": np.zeros(1000), "bad": _Unpicklable()}, KEY, LABEL)
     assert stored.read_bytes() == before
     assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]
+
+
+def test_the_io_manager_binds_a_value_to_its_dataset_and_asset(tmp_path):
+    """The orchestrator's IO manager seals with the dataset and the asset path: the same asset's
+    genuine value copied from another dataset's storage, or another asset's, is refused."""
+    from upath import UPath
+
+    from ensemble_platform.defs.resources import SealedValueIOManager
+
+    storage = tmp_path / "dagster" / "storage"
+    a = SealedValueIOManager(storage / "credit_a", "credit_a", KEY)
+    b = SealedValueIOManager(storage / "credit_b", "credit_b", KEY)
+    a.dump_to_path(None, {"rows": 1}, UPath(storage / "credit_a" / "train_holdout_split"))
+    assert a.load_from_path(None, UPath(storage / "credit_a" / "train_holdout_split")) == {"rows": 1}
+    copied = storage / "credit_b" / "train_holdout_split"
+    copied.parent.mkdir(parents=True)
+    copied.write_bytes((storage / "credit_a" / "train_holdout_split").read_bytes())
+    with pytest.raises(SealedValueError, match="credit_b/train_holdout_split"):
+        b.load_from_path(None, UPath(copied))
+    moved = storage / "credit_a" / "raw_dataset"
+    moved.write_bytes(copied.read_bytes())
+    with pytest.raises(SealedValueError, match="credit_a/raw_dataset"):
+        a.load_from_path(None, UPath(moved))

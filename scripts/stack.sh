@@ -29,7 +29,8 @@ LOGS="$STACK_DIR/logs"
 PIDS="$STACK_DIR/pids"
 PGDATA="$STACK_DIR/pgdata"
 HOME_DIR="$STACK_DIR/home"
-DAGSTER_DIR="$HOME_DIR/dagster"
+# Outside the home: Dagster's settings can make it run code, and the home is writable by more hands.
+DAGSTER_DIR="$STACK_DIR/dagster"
 ARTIFACTS="$STACK_DIR/mlflow-artifacts"
 LOCATION=ensemble_platform
 
@@ -91,6 +92,7 @@ stack_env() {
     cat <<EOF
 export ENSEMBLE_PLATFORM_HOME=$HOME_DIR
 export DAGSTER_HOME=$DAGSTER_DIR
+export ENSEMBLE_PLATFORM_DAGSTER_INSTANCE=$DAGSTER_DIR
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export ENSEMBLE_PLATFORM_MLFLOW_URI=http://127.0.0.1:$MLFLOW_PORT
 export ENSEMBLE_PLATFORM_STACK_PG=postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT

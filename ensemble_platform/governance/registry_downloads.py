@@ -30,13 +30,13 @@ class RegistryDownloads(RegistryConnection):
         notebook) is unpickled only with ENSEMBLE_PLATFORM_TRUST_PICKLED_MEMBERS=1 (`settings`)."""
         entry = self.client.get_model_version(model_name, str(version))
         with tempfile.TemporaryDirectory() as scratch:
-            artefact = self.download_member_artefact(model_name, version, Path(scratch))
-            if artefact is not None:
-                try:
+            try:
+                artefact = self.download_member_artefact(model_name, version, Path(scratch))
+                if artefact is not None:
                     return load_member_artefact(artefact.read_bytes()), entry
-                except (PlatformError, ValueError, TypeError) as exc:
-                    raise PlatformError(f"the safe artefact of {model_name} version {version} cannot be loaded: "
-                                        f"{exc}") from exc
+            except Exception as exc:  # missing or changed (MLflow's errors, the SHA-256 check), a refused type
+                raise PlatformError(f"the safe artefact of {model_name} version {version} cannot be loaded: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         if not trust_pickled_members():
             raise PlatformError(
                 f"version {version} of {model_name} has no safe artefact ({MEMBER_ARTEFACT}), only an MLflow "

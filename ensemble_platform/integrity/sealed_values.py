@@ -17,8 +17,8 @@ check and use); it is written through the MAC as it is pickled (no second copy i
 temporary file renamed into place (nothing half-written under the final name).
 
 Does not protect against: a holder of the key; replacing a value with an OLDER sealed value of the
-same asset and partition (the platform wrote both, so nothing foreign runs, but the next run
-computes on the stale value).
+same asset and partition, or with the same asset's value from another home sealed with the same key
+(the platform wrote both, so nothing foreign runs, but the next run computes on that value).
 """
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ def read_sealed(path: Path, key: SigningKey, label: str) -> Any:
     if not data.startswith(MAGIC) or len(data) < _HEADER or data[_HEADER - 1:_HEADER] != b"\n":
         raise SealedValueError(f"stored value {path} is not a sealed value (tampered, or written by a platform "
                                f"version that did not seal its values); {remedy}")
-    stored = data[len(MAGIC):_HEADER - 1].decode("ascii", errors="replace")
+    stored = data[len(MAGIC):_HEADER - 1]
     payload = memoryview(data)[_HEADER:]
     mac = _mac(storage_key(key), label)
     mac.update(payload)
-    if not hmac.compare_digest(mac.hexdigest(), stored):
+    if not hmac.compare_digest(mac.hexdigest().encode(), stored):  # bytes: any stored bytes compare
         raise SealedValueError(f"stored value {path} does not verify for {label!r} with the signing key "
                                f"{key.key_id} (tampered, truncated, moved from another asset, or sealed with "
                                f"another key); {remedy}")
