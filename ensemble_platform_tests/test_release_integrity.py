@@ -139,6 +139,23 @@ def test_serve_refuses_a_production_version_without_its_manifest_hash(production
     assert release.production_bundle(dataset)[1] == manifest
 
 
+def test_serve_refuses_a_production_record_the_signed_log_does_not_hold(production):
+    """The registry's production tag names the bundle manifest to verify against; it lives in a store
+    anyone who can write the home can edit. Swapping it (with a bundle of one's own to match) must not
+    get that bundle served: the record must be the signed promotions log's last production move."""
+    release, dataset = production
+    name = ensemble_model_name(dataset)
+    manifest = release.registry.client.get_model_version(name, "1").tags[BUNDLE_TAGS[1]]
+    release.registry.client.set_model_version_tag(name, "1", BUNDLE_TAGS[1], "ab" * 32)
+    try:
+        with pytest.raises(Exception, match="signed promotions log") as refused:
+            release.production_bundle(dataset)
+        assert "abababababab" in str(refused.value) and manifest[:12] in str(refused.value)
+    finally:
+        release.registry.client.set_model_version_tag(name, "1", BUNDLE_TAGS[1], manifest)
+    assert release.production_bundle(dataset)[1] == manifest
+
+
 def test_a_forged_promotion_intent_is_refused(production, audit):
     release, dataset = production
     (audit / INTENT_FILE).write_text(json.dumps({"intent": {"dataset": dataset}, "mac": "00" * 32}))

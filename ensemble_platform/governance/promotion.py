@@ -127,6 +127,24 @@ def promotions_log(paths: PlatformPaths, dataset: str) -> KeyedLog:
     return KeyedLog(paths.audit_dir(dataset) / PROMOTIONS_FILE, f"{dataset}/promotions", paths=paths)
 
 
+def signed_production_problem(paths: PlatformPaths, dataset: str, version: str, manifest_sha256: str) -> str | None:
+    """Why the registry's production record (version, bundle manifest hash) is not the one the verified
+    promotions log moved to production last, or None when it is. The registry's alias and tags live in
+    a store anyone who can write the home can edit; the log is keyed."""
+    # Promotions and rollbacks move production; a recovery record (an interrupted move undone) does not.
+    moves = [e for e in promotions_log(paths, dataset).verify()
+             if e.get("to") == "production" and e.get("kind") in ("promotion", "rollback")]
+    if not moves:
+        return "the signed promotions log records no promotion to production"
+    last = moves[-1]
+    signed = (last.get("bundle") or {}).get("manifest_sha256")
+    if last.get("version") != version or signed != manifest_sha256:
+        return (f"the signed promotions log's last production entry (seq {last.get('seq')}) is version "
+                f"{last.get('version')} with bundle manifest {str(signed)[:12]}, not version {version} with "
+                f"{manifest_sha256[:12]} as the registry says")
+    return None
+
+
 def promote(
     paths: PlatformPaths, registry: Registry, record: VersionRecord, to: str, requested_by: str | None = None,
 ) -> PromotionResult:

@@ -23,7 +23,7 @@ from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.files import write_json
 from ensemble_platform.governance import approving, promotion, release_bundle, release_status
-from ensemble_platform.governance.approvals import ApprovalRecord, Decision
+from ensemble_platform.governance.approvals import ApprovalRecord, Decision, ReleaseRefused
 from ensemble_platform.governance.audit_log import release_lock
 from ensemble_platform.governance.gates import GateReport
 from ensemble_platform.governance.promotion import PROMOTIONS_FILE, PromotionRecord, PromotionResult
@@ -147,9 +147,17 @@ class Release:
     def production_bundle(self, dataset: str) -> tuple[Path, str, str] | None:
         """(bundle directory, manifest SHA-256 the registry recorded, semver) of the production
         version, None when nothing is in production; a production version without its recorded
-        manifest hash is refused."""
+        manifest hash, or whose record differs from the signed promotions log's, is refused."""
         with self._locked(dataset):
-            return release_bundle.production_bundle(self.paths, self.registry, dataset)
+            found = release_bundle.production_bundle(self.paths, self.registry, dataset)
+            if found is not None:
+                # The registry's record must be the signed log's: otherwise a bundle and its tag
+                # swapped in the registry's store would be served.
+                problem = promotion.signed_production_problem(self.paths, dataset, found[2], found[1])
+                if problem:
+                    raise ReleaseRefused(f"{dataset} production cannot be served: {problem}; the registry was changed "
+                                         "outside a promotion (see `ensemble-platform audit`)")
+            return found
 
     def bundle_paths(self, dataset: str, version: str) -> tuple[Path, Path]:
         return release_bundle.bundle_paths(self.paths, dataset, version)
