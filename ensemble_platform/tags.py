@@ -20,3 +20,8 @@ MEMBER_SHA256_TAG = PREFIX + "member_sha256"
 GATES_TAG = PREFIX + "gates"
 APPROVAL_TAG = PREFIX + "approval"  # the decision in force; APPROVAL_TAG.NNNN: each decision, numbered as logged
 BUNDLE_TAGS = (PREFIX + "bundle_sha256", PREFIX + "manifest_sha256")
+# The registered ensemble's stored runtime (members, combiner, calibrator, settings): its digest
+# (`runtime.payload_digest`) and an HMAC of it under the signing key, set at registration. What a
+# bundle is built from must match both (`RegistryDownloads.verified_payload`).
+PAYLOAD_SHA256_TAG = PREFIX + "payload_sha256"
+PAYLOAD_MAC_TAG = PREFIX + "payload_mac"

@@ -18,6 +18,7 @@ the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -59,6 +60,15 @@ CALIBRATOR_FILE = "calibrator.skops"
 def member_file(name: str) -> str:
     """Where a member is stored, relative to the runtime directory."""
     return f"{MEMBERS_DIR}/{name}.skops"
+
+
+def payload_digest(directory: Path) -> str:
+    """SHA-256 over every file of a stored runtime (`EnsembleRuntime.save`): its relative path and
+    the SHA-256 of its bytes, in path order. Equal bytes give equal digests in any directory."""
+    directory = Path(directory)
+    lines = [f"{path.relative_to(directory).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+             for path in sorted(p for p in directory.rglob("*") if p.is_file())]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

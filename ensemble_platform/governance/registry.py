@@ -21,7 +21,7 @@ from mlflow.models import infer_signature
 
 from ensemble_platform import __version__, blas_kernel, safe_format
 from ensemble_platform.ensemble.config import EnsembleConfig
-from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember, load_member_artefact
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, RegisteredMember, load_member_artefact, payload_digest
 from ensemble_platform.governance.registry_connection import (
     RegistryConnection,
     ensemble_model_name,
@@ -40,6 +40,8 @@ from ensemble_platform.tags import (
     FINGERPRINT_TAG,
     MEMBER_ARTEFACT,
     MEMBER_SHA256_TAG,
+    PAYLOAD_MAC_TAG,
+    PAYLOAD_SHA256_TAG,
     PREDICT_COST_TAG,
     SEMVER_TAG,
     TRAIN_HASH_TAG,
@@ -132,6 +134,8 @@ class Registry(RegistryStages, RegistryDownloads):
         name = ensemble_model_name(config.dataset)
         existing = self.find_version(name, config.config_hash)
         if existing is not None:
+            if not existing.tags.get(PAYLOAD_MAC_TAG):
+                self._bind_payload(name, existing)
             return config.model_copy(update={"registered_model": name, "registered_version": str(existing.version)})
         tags = {
             FINGERPRINT_TAG: config.config_hash,
@@ -152,6 +156,8 @@ class Registry(RegistryStages, RegistryDownloads):
             files = self.member_artefacts(config.members, Path(tmp) / "artefacts")
             runtime = self._load_members_without_artefact(runtime, config, files)
             runtime.save(runtime_path, files)
+            digest = payload_digest(runtime_path)
+            tags |= {PAYLOAD_SHA256_TAG: digest, PAYLOAD_MAC_TAG: self.payload_mac(name, config.config_hash, digest)}
             config_path = Path(tmp) / "ensemble_config.json"
             config_path.write_text(config.model_dump_json(indent=2))
             mlflow.set_tags(tags)
@@ -171,6 +177,15 @@ class Registry(RegistryStages, RegistryDownloads):
             )
         version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
         return config.model_copy(update={"registered_model": name, "registered_version": version})
+
+    def _bind_payload(self, name: str, version: ModelVersion) -> None:
+        """Sign the payload of a version registered before payloads were bound, as it is now (trust on
+        first use: what validation checked was this registry's files then)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            digest = payload_digest(self.download_model(name, str(version.version), Path(scratch)) / DATA_PATH)
+        mac = self.payload_mac(name, version.tags[CONFIG_HASH_TAG], digest)
+        self.client.set_model_version_tag(name, str(version.version), PAYLOAD_SHA256_TAG, digest)
+        self.client.set_model_version_tag(name, str(version.version), PAYLOAD_MAC_TAG, mac)
 
     def _load_members_without_artefact(
         self, runtime: EnsembleRuntime, config: EnsembleConfig, files: dict[str, Path]

@@ -13,11 +13,19 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from ensemble_platform.ensemble.config import MemberRef
-from ensemble_platform.ensemble.runtime import load_member_artefact
+from ensemble_platform.ensemble.runtime import load_member_artefact, payload_digest
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.registry_connection import RegistryConnection
+from ensemble_platform.integrity.keys import load_signing_key
+from ensemble_platform.serving.pyfunc import DATA_PATH
 from ensemble_platform.settings import TRUST_PICKLED_MEMBERS_ENV, trust_pickled_members
-from ensemble_platform.tags import MEMBER_ARTEFACT, MEMBER_SHA256_TAG
+from ensemble_platform.tags import (
+    CONFIG_HASH_TAG,
+    MEMBER_ARTEFACT,
+    MEMBER_SHA256_TAG,
+    PAYLOAD_MAC_TAG,
+    PAYLOAD_SHA256_TAG,
+)
 
 
 class RegistryDownloads(RegistryConnection):
@@ -92,3 +100,35 @@ class RegistryDownloads(RegistryConnection):
                 os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
             else:
                 os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
+
+    # --- the registered ensemble's payload, bound to its config by a keyed digest --------------------
+
+    def payload_mac(self, model_name: str, config_hash: str, digest: str) -> str:
+        """HMAC under the signing key (outside the home) of the payload `digest` registered for
+        `config_hash` as `model_name`: what a bundle built from it is checked against."""
+        return load_signing_key(self.paths).mac(f"ensemble-payload\0{model_name}\0{config_hash}\0{digest}".encode())
+
+    def payload_problem(self, model_name: str, tags: dict[str, str], digest: str) -> str | None:
+        """Why the payload with `digest` is not the one registered with these version tags (None: it is)."""
+        recorded, mac, config_hash = tags.get(PAYLOAD_SHA256_TAG), tags.get(PAYLOAD_MAC_TAG), tags.get(CONFIG_HASH_TAG)
+        if not recorded or not mac or not config_hash:
+            return "it carries no signed payload digest (registered before payloads were bound: re-run ensemble_job)"
+        if not load_signing_key(self.paths).verify(
+                f"ensemble-payload\0{model_name}\0{config_hash}\0{recorded}".encode(), mac):
+            return "the signature of its payload digest does not verify (the tag was changed, or signed with another key)"
+        if recorded != digest:
+            return f"its files have digest {digest[:12]}, not the {recorded[:12]} registered"
+        return None
+
+    def verified_payload(self, model_name: str, version: str, destination: Path) -> Path:
+        """The stored runtime (members, combiner, calibrator, settings) of a registered ensemble version,
+        downloaded under `destination`, if its files are the ones registered; PlatformError otherwise.
+        The registry's files and tags live under the home: the digest is checked against a MAC only the
+        key's holder can make."""
+        entry = self.client.get_model_version(model_name, str(version))
+        directory = self.download_model(model_name, version, destination) / DATA_PATH
+        problem = self.payload_problem(model_name, dict(entry.tags), payload_digest(directory))
+        if problem:
+            raise PlatformError(f"version {version} of {model_name} cannot be used: {problem}; its files under the "
+                                "platform home were changed after registration")
+        return directory

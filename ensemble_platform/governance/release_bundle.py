@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform import __version__
 from ensemble_platform.ensemble.config import ConfigStore
-from ensemble_platform.ensemble.runtime import EnsembleRuntime
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, member_file, payload_digest
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.approvals import ApprovalRecord, ReleaseRefused
 from ensemble_platform.governance.registry import Registry, ensemble_model_name, runtime_requirements
 from ensemble_platform.governance.version_record import VersionRecord
 from ensemble_platform.serving.bundle import (
+    PAYLOAD,
     BundleContents,
     BundleError,
     load_bundle,
@@ -27,7 +28,6 @@ from ensemble_platform.serving.bundle import (
     write_bundle,
 )
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.serving.pyfunc import DATA_PATH
 from ensemble_platform.settings import PlatformPaths
 from ensemble_platform.tags import BUNDLE_TAGS, SEMVER_TAG
 
@@ -62,7 +62,10 @@ def export_bundle(
     try:
         manifest = verify_bundle(directory)
         reusable = (manifest["approval"].get("sha256") == approval.sha256 and archive.is_file()
-                    and archive.with_name(archive.name + ".sha256").read_text().split()[0] == sha256_file(archive))
+                    and archive.with_name(archive.name + ".sha256").read_text().split()[0] == sha256_file(archive)
+                    # ...and its payload is the registered one (a bundle planted under the home is not).
+                    and registry.payload_problem(record.entry.name, dict(record.entry.tags),
+                                                 payload_digest(directory / PAYLOAD)) is None)
     except (BundleError, FileNotFoundError):
         reusable = False
     created = not reusable
@@ -77,8 +80,12 @@ def _build_bundle(paths: PlatformPaths, registry: Registry, record: VersionRecor
     config = record.config
     reports = paths.version_reports_dir(config.dataset, config.version)
     with tempfile.TemporaryDirectory() as scratch:
-        runtime = registered_runtime(registry, config.dataset, str(record.entry.version))
-        member_files = registry.member_artefacts(config.members, Path(scratch))
+        # The bundle is the registered payload, checked against its signed digest: members, combiner and
+        # calibrator as registered with the approved config (not the member runs' files, nor anything since).
+        payload = registry.verified_payload(record.entry.name, str(record.entry.version), Path(scratch))
+        runtime = EnsembleRuntime.load(payload)
+        member_files = {m.name: payload / member_file(m.name) for m in config.members
+                        if (payload / member_file(m.name)).is_file()}
         contents = BundleContents(
             config=config, runtime=runtime, member_files=member_files,
             approval=approval.model_dump(mode="json"),
@@ -135,7 +142,8 @@ def serving_runtime(
 
 
 def registered_runtime(registry: Registry, dataset: str, registered_version: str) -> EnsembleRuntime:
-    """The runtime registered with a version of `<dataset>.ensemble` (our own registry: trusted)."""
+    """The runtime registered with a version of `<dataset>.ensemble`, once its files are checked
+    against the signed payload digest of its registration (`RegistryDownloads.verified_payload`)."""
     with tempfile.TemporaryDirectory() as scratch:
-        model = registry.download_model(ensemble_model_name(dataset), registered_version, Path(scratch))
-        return EnsembleRuntime.load(model / DATA_PATH)
+        return EnsembleRuntime.load(
+            registry.verified_payload(ensemble_model_name(dataset), registered_version, Path(scratch)))

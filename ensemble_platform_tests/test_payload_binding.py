@@ -1,0 +1,105 @@
+"""The bundle of an approved version is built only from the payload registered with its config: attack
+tests. The registry's files and tags live under the home; the registered payload's digest carries a MAC
+under the signing key, and the export checks it (`RegistryDownloads.verified_payload`)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from ensemble_platform.ensemble.runtime import COMBINER_FILE, member_file, payload_digest
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.registry import ensemble_model_name
+from ensemble_platform.governance.release_bundle import remove_bundle
+from ensemble_platform.serving.bundle import PAYLOAD, verify_bundle
+from ensemble_platform.tags import MEMBER_SHA256_TAG, PAYLOAD_SHA256_TAG
+from ensemble_platform_tests.conftest import approved_demo
+
+VERSION = "1.0.0"
+
+
+@pytest.fixture(scope="module")
+def approved(tmp_path_factory, credit_slice):
+    release, dataset, _ = approved_demo(tmp_path_factory.mktemp("payload"), credit_slice)
+    return release, dataset
+
+
+def _registered_payload_file(release, dataset: str, relative: str) -> Path:
+    """The registered ensemble's stored file under the home's MLflow artifacts."""
+    source = release.registry.client.get_model_version(ensemble_model_name(dataset), "1").source
+    logged = source.rsplit("/", 1)[-1]
+    (path,) = [p for p in release.paths.home.rglob(f"{logged}/artifacts/{PAYLOAD.as_posix()}/{relative}")]
+    return path
+
+
+def _member_run_artefact(release, dataset: str, member: str) -> Path:
+    run_id = release.registry.client.get_model_version(f"{dataset}.{member}", "1").run_id
+    (path,) = [p for p in release.paths.home.rglob("member.skops") if run_id in str(p)]
+    return path
+
+
+def test_a_member_swapped_in_its_own_run_with_its_tag_does_not_reach_the_bundle(approved):
+    """Replace a member's artefact in its MLflow run by another valid model and set its SHA-256 tag to
+    match (both under the home): the bundle still carries the member registered with the config."""
+    release, dataset = approved
+    registered = _registered_payload_file(release, dataset, member_file("random_forest")).read_bytes()
+    target = _member_run_artefact(release, dataset, "random_forest")
+    forged = _member_run_artefact(release, dataset, "logistic_regression").read_bytes()
+    original = target.read_bytes()
+    target.write_bytes(forged)
+    release.registry.client.set_model_version_tag(f"{dataset}.random_forest", "1", MEMBER_SHA256_TAG,
+                                                  hashlib.sha256(forged).hexdigest())
+    try:
+        bundle = release.export(dataset, VERSION)
+    finally:
+        target.write_bytes(original)
+        release.registry.client.set_model_version_tag(f"{dataset}.random_forest", "1", MEMBER_SHA256_TAG,
+                                                      hashlib.sha256(original).hexdigest())
+    served = (Path(bundle.path) / PAYLOAD / member_file("random_forest")).read_bytes()
+    assert served == registered and served != forged
+
+
+@pytest.mark.parametrize("with_tag", [False, True])
+def test_a_changed_registered_payload_is_refused_even_with_its_digest_tag_updated(approved, with_tag):
+    release, dataset = approved
+    combiner = _registered_payload_file(release, dataset, COMBINER_FILE)
+    original = combiner.read_bytes()
+    name = ensemble_model_name(dataset)
+    recorded = release.registry.client.get_model_version(name, "1").tags[PAYLOAD_SHA256_TAG]
+    remove_bundle(release.paths, dataset, VERSION)  # a fresh build (an intact bundle would be reused)
+    # Another valid safe-format file (the calibrator) in the combiner's place: nothing would run.
+    combiner.write_bytes(combiner.with_name("calibrator.skops").read_bytes())
+    if with_tag:
+        release.registry.client.set_model_version_tag(name, "1", PAYLOAD_SHA256_TAG,
+                                                      payload_digest(combiner.parent))
+    try:
+        with pytest.raises(PlatformError) as refused:
+            release.export(dataset, VERSION)
+    finally:
+        combiner.write_bytes(original)
+        release.registry.client.set_model_version_tag(name, "1", PAYLOAD_SHA256_TAG, recorded)
+    assert not release.bundle_paths(dataset, VERSION)[0].exists()  # nothing exported
+    expected = "signature of its payload digest does not verify" if with_tag else "changed after registration"
+    assert expected in str(refused.value) and f"version 1 of {name}" in str(refused.value)
+
+
+def test_a_planted_bundle_is_not_reused(approved):
+    """An exported bundle whose payload was changed under the home is rebuilt from the registered
+    payload at the next export, not reused."""
+    release, dataset = approved
+    first = release.export(dataset, VERSION)
+    combiner = Path(first.path) / PAYLOAD / COMBINER_FILE
+    genuine = combiner.read_bytes()
+    planted = combiner.with_name("calibrator.skops").read_bytes()
+    combiner.write_bytes(planted)
+    # Self-consistent: the manifest lists the planted file's hash, so the bundle verifies on its own.
+    manifest_path = Path(first.path) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][(PAYLOAD / COMBINER_FILE).as_posix()] = hashlib.sha256(planted).hexdigest()
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    verify_bundle(Path(first.path))
+    again = release.export(dataset, VERSION)
+    assert (Path(again.path) / PAYLOAD / COMBINER_FILE).read_bytes() == genuine
+    registered = release.registry.client.get_model_version(ensemble_model_name(dataset), "1").tags[PAYLOAD_SHA256_TAG]
+    assert payload_digest(Path(again.path) / PAYLOAD) == registered
