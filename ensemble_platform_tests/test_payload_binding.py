@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_platform.ensemble.runtime import COMBINER_FILE, member_file, payload_digest
+from ensemble_platform.ensemble.runtime import (
+    COMBINER_FILE,
+    SETTINGS_FILE,
+    EnsembleRuntime,
+    member_file,
+    payload_digest,
+)
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release_bundle import remove_bundle
 from ensemble_platform.serving.bundle import PAYLOAD, verify_bundle
-from ensemble_platform.tags import MEMBER_SHA256_TAG, PAYLOAD_SHA256_TAG
+from ensemble_platform.serving.parity import ParitySet
+from ensemble_platform.tags import CONFIG_HASH_TAG, MEMBER_SHA256_TAG, PAYLOAD_SHA256_TAG
 from ensemble_platform_tests.conftest import approved_demo
 
 VERSION = "1.0.0"
@@ -47,6 +54,7 @@ def test_a_member_swapped_in_its_own_run_with_its_tag_does_not_reach_the_bundle(
     target = _member_run_artefact(release, dataset, "random_forest")
     forged = _member_run_artefact(release, dataset, "logistic_regression").read_bytes()
     original = target.read_bytes()
+    remove_bundle(release.paths, dataset, VERSION)  # a fresh build
     target.write_bytes(forged)
     release.registry.client.set_model_version_tag(f"{dataset}.random_forest", "1", MEMBER_SHA256_TAG,
                                                   hashlib.sha256(forged).hexdigest())
@@ -60,16 +68,31 @@ def test_a_member_swapped_in_its_own_run_with_its_tag_does_not_reach_the_bundle(
     assert served == registered and served != forged
 
 
+def _lower_threshold(data: bytes) -> bytes:
+    """The stored runtime settings with the decision threshold lowered: a valid runtime that decides otherwise."""
+    settings = json.loads(data)
+    settings["decision_threshold"] = 0.05
+    return json.dumps(settings, indent=2, sort_keys=True).encode()
+
+
 @pytest.mark.parametrize("with_tag", [False, True])
-def test_a_changed_registered_payload_is_refused_even_with_its_digest_tag_updated(approved, with_tag):
+def test_a_changed_registered_payload_is_refused_even_with_parity_and_digest_forged(approved, with_tag):
+    """The whole forgery an attacker who can write the home could make: the registered payload's settings
+    changed (a lower decision threshold), the parity set rescored to match, optionally the digest tag
+    updated. The export refuses; nothing is exported."""
     release, dataset = approved
-    combiner = _registered_payload_file(release, dataset, COMBINER_FILE)
+    combiner = _registered_payload_file(release, dataset, SETTINGS_FILE)
     original = combiner.read_bytes()
     name = ensemble_model_name(dataset)
     recorded = release.registry.client.get_model_version(name, "1").tags[PAYLOAD_SHA256_TAG]
-    remove_bundle(release.paths, dataset, VERSION)  # a fresh build (an intact bundle would be reused)
-    # Another valid safe-format file (the calibrator) in the combiner's place: nothing would run.
-    combiner.write_bytes(combiner.with_name("calibrator.skops").read_bytes())
+    parity_dir = release.paths.parity_dir(dataset, VERSION)
+    parity_files = {p: p.read_bytes() for p in parity_dir.iterdir()}
+    remove_bundle(release.paths, dataset, VERSION)  # a fresh build
+    combiner.write_bytes(_lower_threshold(original))
+    parity = ParitySet.read(parity_dir)
+    rescored = EnsembleRuntime.load(combiner.parent).score(parity.rows)
+    assert not rescored["decision"].equals(parity.scores["decision"])  # the forgery decides otherwise
+    ParitySet(parity.rows, rescored).write(parity_dir)
     if with_tag:
         release.registry.client.set_model_version_tag(name, "1", PAYLOAD_SHA256_TAG,
                                                       payload_digest(combiner.parent))
@@ -79,9 +102,23 @@ def test_a_changed_registered_payload_is_refused_even_with_its_digest_tag_update
     finally:
         combiner.write_bytes(original)
         release.registry.client.set_model_version_tag(name, "1", PAYLOAD_SHA256_TAG, recorded)
+        for path, data in parity_files.items():
+            path.write_bytes(data)
     assert not release.bundle_paths(dataset, VERSION)[0].exists()  # nothing exported
-    expected = "signature of its payload digest does not verify" if with_tag else "changed after registration"
+    expected = "signature of its payload digest does not verify" if with_tag else "its files have digest"
     assert expected in str(refused.value) and f"version 1 of {name}" in str(refused.value)
+
+
+def test_a_payload_is_checked_for_the_callers_config_not_the_tag(approved):
+    release, dataset = approved
+    name = ensemble_model_name(dataset)
+    tags = dict(release.registry.client.get_model_version(name, "1").tags)
+    config_hash = release.state(dataset, VERSION).config.config_hash
+    assert release.registry.payload_problem(name, tags, tags[PAYLOAD_SHA256_TAG], config_hash) is None
+    other = "0" * 64
+    assert "registered for config" in release.registry.payload_problem(name, tags, tags[PAYLOAD_SHA256_TAG], other)
+    forged = {**tags, CONFIG_HASH_TAG: other}  # the tag moved along: the MAC was made for the real hash
+    assert "does not verify" in release.registry.payload_problem(name, forged, tags[PAYLOAD_SHA256_TAG], other)
 
 
 def test_a_planted_bundle_is_not_reused(approved):

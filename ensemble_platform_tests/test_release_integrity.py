@@ -156,6 +156,20 @@ def test_serve_refuses_a_production_record_the_signed_log_does_not_hold(producti
     assert release.production_bundle(dataset)[1] == manifest
 
 
+def test_serve_refuses_when_the_production_alias_was_deleted_outside_a_promotion(production):
+    """Without the alias, scoring would fall back to the newest validated version (named by a file under
+    the home): refused while the signed log says a version is in production."""
+    release, dataset = production
+    name = ensemble_model_name(dataset)
+    release.registry.client.delete_registered_model_alias(name, "production")
+    try:
+        with pytest.raises(Exception, match="no production version, but the signed promotions log"):
+            release.production_bundle(dataset)
+    finally:
+        release.registry.client.set_registered_model_alias(name, "production", "1")
+    assert release.production_bundle(dataset) is not None
+
+
 def test_a_forged_promotion_intent_is_refused(production, audit):
     release, dataset = production
     (audit / INTENT_FILE).write_text(json.dumps({"intent": {"dataset": dataset}, "mac": "00" * 32}))

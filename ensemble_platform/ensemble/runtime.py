@@ -66,8 +66,10 @@ def payload_digest(directory: Path) -> str:
     """SHA-256 over every file of a stored runtime (`EnsembleRuntime.save`): its relative path and
     the SHA-256 of its bytes, in path order. Equal bytes give equal digests in any directory."""
     directory = Path(directory)
-    lines = [f"{path.relative_to(directory).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
-             for path in sorted(p for p in directory.rglob("*") if p.is_file())]
+    lines = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        with path.open("rb") as handle:
+            lines.append(f"{path.relative_to(directory).as_posix()}\0{hashlib.file_digest(handle, 'sha256').hexdigest()}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 

@@ -127,13 +127,25 @@ def promotions_log(paths: PlatformPaths, dataset: str) -> KeyedLog:
     return KeyedLog(paths.audit_dir(dataset) / PROMOTIONS_FILE, f"{dataset}/promotions", paths=paths)
 
 
+def signed_manifests(paths: PlatformPaths, dataset: str, version: str) -> frozenset[str]:
+    """Bundle manifest hashes the verified promotions log recorded for `version`: the bundles an
+    export may reuse."""
+    return frozenset(e["bundle"]["manifest_sha256"] for e in promotions_log(paths, dataset).verify()
+                     if e.get("version") == version and (e.get("bundle") or {}).get("manifest_sha256"))
+
+
+def production_moves(paths: PlatformPaths, dataset: str) -> list[dict[str, Any]]:
+    """The verified promotions log's moves to production, oldest first. Promotions and rollbacks move
+    production; a recovery record (an interrupted move undone) does not."""
+    return [e for e in promotions_log(paths, dataset).verify()
+            if e.get("to") == "production" and e.get("kind") in ("promotion", "rollback")]
+
+
 def signed_production_problem(paths: PlatformPaths, dataset: str, version: str, manifest_sha256: str) -> str | None:
     """Why the registry's production record (version, bundle manifest hash) is not the one the verified
     promotions log moved to production last, or None when it is. The registry's alias and tags live in
     a store anyone who can write the home can edit; the log is keyed."""
-    # Promotions and rollbacks move production; a recovery record (an interrupted move undone) does not.
-    moves = [e for e in promotions_log(paths, dataset).verify()
-             if e.get("to") == "production" and e.get("kind") in ("promotion", "rollback")]
+    moves = production_moves(paths, dataset)
     if not moves:
         return "the signed promotions log records no promotion to production"
     last = moves[-1]
@@ -160,7 +172,8 @@ def promote(
         return PromotionResult(None, to)
     shadow = _shadow_evidence(paths, registry, record, stages.aliases.get("production")) \
         if to == "production" and kind == "promotion" else None
-    bundle, created = (None, False) if to != "production" else export_bundle(paths, registry, record, approval)
+    bundle, created = (None, False) if to != "production" else export_bundle(
+        paths, registry, record, approval, signed_manifests(paths, dataset, version))
     draft = PromotionRecord(
         kind=kind, dataset=dataset, version=version, to=to,
         from_=stages.stage_of(str(registered.version)),

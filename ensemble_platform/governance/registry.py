@@ -134,8 +134,6 @@ class Registry(RegistryStages, RegistryDownloads):
         name = ensemble_model_name(config.dataset)
         existing = self.find_version(name, config.config_hash)
         if existing is not None:
-            if not existing.tags.get(PAYLOAD_MAC_TAG):
-                self._bind_payload(name, existing)
             return config.model_copy(update={"registered_model": name, "registered_version": str(existing.version)})
         tags = {
             FINGERPRINT_TAG: config.config_hash,
@@ -177,15 +175,6 @@ class Registry(RegistryStages, RegistryDownloads):
             )
         version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
         return config.model_copy(update={"registered_model": name, "registered_version": version})
-
-    def _bind_payload(self, name: str, version: ModelVersion) -> None:
-        """Sign the payload of a version registered before payloads were bound, as it is now (trust on
-        first use: what validation checked was this registry's files then)."""
-        with tempfile.TemporaryDirectory() as scratch:
-            digest = payload_digest(self.download_model(name, str(version.version), Path(scratch)) / DATA_PATH)
-        mac = self.payload_mac(name, version.tags[CONFIG_HASH_TAG], digest)
-        self.client.set_model_version_tag(name, str(version.version), PAYLOAD_SHA256_TAG, digest)
-        self.client.set_model_version_tag(name, str(version.version), PAYLOAD_MAC_TAG, mac)
 
     def _load_members_without_artefact(
         self, runtime: EnsembleRuntime, config: EnsembleConfig, files: dict[str, Path]

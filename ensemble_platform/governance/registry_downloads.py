@@ -108,11 +108,15 @@ class RegistryDownloads(RegistryConnection):
         `config_hash` as `model_name`: what a bundle built from it is checked against."""
         return load_signing_key(self.paths).mac(f"ensemble-payload\0{model_name}\0{config_hash}\0{digest}".encode())
 
-    def payload_problem(self, model_name: str, tags: dict[str, str], digest: str) -> str | None:
-        """Why the payload with `digest` is not the one registered with these version tags (None: it is)."""
-        recorded, mac, config_hash = tags.get(PAYLOAD_SHA256_TAG), tags.get(PAYLOAD_MAC_TAG), tags.get(CONFIG_HASH_TAG)
-        if not recorded or not mac or not config_hash:
-            return "it carries no signed payload digest (registered before payloads were bound: re-run ensemble_job)"
+    def payload_problem(self, model_name: str, tags: dict[str, str], digest: str, config_hash: str) -> str | None:
+        """Why the payload with `digest` is not the one registered with these version tags for
+        `config_hash` (the caller's config: the approved or validated one, not a tag), or None."""
+        recorded, mac = tags.get(PAYLOAD_SHA256_TAG), tags.get(PAYLOAD_MAC_TAG)
+        if not recorded or not mac:
+            return ("it carries no signed payload digest (registered before payloads were signed: a home from before "
+                    "then needs its graph run in a new home)")
+        if tags.get(CONFIG_HASH_TAG) != config_hash:
+            return f"it was registered for config {str(tags.get(CONFIG_HASH_TAG))[:12]}, not {config_hash[:12]}"
         if not load_signing_key(self.paths).verify(
                 f"ensemble-payload\0{model_name}\0{config_hash}\0{recorded}".encode(), mac):
             return "the signature of its payload digest does not verify (the tag was changed, or signed with another key)"
@@ -120,14 +124,14 @@ class RegistryDownloads(RegistryConnection):
             return f"its files have digest {digest[:12]}, not the {recorded[:12]} registered"
         return None
 
-    def verified_payload(self, model_name: str, version: str, destination: Path) -> Path:
+    def verified_payload(self, model_name: str, version: str, destination: Path, config_hash: str) -> Path:
         """The stored runtime (members, combiner, calibrator, settings) of a registered ensemble version,
-        downloaded under `destination`, if its files are the ones registered; PlatformError otherwise.
-        The registry's files and tags live under the home: the digest is checked against a MAC only the
-        key's holder can make."""
+        downloaded under `destination` (a private temporary directory), if its files are the ones
+        registered for `config_hash`; PlatformError otherwise. The registry's files and tags live under
+        the home: the digest is checked against a MAC only the key's holder can make."""
         entry = self.client.get_model_version(model_name, str(version))
         directory = self.download_model(model_name, version, destination) / DATA_PATH
-        problem = self.payload_problem(model_name, dict(entry.tags), payload_digest(directory))
+        problem = self.payload_problem(model_name, dict(entry.tags), payload_digest(directory), config_hash)
         if problem:
             raise PlatformError(f"version {version} of {model_name} cannot be used: {problem}; its files under the "
                                 "platform home were changed after registration")

@@ -135,7 +135,8 @@ class Release:
             record = self.state(dataset, version)
             check_current(record)
             approval = approving.admissible_approval(self.paths, record, "production")
-            bundle, _ = release_bundle.export_bundle(self.paths, self.registry, record, approval)
+            bundle, _ = release_bundle.export_bundle(self.paths, self.registry, record, approval,
+                                                     promotion.signed_manifests(self.paths, dataset, version))
         return bundle
 
     def serving_runtime(self, dataset: str) -> tuple[EnsembleRuntime, str]:
@@ -150,13 +151,18 @@ class Release:
         manifest hash, or whose record differs from the signed promotions log's, is refused."""
         with self._locked(dataset):
             found = release_bundle.production_bundle(self.paths, self.registry, dataset)
-            if found is not None:
-                # The registry's record must be the signed log's: otherwise a bundle and its tag
-                # swapped in the registry's store would be served.
-                problem = promotion.signed_production_problem(self.paths, dataset, found[2], found[1])
-                if problem:
-                    raise ReleaseRefused(f"{dataset} production cannot be served: {problem}; the registry was changed "
-                                         "outside a promotion (see `ensemble-platform audit`)")
+            # The registry's record must be the signed log's: otherwise a bundle and its tag swapped in the
+            # registry's store would be served, or a deleted alias would send scoring elsewhere.
+            if found is None:
+                if promotion.production_moves(self.paths, dataset):
+                    raise ReleaseRefused(f"{dataset}: the registry has no production version, but the signed promotions "
+                                         "log moved one to production; the registry was changed outside a promotion "
+                                         "(see `ensemble-platform audit`)")
+                return None
+            problem = promotion.signed_production_problem(self.paths, dataset, found[2], found[1])
+            if problem:
+                raise ReleaseRefused(f"{dataset} production cannot be served: {problem}; the registry was changed "
+                                     "outside a promotion (see `ensemble-platform audit`)")
             return found
 
     def bundle_paths(self, dataset: str, version: str) -> tuple[Path, Path]:

@@ -12,13 +12,12 @@ from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform import __version__
 from ensemble_platform.ensemble.config import ConfigStore
-from ensemble_platform.ensemble.runtime import EnsembleRuntime, member_file, payload_digest
+from ensemble_platform.ensemble.runtime import EnsembleRuntime, member_file
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.approvals import ApprovalRecord, ReleaseRefused
 from ensemble_platform.governance.registry import Registry, ensemble_model_name, runtime_requirements
 from ensemble_platform.governance.version_record import VersionRecord
 from ensemble_platform.serving.bundle import (
-    PAYLOAD,
     BundleContents,
     BundleError,
     load_bundle,
@@ -54,18 +53,19 @@ def bundle_paths(paths: PlatformPaths, dataset: str, version: str) -> tuple[Path
 
 def export_bundle(
     paths: PlatformPaths, registry: Registry, record: VersionRecord, approval: ApprovalRecord | None,
+    signed_manifests: frozenset[str] = frozenset(),
 ) -> tuple[BundleFacts, bool]:
-    """The version's bundle and archive: reused when an intact one exists for the approval in
-    force, otherwise built (and parity-checked) anew. Returns (bundle facts, newly built)."""
+    """The version's bundle and archive: reused when an intact one exists for the approval in force
+    whose manifest the signed promotions log recorded for this version (`signed_manifests`: a bundle
+    found under the home is otherwise anyone's), else built (and parity-checked) anew from the signed
+    registered payload; builds are deterministic. Returns (bundle facts, newly built)."""
     assert approval is not None
     directory, archive = bundle_paths(paths, record.dataset, record.version)
     try:
         manifest = verify_bundle(directory)
         reusable = (manifest["approval"].get("sha256") == approval.sha256 and archive.is_file()
-                    and archive.with_name(archive.name + ".sha256").read_text().split()[0] == sha256_file(archive)
-                    # ...and its payload is the registered one (a bundle planted under the home is not).
-                    and registry.payload_problem(record.entry.name, dict(record.entry.tags),
-                                                 payload_digest(directory / PAYLOAD)) is None)
+                    and sha256_file(directory / "manifest.json") in signed_manifests
+                    and archive.with_name(archive.name + ".sha256").read_text().split()[0] == sha256_file(archive))
     except (BundleError, FileNotFoundError):
         reusable = False
     created = not reusable
@@ -82,7 +82,8 @@ def _build_bundle(paths: PlatformPaths, registry: Registry, record: VersionRecor
     with tempfile.TemporaryDirectory() as scratch:
         # The bundle is the registered payload, checked against its signed digest: members, combiner and
         # calibrator as registered with the approved config (not the member runs' files, nor anything since).
-        payload = registry.verified_payload(record.entry.name, str(record.entry.version), Path(scratch))
+        payload = registry.verified_payload(record.entry.name, str(record.entry.version), Path(scratch),
+                                            config.config_hash)
         runtime = EnsembleRuntime.load(payload)
         member_files = {m.name: payload / member_file(m.name) for m in config.members
                         if (payload / member_file(m.name)).is_file()}
@@ -137,13 +138,13 @@ def serving_runtime(
     latest = ConfigStore(paths.configs_dir(dataset)).latest()
     if latest is None or latest.registered_version is None:
         raise PlatformError(f"{dataset} has no validated ensemble version to score with; run its graph first")
-    return registered_runtime(registry, dataset, latest.registered_version), \
+    return registered_runtime(registry, dataset, latest.registered_version, latest.config_hash), \
         f"{latest.version} (newest validated; nothing in production)"
 
 
-def registered_runtime(registry: Registry, dataset: str, registered_version: str) -> EnsembleRuntime:
-    """The runtime registered with a version of `<dataset>.ensemble`, once its files are checked
-    against the signed payload digest of its registration (`RegistryDownloads.verified_payload`)."""
+def registered_runtime(registry: Registry, dataset: str, registered_version: str, config_hash: str) -> EnsembleRuntime:
+    """The runtime registered with a version of `<dataset>.ensemble` for `config_hash`, once its files
+    are checked against the signed payload digest of its registration (`RegistryDownloads.verified_payload`)."""
     with tempfile.TemporaryDirectory() as scratch:
         return EnsembleRuntime.load(
-            registry.verified_payload(ensemble_model_name(dataset), registered_version, Path(scratch)))
+            registry.verified_payload(ensemble_model_name(dataset), registered_version, Path(scratch), config_hash))

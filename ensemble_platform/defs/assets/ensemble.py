@@ -215,7 +215,7 @@ def _check_sampled_parity(context, platform: PlatformResource, build: EnsembleBu
     config = build.config
     if not config.registered_version:
         raise PlatformError(f"ensemble config {config.version} of {config.dataset} is not registered")
-    runtime = registered_runtime(platform.registry(), config.dataset, config.registered_version)
+    runtime = registered_runtime(platform.registry(), config.dataset, config.registered_version, config.config_hash)
     problems = sampled_parity_problems(runtime.score, split.holdout, scored, platform.spec().seed)
     if problems:
         raise PlatformError(f"validation of {config.dataset} {config.version}: the scores derived from the stored "
