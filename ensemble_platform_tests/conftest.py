@@ -171,3 +171,14 @@ def home_in_production(root: Path, table: pd.DataFrame, **spec_overrides):
     release, dataset, spec_path = approved_demo(root, table, "reviewed; gaps documented", **spec_overrides)
     release.promote(dataset, "1.0.0", "staging")
     return release.paths, spec_path, release, release.promote(dataset, "1.0.0", "production")
+
+
+class RunsCode:
+    """Unpickling this creates `marker`: what a planted pickle would do instead (attack tests check
+    the marker never appears, and their controls that it does when the file is unpickled unchecked)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))

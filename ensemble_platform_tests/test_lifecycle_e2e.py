@@ -19,7 +19,7 @@ from ensemble_platform.integrity.sealed_values import read_sealed
 from ensemble_platform.members import catalogue
 from ensemble_platform.members.catalogue import MEMBER_NAMES, MemberSpec
 from ensemble_platform.settings import PlatformPaths
-from ensemble_platform_tests.conftest import BAD_INPUTS, write_spec
+from ensemble_platform_tests.conftest import BAD_INPUTS, RunsCode, write_spec
 
 
 def _registered(paths: PlatformPaths) -> dict[str, list[str]]:
@@ -273,15 +273,6 @@ def test_asset_values_are_documents_not_fitted_models(lifecycle):
     assert max((storage / "member_model" / name).stat().st_size for name in MEMBER_NAMES) < 200_000
 
 
-class _RunsCode:
-    """Unpickling this creates `marker`: what an attacker's file would do instead."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
 
 @pytest.mark.parametrize("attack", ["plain pickle", "sealed value of another asset", "one byte flipped"])
 def test_a_planted_asset_value_is_refused_before_it_is_unpickled(lifecycle, tmp_path, attack):
@@ -295,7 +286,7 @@ def test_a_planted_asset_value_is_refused_before_it_is_unpickled(lifecycle, tmp_
     original = target.read_bytes()
     marker = tmp_path / "planted-code-ran"
     planted = {
-        "plain pickle": pickle.dumps(_RunsCode(marker)),
+        "plain pickle": pickle.dumps(RunsCode(marker)),
         "sealed value of another asset": (target.parent / "xgboost").read_bytes(),
         "one byte flipped": original[:-40] + bytes([original[-40] ^ 1]) + original[-39:],
     }[attack]

@@ -4,7 +4,6 @@ produces a MINOR-bumped candidate and leaves production alone, and versions with
 the ensemble needs are skipped with a reason that names them."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -21,7 +20,7 @@ from ensemble_platform.governance.registry import Registry, register_outside_mem
 from ensemble_platform.governance.release import Release
 from ensemble_platform.members.catalogue import get_member_spec, one_hot_scaled
 from ensemble_platform.settings import DATASET_TAG, TRUST_PICKLED_MEMBERS_ENV
-from ensemble_platform_tests.conftest import home_in_production
+from ensemble_platform_tests.conftest import RunsCode, home_in_production
 
 DATASET = "credit_slice"
 
@@ -52,15 +51,6 @@ def _register_with_safe_artefact(paths, member: str, model, train_hash: str) -> 
     _notebook_experiment(paths, member)
     return register_outside_member(model, f"{DATASET}.{member}", train_hash)
 
-
-class _RunsCode:
-    """Unpickling this creates `marker`: a planted model file that runs code when loaded."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def _tick(defs, instance, cursor=None):
@@ -147,7 +137,7 @@ def test_a_pickled_member_version_is_not_unpickled_unless_trusted(in_production,
     instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
     cursor = _tick(defs, instance).cursor
     marker = tmp_path / "planted-model-ran"
-    version = _register_from_notebook(paths, "hist_gradient_boosting", _RunsCode(marker),
+    version = _register_from_notebook(paths, "hist_gradient_boosting", RunsCode(marker),
                                       {"ensemble_platform.train_hash": split.train_hash})
     assert not marker.exists(), "logged and registered without being loaded"
     tick = _tick(defs, instance, cursor)
@@ -173,7 +163,7 @@ def test_a_platform_member_loads_from_its_safe_artefact_even_with_its_pickle_rep
     stored = list(paths.home.rglob(f"{logged_model}/artifacts/model.pkl"))
     assert len(stored) == 1, "the registered member's MLflow pickle, under the home"
     marker = tmp_path / "planted-pickle-ran"
-    stored[0].write_bytes(pickle.dumps(_RunsCode(marker)))
+    stored[0].write_bytes(pickle.dumps(RunsCode(marker)))
     model, entry = registry.load_member(name, "1")
     assert not marker.exists() and str(entry.version) == "1"
     assert model.predict_proba(split.X_holdout().head(3)).shape == (3, 2)

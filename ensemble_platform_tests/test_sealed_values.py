@@ -10,20 +10,12 @@ import pytest
 
 from ensemble_platform.integrity.keys import SigningKey
 from ensemble_platform.integrity.sealed_values import MAGIC, SealedValueError, read_sealed, write_sealed
+from ensemble_platform_tests.conftest import RunsCode
 
 KEY = SigningKey(bytes(range(32)), "test")
 OTHER_KEY = SigningKey(bytes(range(1, 33)), "other")
 LABEL = "credit/member_model/random_forest"
 
-
-class _RunsCode:
-    """Unpickling this creates `marker` (what a planted pickle would do instead)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 class _Unpicklable:
@@ -51,7 +43,7 @@ def _sealed_with_forged_mac(payload: bytes) -> bytes:
 @pytest.mark.parametrize("forge", ["plain pickle", "sealed header, made-up MAC"])
 def test_a_planted_pickle_never_runs(tmp_path, stored, forge):
     marker = tmp_path / "ran"
-    payload = pickle.dumps(_RunsCode(marker))
+    payload = pickle.dumps(RunsCode(marker))
     assert not marker.exists()
     stored.write_bytes(payload if forge == "plain pickle" else _sealed_with_forged_mac(payload))
     with pytest.raises(SealedValueError, match=str(stored)):

@@ -108,9 +108,7 @@ class Registry(RegistryStages, RegistryDownloads):
             mlflow.log_params({k: str(v)[:500] for k, v in fit.params.items()})
             mlflow.log_metrics({f"oof_{k}": v for k, v in fit.oof_metrics.items()} | {"fit_seconds": fit.fit_seconds})
             mlflow.log_dict(fit.definition, "member_definition.json")
-            with tempfile.TemporaryDirectory() as scratch:
-                (Path(scratch) / MEMBER_ARTEFACT).write_bytes(safe)
-                mlflow.log_artifact(str(Path(scratch) / MEMBER_ARTEFACT))
+            _log_safe_artefact(safe)
             example = X_example.head(5)
             info = mlflow.sklearn.log_model(
                 fit.pipeline,
@@ -238,9 +236,14 @@ def register_outside_member(model: object, model_name: str, train_hash: str,
     safe = safe_format.dumps(model)
     load_member_artefact(safe)  # types outside the allow-list fail here, not later in the platform
     with mlflow.start_run(run_name=f"outside member: {model_name}"):
-        with tempfile.TemporaryDirectory() as scratch:
-            (Path(scratch) / MEMBER_ARTEFACT).write_bytes(safe)
-            mlflow.log_artifact(str(Path(scratch) / MEMBER_ARTEFACT))
+        _log_safe_artefact(safe)
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
     lineage = {TRAIN_HASH_TAG: train_hash, MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest()}
     return str(mlflow.register_model(info.model_uri, model_name, tags={**(tags or {}), **lineage}).version)
+
+
+def _log_safe_artefact(safe: bytes) -> None:
+    """A member's safe-format bytes as MEMBER_ARTEFACT of the active run (what `load_member` loads)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / MEMBER_ARTEFACT).write_bytes(safe)
+        mlflow.log_artifact(str(Path(scratch) / MEMBER_ARTEFACT))

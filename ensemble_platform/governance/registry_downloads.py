@@ -106,7 +106,7 @@ class RegistryDownloads(RegistryConnection):
     def payload_mac(self, model_name: str, config_hash: str, digest: str) -> str:
         """HMAC under the signing key (outside the home) of the payload `digest` registered for
         `config_hash` as `model_name`: what a bundle built from it is checked against."""
-        return load_signing_key(self.paths).mac(f"ensemble-payload\0{model_name}\0{config_hash}\0{digest}".encode())
+        return load_signing_key(self.paths).mac(_payload_message(model_name, config_hash, digest))
 
     def payload_problem(self, model_name: str, tags: dict[str, str], digest: str, config_hash: str) -> str | None:
         """Why the payload with `digest` is not the one registered with these version tags for
@@ -117,8 +117,7 @@ class RegistryDownloads(RegistryConnection):
                     "then needs its graph run in a new home)")
         if tags.get(CONFIG_HASH_TAG) != config_hash:
             return f"it was registered for config {str(tags.get(CONFIG_HASH_TAG))[:12]}, not {config_hash[:12]}"
-        if not load_signing_key(self.paths).verify(
-                f"ensemble-payload\0{model_name}\0{config_hash}\0{recorded}".encode(), mac):
+        if not load_signing_key(self.paths).verify(_payload_message(model_name, config_hash, recorded), mac):
             return "the signature of its payload digest does not verify (the tag was changed, or signed with another key)"
         if recorded != digest:
             return f"its files have digest {digest[:12]}, not the {recorded[:12]} registered"
@@ -136,3 +135,8 @@ class RegistryDownloads(RegistryConnection):
             raise PlatformError(f"version {version} of {model_name} cannot be used: {problem}; its files under the "
                                 "platform home were changed after registration")
         return directory
+
+
+def _payload_message(model_name: str, config_hash: str, digest: str) -> bytes:
+    """What a payload MAC signs: the registered model, the config it was registered for, its digest."""
+    return f"ensemble-payload\0{model_name}\0{config_hash}\0{digest}".encode()

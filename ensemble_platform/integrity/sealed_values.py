@@ -14,7 +14,7 @@ made for a log line can never pass as one of a value, nor the reverse).
 
 A value is read into memory once, checked and unpickled from those same bytes (no window between
 check and use); it is written through the MAC as it is pickled (no second copy in memory), to a
-temporary file renamed into place (nothing half-written under the final name).
+temporary file fsynced and renamed into place (`files.atomic_path`: nothing half-written under the final name).
 
 Does not protect against: a holder of the key; replacing a value with an OLDER sealed value of the
 same asset and partition, or with the same asset's value from another home sealed with the same key
@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ensemble_platform.files import atomic_path
 from ensemble_platform.integrity.errors import IntegrityError
 from ensemble_platform.integrity.keys import SigningKey
 
@@ -68,23 +67,13 @@ class _MacWriter:
 
 
 def write_sealed(path: Path, value: Any, key: SigningKey, label: str) -> None:
-    """Pickle `value` to `path`, sealed for `label`; atomically (a temp file renamed over `path`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(MAGIC + b"0" * _MAC_HEX + b"\n")
-            mac = _mac(storage_key(key), label)
-            pickle.dump(value, _MacWriter(handle, mac), PICKLE_PROTOCOL)
-            handle.seek(len(MAGIC))
-            handle.write(mac.hexdigest().encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Pickle `value` to `path`, sealed for `label`; atomically (`files.atomic_path`)."""
+    with atomic_path(Path(path)) as tmp, tmp.open("wb") as handle:
+        handle.write(MAGIC + b"0" * _MAC_HEX + b"\n")
+        mac = _mac(storage_key(key), label)
+        pickle.dump(value, _MacWriter(handle, mac), PICKLE_PROTOCOL)
+        handle.seek(len(MAGIC))
+        handle.write(mac.hexdigest().encode())
 
 
 def read_sealed(path: Path, key: SigningKey, label: str) -> Any:
