@@ -17,6 +17,9 @@ BLAS_KERNEL_TAG = PREFIX + "blas_kernel"
 # run; its SHA-256 is a version tag, so a bundle's member file is checked against the registry.
 MEMBER_ARTEFACT = "member.skops"
 MEMBER_SHA256_TAG = PREFIX + "member_sha256"
+# HMAC under the signing key of (model name, run id, artefact SHA-256), set when the version is
+# registered: the SHA-256 tag alone can be rewritten by anyone who can write the MLflow store.
+MEMBER_MAC_TAG = PREFIX + "member_mac"
 GATES_TAG = PREFIX + "gates"
 APPROVAL_TAG = PREFIX + "approval"  # the decision in force; APPROVAL_TAG.NNNN: each decision, numbered as logged
 BUNDLE_TAGS = (PREFIX + "bundle_sha256", PREFIX + "manifest_sha256")

@@ -187,3 +187,35 @@ def test_a_version_whose_safe_artefact_is_gone_is_skipped_with_the_reason(in_pro
     tick = _tick(defs, instance, cursor)
     assert tick.run_requests == []
     assert f"version {version} of {DATASET}.xgboost" in tick.skip_message and "cannot be loaded" in tick.skip_message
+
+
+def test_a_self_consistent_version_registered_without_the_key_is_not_adopted(in_production):
+    """Someone who can write the MLflow store (but holds no key) registers a valid model with its safe
+    artefact and a matching SHA-256 tag, everything `register_outside_member` writes but the MAC. The sensor
+    skips it naming the reason and requests no run; the same model registered with the key is adopted."""
+    import hashlib
+
+    from ensemble_platform import safe_format
+    from ensemble_platform.governance.registry import _log_safe_artefact
+    from ensemble_platform.tags import MEMBER_SHA256_TAG
+
+    paths, spec_path, split = in_production
+    defs = build_definitions(str(paths.home), str(spec_path))
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+    cursor = _tick(defs, instance).cursor
+    model = get_member_spec("logistic_regression").build(split.schema, 0).set_params(model__C=0.3)
+    model.fit(split.X_train(), split.y_train)
+    safe = safe_format.dumps(model)
+    with mlflow.start_run(experiment_id=_notebook_experiment(paths, "xgboost")):
+        _log_safe_artefact(safe)
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
+                                        pip_requirements=["scikit-learn"])
+    tags = {"ensemble_platform.train_hash": split.train_hash, MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest()}
+    version = str(mlflow.register_model(info.model_uri, f"{DATASET}.xgboost", tags=tags).version)
+    tick = _tick(defs, instance, cursor)
+    assert tick.run_requests == []
+    assert f"version {version} of {DATASET}.xgboost" in tick.skip_message and "is not signed" in tick.skip_message
+    signed = _register_with_safe_artefact(paths, "xgboost", model, split.train_hash)  # the control
+    adopted = _tick(defs, instance, tick.cursor)
+    assert len(adopted.run_requests) == 1, adopted.skip_message
+    assert signed in json.dumps(adopted.run_requests[0].run_config)

@@ -1,13 +1,18 @@
 """The bundle of an approved version is built only from the payload registered with its config: attack
 tests. The registry's files and tags live under the home; the registered payload's digest carries a MAC
-under the signing key, and the export checks it (`RegistryDownloads.verified_payload`)."""
+under the signing key, and the export checks it (`RegistryDownloads.verified_payload`). A member version's
+artefact digest carries one too, binding it to the version's model and run (`member_tag_problem`): what an
+ensemble registration copies and what the member-version sensor adopts."""
 
+import contextlib
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from ensemble_platform.ensemble.config import ConfigStore
 from ensemble_platform.ensemble.runtime import (
     COMBINER_FILE,
     SETTINGS_FILE,
@@ -20,7 +25,7 @@ from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release_bundle import remove_bundle
 from ensemble_platform.serving.bundle import PAYLOAD, verify_bundle
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.tags import CONFIG_HASH_TAG, MEMBER_SHA256_TAG, PAYLOAD_SHA256_TAG
+from ensemble_platform.tags import CONFIG_HASH_TAG, MEMBER_MAC_TAG, MEMBER_SHA256_TAG, PAYLOAD_SHA256_TAG
 from ensemble_platform_tests.conftest import approved_demo
 
 VERSION = "1.0.0"
@@ -140,3 +145,91 @@ def test_a_planted_bundle_is_not_reused(approved):
     assert (Path(again.path) / PAYLOAD / COMBINER_FILE).read_bytes() == genuine
     registered = release.registry.client.get_model_version(ensemble_model_name(dataset), "1").tags[PAYLOAD_SHA256_TAG]
     assert payload_digest(Path(again.path) / PAYLOAD) == registered
+
+
+@contextlib.contextmanager
+def _restored_member(release, dataset: str, member: str):
+    """Put the member version's artefact, tags and run back afterwards (the module's home is shared)."""
+    name = f"{dataset}.{member}"
+    entry = release.registry.client.get_model_version(name, "1")
+    artefact = _member_run_artefact(release, dataset, member)
+    original = artefact.read_bytes()
+    try:
+        yield artefact
+    finally:
+        artefact.write_bytes(original)
+        for tag in (MEMBER_SHA256_TAG, MEMBER_MAC_TAG):
+            release.registry.client.set_model_version_tag(name, "1", tag, entry.tags[tag])
+        _set_version_run(release, name, entry.run_id)
+
+
+def _set_version_run(release, name: str, run_id: str) -> None:
+    """Point a model version at another run, as someone who can write the home's MLflow database can
+    (MLflow's client has no call for it)."""
+    with contextlib.closing(sqlite3.connect(release.paths.home / "mlflow" / "mlflow.db")) as db, db:
+        db.execute("UPDATE model_versions SET run_id = ? WHERE name = ? AND version = 1", (run_id, name))
+
+
+def _members(release, dataset):
+    return ConfigStore(release.paths.configs_dir(dataset)).load(VERSION).members
+
+
+def test_a_member_artefact_swapped_with_its_digest_tag_is_refused_before_it_is_copied(approved, tmp_path):
+    """Before an ensemble is registered, its members' artefacts are copied from their runs. Replace one
+    by another valid model and rewrite its SHA-256 tag to match: the tag's MAC no longer verifies, so the
+    copy (ensemble registration) and the load (member-version sensor, adoption) refuse; nothing is copied.
+    The control: restored, the same calls succeed."""
+    release, dataset = approved
+    name = f"{dataset}.random_forest"
+    forged = _member_run_artefact(release, dataset, "logistic_regression").read_bytes()
+    with _restored_member(release, dataset, "random_forest") as artefact:
+        artefact.write_bytes(forged)
+        release.registry.client.set_model_version_tag(name, "1", MEMBER_SHA256_TAG, hashlib.sha256(forged).hexdigest())
+        with pytest.raises(PlatformError, match="MAC of its SHA-256 tag does not verify"):
+            release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
+        with pytest.raises(PlatformError, match="MAC of its SHA-256 tag does not verify"):
+            release.registry.load_member(name, "1")
+        assert not (tmp_path / "copy" / "random_forest").exists()
+    assert set(release.registry.member_artefacts(_members(release, dataset), tmp_path / "again")) == {
+        m.name for m in _members(release, dataset)}
+    model, _ = release.registry.load_member(name, "1")
+    assert type(model).__name__ == "Pipeline"
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_another_versions_signed_tags_or_none_do_not_vouch_for_a_member(approved, tmp_path, unsigned):
+    """Replay: copy another member's artefact with its genuine SHA-256 and MAC tags (the MAC binds that
+    model's name and run, not this one's), or drop the MAC as a version registered without the key would
+    have. Both are refused, naming the reason."""
+    release, dataset = approved
+    name = f"{dataset}.random_forest"
+    donor = release.registry.client.get_model_version(f"{dataset}.logistic_regression", "1").tags
+    with _restored_member(release, dataset, "random_forest") as artefact:
+        artefact.write_bytes(_member_run_artefact(release, dataset, "logistic_regression").read_bytes())
+        release.registry.client.set_model_version_tag(name, "1", MEMBER_SHA256_TAG, donor[MEMBER_SHA256_TAG])
+        if unsigned:
+            release.registry.client.delete_model_version_tag(name, "1", MEMBER_MAC_TAG)
+        else:
+            release.registry.client.set_model_version_tag(name, "1", MEMBER_MAC_TAG, donor[MEMBER_MAC_TAG])
+        expected = "is not signed" if unsigned else "does not verify for this model and run"
+        with pytest.raises(PlatformError, match=expected):
+            release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
+        with pytest.raises(PlatformError, match=expected):
+            release.registry.load_member(name, "1")
+
+
+def test_a_member_version_pointed_at_another_run_is_refused(approved, tmp_path):
+    """Repoint the version at another member's run in the MLflow database and give it that run's genuine
+    tags: the ensemble's copy refuses because the config's member record names the original run, and a
+    plain load refuses because the MAC binds the other model's name."""
+    release, dataset = approved
+    name = f"{dataset}.random_forest"
+    donor = release.registry.client.get_model_version(f"{dataset}.logistic_regression", "1")
+    with _restored_member(release, dataset, "random_forest"):
+        _set_version_run(release, name, donor.run_id)
+        for tag in (MEMBER_SHA256_TAG, MEMBER_MAC_TAG):
+            release.registry.client.set_model_version_tag(name, "1", tag, donor.tags[tag])
+        with pytest.raises(PlatformError, match=f"now points at run {donor.run_id}"):
+            release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
+        with pytest.raises(PlatformError, match="does not verify for this model and run"):
+            release.registry.load_member(name, "1")

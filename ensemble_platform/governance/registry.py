@@ -28,17 +28,20 @@ from ensemble_platform.governance.registry_connection import (
     member_model_name,
     runtime_requirements,
 )
-from ensemble_platform.governance.registry_downloads import RegistryDownloads
+from ensemble_platform.governance.registry_downloads import RegistryDownloads, member_artefact_mac
 from ensemble_platform.governance.registry_stages import MEMBER_STAGE_ALIASES, RegistrySnapshot, RegistryStages
+from ensemble_platform.integrity.keys import load_signing_key
 from ensemble_platform.members.training import MemberFit
 from ensemble_platform.serving.pyfunc import DATA_PATH, LOADER_MODULE
 from ensemble_platform.serving.signature import ensemble_signature
+from ensemble_platform.settings import PlatformPaths
 from ensemble_platform.tags import (
     BLAS_KERNEL_TAG,
     CONFIG_HASH_TAG,
     FAMILY_TAG,
     FINGERPRINT_TAG,
     MEMBER_ARTEFACT,
+    MEMBER_MAC_TAG,
     MEMBER_SHA256_TAG,
     PAYLOAD_MAC_TAG,
     PAYLOAD_SHA256_TAG,
@@ -118,7 +121,10 @@ class Registry(RegistryStages, RegistryDownloads):
                 signature=infer_signature(example, fit.fitted().predict_proba(example)),
                 pip_requirements=runtime_requirements(),
             )
-        version = self._register(info.model_uri, name, tags | {"ensemble_platform.run_id": run.info.run_id})
+        signed = {MEMBER_MAC_TAG: member_artefact_mac(load_signing_key(self.paths), name, run.info.run_id,
+                                                     tags[MEMBER_SHA256_TAG]),
+                  "ensemble_platform.run_id": run.info.run_id}
+        version = self._register(info.model_uri, name, tags | signed)
         return dataclasses.replace(fit, registered_model=name, version=version, run_id=run.info.run_id)
 
     def register_ensemble(
@@ -226,19 +232,24 @@ class Registry(RegistryStages, RegistryDownloads):
 
 
 def register_outside_member(model: object, model_name: str, train_hash: str,
-                            tags: dict[str, str] | None = None) -> str:
+                            tags: dict[str, str] | None = None, paths: PlatformPaths | None = None) -> str:
     """For a data scientist's notebook (MLflow's tracking URI set to the platform's store): log the
     fitted `model` as MLflow's scikit-learn model and as the platform's safe artefact, and register
-    it as a new version of `model_name` (`<dataset>.<member>`) with the lineage tag and the
-    artefact's SHA-256. The platform then loads the safe artefact, never the pickle
-    (`RegistryDownloads.load_member`). Returns the new version. A model with types outside the safe
-    format's allow-list fails here (UnsupportedModelError/UnsafeModelError), naming the type."""
+    it as a new version of `model_name` (`<dataset>.<member>`) with the lineage tag, the artefact's
+    SHA-256 and that digest's MAC under the signing key (so the caller must hold the key: `paths` or
+    the environment finds it, as for every platform command). The platform then loads the safe
+    artefact, never the pickle (`RegistryDownloads.load_member`). Returns the new version. A model
+    with types outside the safe format's allow-list fails here (UnsupportedModelError/UnsafeModelError),
+    naming the type."""
+    key = load_signing_key(paths)  # before anything is logged: without the key nothing is registered
     safe = safe_format.dumps(model)
     load_member_artefact(safe)  # types outside the allow-list fail here, not later in the platform
-    with mlflow.start_run(run_name=f"outside member: {model_name}"):
+    with mlflow.start_run(run_name=f"outside member: {model_name}") as run:
         _log_safe_artefact(safe)
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
-    lineage = {TRAIN_HASH_TAG: train_hash, MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest()}
+    digest = hashlib.sha256(safe).hexdigest()
+    lineage = {TRAIN_HASH_TAG: train_hash, MEMBER_SHA256_TAG: digest,
+               MEMBER_MAC_TAG: member_artefact_mac(key, model_name, run.info.run_id, digest)}
     return str(mlflow.register_model(info.model_uri, model_name, tags={**(tags or {}), **lineage}).version)
 
 

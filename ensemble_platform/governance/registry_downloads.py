@@ -1,5 +1,6 @@
 """Reading registered models back: a member as a scikit-learn model, a member's safe artefact
-(checked against its SHA-256 tag), a registered model's files."""
+(checked against its SHA-256 tag, whose MAC under the signing key binds it to the version's model
+and run), a registered model's files."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from ensemble_platform.ensemble.config import MemberRef
 from ensemble_platform.ensemble.runtime import load_member_artefact, payload_digest
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.governance.registry_connection import RegistryConnection
-from ensemble_platform.integrity.keys import load_signing_key
+from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.serving.pyfunc import DATA_PATH
 from ensemble_platform.settings import TRUST_PICKLED_MEMBERS_ENV, trust_pickled_members
 from ensemble_platform.tags import (
     CONFIG_HASH_TAG,
     MEMBER_ARTEFACT,
+    MEMBER_MAC_TAG,
     MEMBER_SHA256_TAG,
     PAYLOAD_MAC_TAG,
     PAYLOAD_SHA256_TAG,
@@ -58,15 +60,24 @@ class RegistryDownloads(RegistryConnection):
                                 f"{type(exc).__name__}: {exc}") from exc
         return model, entry
 
-    def download_member_artefact(self, model_name: str, version: str, destination: Path) -> Path | None:
-        """The member version's safe artefact, checked against its SHA-256 tag; None for a version
-        registered without one (e.g. adopted from outside the platform)."""
+    def download_member_artefact(self, model_name: str, version: str, destination: Path,
+                                 run_id: str | None = None) -> Path | None:
+        """The member version's safe artefact, checked against its SHA-256 tag and that tag against
+        its MAC (model name, run, digest: `member_artefact_mac`); None for a version registered
+        without one (e.g. adopted from outside the platform). `run_id`: the run the caller's record
+        names (a config's member reference); a version pointed at another run is refused."""
         from mlflow.artifacts import download_artifacts
 
         entry = self.client.get_model_version(model_name, str(version))
         expected = entry.tags.get(MEMBER_SHA256_TAG)
         if not expected:
             return None
+        if run_id is not None and entry.run_id != run_id:
+            raise PlatformError(f"version {version} of {model_name} now points at run {entry.run_id}, not the run "
+                                f"{run_id} its member record names; the registry was changed")
+        problem = member_tag_problem(load_signing_key(self.paths), model_name, entry.run_id, dict(entry.tags))
+        if problem:
+            raise PlatformError(f"{MEMBER_ARTEFACT} of {model_name} version {version} cannot be trusted: {problem}")
         destination.mkdir(parents=True, exist_ok=True)
         path = Path(download_artifacts(run_id=entry.run_id, artifact_path=MEMBER_ARTEFACT, dst_path=str(destination)))
         actual = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -81,7 +92,8 @@ class RegistryDownloads(RegistryConnection):
         instead of serialising the member again."""
         files = {}
         for member in members:
-            local = self.download_member_artefact(member.registered_model, member.version, destination / member.name)
+            local = self.download_member_artefact(member.registered_model, member.version, destination / member.name,
+                                                  run_id=member.run_id)
             if local is not None:  # otherwise the runtime stores the member it holds
                 files[member.name] = local
         return files
@@ -140,3 +152,29 @@ class RegistryDownloads(RegistryConnection):
 def _payload_message(model_name: str, config_hash: str, digest: str) -> bytes:
     """What a payload MAC signs: the registered model, the config it was registered for, its digest."""
     return f"ensemble-payload\0{model_name}\0{config_hash}\0{digest}".encode()
+
+
+def _member_message(model_name: str, run_id: str, sha256: str) -> bytes:
+    """What a member-artefact MAC signs: the registered model, the run holding the artefact, its digest."""
+    return f"member-artefact\0{model_name}\0{run_id}\0{sha256}".encode()
+
+
+def member_artefact_mac(key: SigningKey, model_name: str, run_id: str, sha256: str) -> str:
+    """MEMBER_MAC_TAG of a member version: set by whoever registers it holding the key (the platform's
+    member stage, `register_outside_member`)."""
+    return key.mac(_member_message(model_name, run_id, sha256))
+
+
+def member_tag_problem(key: SigningKey, model_name: str, run_id: str, tags: dict[str, str]) -> str | None:
+    """Why a version's SHA-256 tag cannot be trusted (no MAC, or one that does not verify for this model
+    and run), or None. Anyone who can write the MLflow store can rewrite a tag; only the key's holder
+    can make its MAC."""
+    mac = tags.get(MEMBER_MAC_TAG)
+    if not mac:
+        return ("its SHA-256 tag is not signed (registered before member artefacts were signed, or outside the "
+                "platform without the key: register it again with register_outside_member, or run the graph in a "
+                "new home)")
+    if not key.verify(_member_message(model_name, run_id, str(tags.get(MEMBER_SHA256_TAG))), mac):
+        return ("the MAC of its SHA-256 tag does not verify for this model and run (the tag or the version's run was "
+                "changed, or it was signed with another key)")
+    return None

@@ -62,7 +62,8 @@ class SigningKey:
         return hmac.new(self.secret, data, hashlib.sha256).hexdigest()
 
     def verify(self, data: bytes, mac: object) -> bool:
-        return isinstance(mac, str) and hmac.compare_digest(self.mac(data), mac)
+        # compare_digest raises TypeError on non-ASCII text: a tag typed with one is simply wrong.
+        return isinstance(mac, str) and mac.isascii() and hmac.compare_digest(self.mac(data), mac)
 
     @classmethod
     def generate(cls, source: str = "<generated>") -> SigningKey:
