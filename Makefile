@@ -38,12 +38,14 @@ lint: install
 test: install browser lint
 	$(BIN)/pytest
 
-ui: install $(DAGSTER_HOME)/dagster.yaml
+# The UI's Dagster settings live outside the platform home (its storage stays in the home): every
+# process `dagster dev` starts reads $$DAGSTER_HOME/dagster.yaml, and settings can run code.
+UI_INSTANCE ?= $(CURDIR)/.dagster-ui
+
+ui: install
 	@echo "MLflow UI on the same store: make mlflow-ui"
-	@# dagster dev reads the home's settings: put the platform's there again, then check them.
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	@$(BIN)/python -m ensemble_platform.instance_settings $(DAGSTER_HOME)/dagster.yaml
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/python -m ensemble_platform.instance_settings ui $(UI_INSTANCE)
+	DAGSTER_HOME=$(UI_INSTANCE) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster dev -w workspace.yaml
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ENSEMBLE_PLATFORM_HOME)/mlflow/mlflow.db \

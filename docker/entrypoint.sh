@@ -1,7 +1,6 @@
 #!/bin/sh
-# The platform's Dagster home is $ENSEMBLE_PLATFORM_HOME/dagster (the CLI opens the instance there):
-# put the deployment's instance config into it before any role starts.
+# The Dagster settings are the image's ($DAGSTER_HOME, outside the shared volume: see the Dockerfile);
+# the volume holds the platform home, with Dagster's compute logs and local artefacts in dagster/.
 set -e
-mkdir -p "$DAGSTER_HOME"
-cp /opt/ensemble_platform/docker/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+mkdir -p "$ENSEMBLE_PLATFORM_HOME/dagster"
 exec "$@"

@@ -18,9 +18,9 @@ from ensemble_platform.settings import DAGSTER_INSTANCE_ENV, PlatformPaths
 
 
 def prepare_dagster_home(paths: PlatformPaths) -> Path:
-    """The home's Dagster directory, with the platform's dagster.yaml for `make ui` / `dagster dev`
-    (written when absent; an existing one is kept, and `make ui` checks it). The CLI itself never
-    reads it: see `_instance`."""
+    """The home's Dagster directory, with the platform's dagster.yaml written when absent (what
+    Dagster's own tools find there). The platform never reads it: the CLI builds its instance from
+    its own settings (`_instance`), `make ui` from settings it writes outside the home."""
     paths.ensure()
     config = paths.dagster_home / "dagster.yaml"
     if not config.is_file():

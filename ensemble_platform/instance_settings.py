@@ -9,9 +9,13 @@ to a host of their choosing. A file in the home is writable by the threat model'
 
 * the CLI builds its instance from `PLATFORM_SETTINGS` (the repository's dagster.yaml; a test keeps
   the two equal), with storage in the home: the home's file is never read (`cli._instance`);
-* `make ui` (`dagster dev`, which reads `$DAGSTER_HOME/dagster.yaml`) copies the repository's file
-  into the home, then `python -m ensemble_platform.instance_settings FILE` refuses it unless it is
-  the platform's settings exactly, naming what differs.
+* `make ui` starts `dagster dev` (webserver, daemon, code server: each reads `$DAGSTER_HOME/dagster.yaml`
+  itself) with DAGSTER_HOME a directory OUTSIDE the home, written just before by
+  `python -m ensemble_platform.instance_settings ui DIR`: the platform's settings plus storage,
+  artefact and compute-log directories naming the home's `dagster/` (`ui_settings`), so the UI
+  shows the runs the CLI made and no process reads a settings file the attacker can write;
+* `python -m ensemble_platform.instance_settings FILE` checks a file against the platform's settings,
+  naming what differs (for an operator's review of a home's leftover file).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 import yaml
 
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.files import atomic_path
+from ensemble_platform.settings import PlatformPaths
 
 PLATFORM_SETTINGS = """\
 # Dagster instance settings written by ensemble-platform (the same as the repository's dagster.yaml).
@@ -82,13 +88,52 @@ def check(path: Path) -> None:
             + ". Copy the repository's dagster.yaml over it (`make ui` does)")
 
 
+def ui_settings(dagster_home: Path) -> str:
+    """PLATFORM_SETTINGS with Dagster's sqlite storage, artefact and compute-log directories set to
+    `dagster_home` (the home's `dagster/`), laid out as `InstanceRef.from_dir` lays out the CLI's
+    instance there: a settings file kept elsewhere that opens the same storage."""
+    base = str(Path(dagster_home).resolve())
+    storage = {
+        "storage": {"sqlite": {"base_dir": base}},
+        "local_artifact_storage": {"module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
+                                   "config": {"base_dir": base}},
+        "compute_logs": {"module": "dagster._core.storage.local_compute_log_manager",
+                         "class": "LocalComputeLogManager", "config": {"base_dir": str(Path(base) / "storage")}},
+    }
+    return PLATFORM_SETTINGS + "# Storage in the platform home; these settings are kept outside it.\n" + yaml.safe_dump(
+        storage, sort_keys=True)
+
+
+def write_ui_instance(directory: Path, paths: PlatformPaths) -> Path:
+    """`directory`/dagster.yaml = `ui_settings` of the home's Dagster directory, for DAGSTER_HOME of the
+    Dagster processes `make ui` starts. A directory inside the home is refused: its file would be the
+    attacker's to rewrite between this write and Dagster's read."""
+    directory = Path(directory).resolve()
+    if directory.is_relative_to(paths.home.resolve()):
+        raise UnsafeInstanceSettings(f"the UI's Dagster directory {directory} is inside the platform home {paths.home}: "
+                                     "keep it outside, where only the operator writes")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths.dagster_home.mkdir(parents=True, exist_ok=True)
+    target = directory / "dagster.yaml"
+    with atomic_path(target) as temporary:
+        temporary.write_text(ui_settings(paths.dagster_home))
+    return target
+
+
+USAGE = ("usage: python -m ensemble_platform.instance_settings ui DIR   (write the UI's settings in DIR)\n"
+         "       python -m ensemble_platform.instance_settings PATH/dagster.yaml   (check a file)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m ensemble_platform.instance_settings PATH/dagster.yaml", file=sys.stderr)
+    if len(args) not in (1, 2) or (len(args) == 2 and args[0] != "ui"):
+        print(USAGE, file=sys.stderr)
         return 2
     try:
-        check(Path(args[0]))
+        if len(args) == 2:
+            write_ui_instance(Path(args[1]), PlatformPaths.from_env())
+        else:
+            check(Path(args[0]))
     except UnsafeInstanceSettings as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 stays sqlite under the home; the stack's and docker's files are consistent."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,22 @@ def test_dagster_instance_launches_runs_in_containers_on_the_compose_network():
     assert instance["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
     workspace = yaml.safe_load((DOCKER / "workspace.yaml").read_text())
     assert workspace["load_from"][0]["grpc_server"]["host"] in compose["services"]
+
+
+def test_the_images_dagster_settings_are_not_on_the_shared_volume():
+    """Every Dagster process reads $DAGSTER_HOME/dagster.yaml and settings can run code: the image keeps
+    them outside the volume mounted at /platform (the home), where the CLI finds the same instance."""
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    env = dict(re.findall(r"(\w+)=(\S+)", dockerfile[dockerfile.index("ENV PATH"):dockerfile.index("COPY docker")]))
+    home = env["ENSEMBLE_PLATFORM_HOME"]
+    assert env["DAGSTER_HOME"] == env["ENSEMBLE_PLATFORM_DAGSTER_INSTANCE"]
+    assert not env["DAGSTER_HOME"].startswith(home.rstrip("/") + "/")
+    assert f"COPY docker/dagster.yaml .{env['DAGSTER_HOME'].removeprefix('/opt/ensemble_platform')}/dagster.yaml" \
+        in dockerfile
+    assert "dagster.yaml" not in (DOCKER / "entrypoint.sh").read_text()
+    instance = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
+    for section in ("local_artifact_storage", "compute_logs"):
+        assert instance[section]["config"]["base_dir"].startswith(f"{home}/dagster")
 
 
 def test_k8s_manifests_parse_and_probe_ready_and_metrics():

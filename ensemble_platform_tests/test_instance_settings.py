@@ -80,7 +80,7 @@ def test_the_cli_never_reads_the_homes_settings(tmp_path, monkeypatch):
     assert marker.exists()
 
 
-def test_make_ui_puts_the_platforms_settings_back_and_checks_them(tmp_path):
+def test_a_settings_file_is_checked_naming_each_difference(tmp_path):
     settings = _plant(tmp_path / "home", tmp_path / "marker")
     with pytest.raises(UnsafeInstanceSettings, match="python_logs") as refused:
         check(settings)
@@ -88,15 +88,52 @@ def test_make_ui_puts_the_platforms_settings_back_and_checks_them(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ensemble_platform.instance_settings", str(settings)],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "python_logs" in done.stderr and "Traceback" not in done.stderr
-    makefile = (REPO / "Makefile").read_text()
-    ui = makefile[makefile.index("\nui:"):makefile.index("\nmlflow-ui:")]
-    copy, verify, start = (ui.index("cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml"),
-                           ui.index("instance_settings $(DAGSTER_HOME)/dagster.yaml"), ui.index("$(BIN)/dagster dev"))
-    assert copy < verify < start
     settings.write_text((REPO / "dagster.yaml").read_text())
     check(settings)
     with pytest.raises(UnsafeInstanceSettings, match="cannot be read"):
         check(tmp_path / "absent.yaml")
+
+
+def test_make_ui_reads_settings_kept_outside_the_home_on_the_homes_storage(tmp_path, monkeypatch):
+    """`make ui` writes its Dagster settings outside the home and starts `dagster dev` with DAGSTER_HOME
+    there: a planted home dagster.yaml (a command-running handler, a `.env` loader) is read by no process,
+    while the UI's instance opens the storage the CLI writes. Checked with Dagster's own command line,
+    which reads DAGSTER_HOME as `dagster dev`'s processes do."""
+    monkeypatch.delenv(TRUST_PICKLED_MEMBERS_ENV, raising=False)
+    home, marker, ui = tmp_path / "home", tmp_path / "planted-handler-ran", tmp_path / "ui"
+    _plant(home, marker)
+    monkeypatch.setenv("ENSEMBLE_PLATFORM_HOME", str(home))
+    done = subprocess.run([sys.executable, "-m", "ensemble_platform.instance_settings", "ui", str(ui)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert problems({k: v for k, v in yaml.safe_load((ui / "dagster.yaml").read_text()).items()
+                     if k not in ("storage", "local_artifact_storage", "compute_logs")}) == []
+    cli_run = _one_op.execute_in_process(instance=cli._instance(PlatformPaths.from_env(home)))
+    ui_instance = dg.DagsterInstance.from_config(str(ui))
+    ui_run = _one_op.execute_in_process(instance=ui_instance)
+    assert {cli_run.run_id, ui_run.run_id} <= {r.run_id for r in ui_instance.get_runs()}
+    assert len(cli._instance(PlatformPaths.from_env(home)).get_runs()) == 2  # one storage: the home's
+    info = subprocess.run([str(Path(sys.executable).parent / "dagster"), "instance", "info"], capture_output=True,
+                          text=True, env={**os.environ, "DAGSTER_HOME": str(ui)})
+    assert info.returncode == 0, info.stderr
+    assert str(home / "dagster") in info.stdout and "python_logs" not in info.stdout and "secrets" not in info.stdout
+    assert not marker.exists() and TRUST_PICKLED_MEMBERS_ENV not in os.environ
+
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nui:"):makefile.index("\nmlflow-ui:")]
+    write, start = recipe.index("instance_settings ui $(UI_INSTANCE)"), recipe.index("DAGSTER_HOME=$(UI_INSTANCE)")
+    assert write < start and "$(BIN)/dagster dev" in recipe[start:]
+    assert "UI_INSTANCE ?= $(CURDIR)/.dagster-ui" in makefile  # beside the checkout, not in the home
+
+
+def test_the_ui_settings_are_refused_inside_the_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_PLATFORM_HOME", str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-m", "ensemble_platform.instance_settings", "ui",
+                           str(tmp_path / "home" / "ui")], capture_output=True, text=True)
+    assert done.returncode == 1 and "inside the platform home" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "home" / "ui").exists()
+    assert subprocess.run([sys.executable, "-m", "ensemble_platform.instance_settings"],
+                          capture_output=True, text=True).returncode == 2
 
 
 def test_an_operators_instance_outside_the_home_is_used_and_one_inside_is_refused(tmp_path, monkeypatch):

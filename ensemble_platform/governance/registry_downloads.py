@@ -75,7 +75,7 @@ class RegistryDownloads(RegistryConnection):
         if run_id is not None and entry.run_id != run_id:
             raise PlatformError(f"version {version} of {model_name} now points at run {entry.run_id}, not the run "
                                 f"{run_id} its member record names; the registry was changed")
-        problem = member_tag_problem(load_signing_key(self.paths), model_name, entry.run_id, dict(entry.tags))
+        problem = member_tag_problem(load_signing_key(self.paths), model_name, str(entry.run_id), dict(entry.tags))
         if problem:
             raise PlatformError(f"{MEMBER_ARTEFACT} of {model_name} version {version} cannot be trusted: {problem}")
         destination.mkdir(parents=True, exist_ok=True)
