@@ -25,7 +25,14 @@ from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release_bundle import remove_bundle
 from ensemble_platform.serving.bundle import PAYLOAD, verify_bundle
 from ensemble_platform.serving.parity import ParitySet
-from ensemble_platform.tags import CONFIG_HASH_TAG, MEMBER_MAC_TAG, MEMBER_SHA256_TAG, PAYLOAD_SHA256_TAG
+from ensemble_platform.tags import (
+    CONFIG_HASH_TAG,
+    FINGERPRINT_TAG,
+    MEMBER_MAC_TAG,
+    MEMBER_SHA256_TAG,
+    PAYLOAD_SHA256_TAG,
+    TRAIN_HASH_TAG,
+)
 from ensemble_platform_tests.conftest import approved_demo
 
 VERSION = "1.0.0"
@@ -158,7 +165,7 @@ def _restored_member(release, dataset: str, member: str):
         yield artefact
     finally:
         artefact.write_bytes(original)
-        for tag in (MEMBER_SHA256_TAG, MEMBER_MAC_TAG):
+        for tag in (MEMBER_SHA256_TAG, MEMBER_MAC_TAG, TRAIN_HASH_TAG, FINGERPRINT_TAG):
             release.registry.client.set_model_version_tag(name, "1", tag, entry.tags[tag])
         _set_version_run(release, name, entry.run_id)
 
@@ -185,9 +192,9 @@ def test_a_member_artefact_swapped_with_its_digest_tag_is_refused_before_it_is_c
     with _restored_member(release, dataset, "random_forest") as artefact:
         artefact.write_bytes(forged)
         release.registry.client.set_model_version_tag(name, "1", MEMBER_SHA256_TAG, hashlib.sha256(forged).hexdigest())
-        with pytest.raises(PlatformError, match="MAC of its SHA-256 tag does not verify"):
+        with pytest.raises(PlatformError, match="MAC of its SHA-256 and lineage tags does not verify"):
             release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
-        with pytest.raises(PlatformError, match="MAC of its SHA-256 tag does not verify"):
+        with pytest.raises(PlatformError, match="MAC of its SHA-256 and lineage tags does not verify"):
             release.registry.load_member(name, "1")
         assert not (tmp_path / "copy" / "random_forest").exists()
     assert set(release.registry.member_artefacts(_members(release, dataset), tmp_path / "again")) == {
@@ -233,3 +240,54 @@ def test_a_member_version_pointed_at_another_run_is_refused(approved, tmp_path):
             release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
         with pytest.raises(PlatformError, match="does not verify for this model and run"):
             release.registry.load_member(name, "1")
+
+
+def test_a_version_pointed_at_another_signed_version_of_its_own_model_is_refused(approved, tmp_path):
+    """Replay within one model: a second genuine, signed version of the member exists (registered with the
+    key); version 1 is pointed at its run and given its tags. The ensemble's copy refuses (the config's
+    record names version 1's own run) and so does a plain load (two versions now share one run)."""
+    import mlflow
+
+    from ensemble_platform.governance.registry import register_outside_member
+
+    release, dataset = approved
+    name = f"{dataset}.random_forest"
+    entry = release.registry.client.get_model_version(name, "1")
+    model, _ = release.registry.load_member(name, "1")
+    mlflow.set_experiment(experiment_id=release.registry.experiment_id(dataset))  # artifacts under the home
+    second = register_outside_member(model, name, entry.tags[TRAIN_HASH_TAG], paths=release.paths)
+    donor = release.registry.client.get_model_version(name, second)
+    assert release.registry.load_member(name, second)[1].run_id == donor.run_id  # genuine and loadable
+    try:
+        with _restored_member(release, dataset, "random_forest"):
+            _set_version_run(release, name, donor.run_id)
+            for tag in (MEMBER_SHA256_TAG, MEMBER_MAC_TAG, TRAIN_HASH_TAG):
+                release.registry.client.set_model_version_tag(name, "1", tag, donor.tags[tag])
+            release.registry.client.delete_model_version_tag(name, "1", FINGERPRINT_TAG)
+            with pytest.raises(PlatformError, match=f"now points at run {donor.run_id}"):
+                release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
+            with pytest.raises(PlatformError, match=f"which version\\(s\\) {second} also point at"):
+                release.registry.load_member(name, "1")
+    finally:
+        release.registry.client.delete_model_version(name, second)
+
+
+@pytest.mark.parametrize("tag", [TRAIN_HASH_TAG, FINGERPRINT_TAG])
+def test_a_rewritten_lineage_tag_is_refused_and_never_reused(approved, tmp_path, tag):
+    """The training-split hash (what shows a member never saw the holdout) and the fingerprint (what makes
+    a fit reuse an existing version) are signed with the digest: rewritten, the version is refused for
+    copying and loading, and a fingerprint lookup for reuse no longer returns it."""
+    release, dataset = approved
+    name = f"{dataset}.random_forest"
+    entry = release.registry.client.get_model_version(name, "1")
+    accept = release.registry._signed_member(name, entry.tags[MEMBER_SHA256_TAG])
+    assert str(release.registry.find_version(name, entry.tags[FINGERPRINT_TAG], accept).version) == "1"
+    with _restored_member(release, dataset, "random_forest"):
+        release.registry.client.set_model_version_tag(name, "1", tag, "0" * 64)
+        with pytest.raises(PlatformError, match="lineage tags does not verify"):
+            release.registry.member_artefacts(_members(release, dataset), tmp_path / "copy")
+        with pytest.raises(PlatformError, match="lineage tags does not verify"):
+            release.registry.load_member(name, "1")
+        fingerprint = "0" * 64 if tag == FINGERPRINT_TAG else entry.tags[FINGERPRINT_TAG]
+        assert release.registry.find_version(name, fingerprint, accept) is None
+        assert release.registry.find_version(name, fingerprint) is not None  # the unsigned lookup still would

@@ -27,3 +27,21 @@ def test_a_racing_duplicate_is_deleted_and_the_lowest_version_returned(tmp_path,
     # A different fingerprint is a new version, untouched by the rule.
     other = registry._register(info.model_uri, name, {FINGERPRINT_TAG: "another"})
     assert other == "3"  # version numbers are never reused: 2 was the deleted duplicate
+
+
+def test_the_loser_of_a_race_returns_the_kept_versions_run(tmp_path, split, monkeypatch):
+    """A writer whose lookup ran before the other's registration logs its own run, registers, finds the
+    lower signed version and deletes its own: the fit it returns names the kept version's run (an
+    ensemble later checks that the version still points at that run)."""
+    registry = Registry(PlatformPaths.from_env(tmp_path / "home"))
+    fit = fit_member("logistic_regression", split, seed=0)
+    first = registry.register_member(fit, "d", split.lineage(), split.X_train())
+    lookups = iter([None])  # the loser's first lookup: before the winner had registered
+    original = registry.find_version
+    monkeypatch.setattr(registry, "find_version", lambda *args, **kwargs: next(lookups, "later") and original(
+        *args, **kwargs))
+    second = registry.register_member(fit, "d", split.lineage(), split.X_train())
+    name = member_model_name("d", "logistic_regression")
+    assert second.version == first.version == "1"
+    assert second.run_id == first.run_id == registry.client.get_model_version(name, "1").run_id
+    assert [str(v.version) for v in registry.client.search_model_versions(f"name = '{name}'")] == ["1"]

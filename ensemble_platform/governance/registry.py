@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -28,7 +29,7 @@ from ensemble_platform.governance.registry_connection import (
     member_model_name,
     runtime_requirements,
 )
-from ensemble_platform.governance.registry_downloads import RegistryDownloads, member_artefact_mac
+from ensemble_platform.governance.registry_downloads import RegistryDownloads, member_artefact_mac, member_tag_problem
 from ensemble_platform.governance.registry_stages import MEMBER_STAGE_ALIASES, RegistrySnapshot, RegistryStages
 from ensemble_platform.integrity.keys import load_signing_key
 from ensemble_platform.members.training import MemberFit
@@ -61,6 +62,9 @@ __all__ = [
     "runtime_requirements",
 ]
 
+# Which registered versions a fingerprint lookup may return.
+Accept = Callable[[ModelVersion], bool]
+
 SIGNATURE_ROWS = 5  # rows scored to infer the registered ensemble's output signature
 
 
@@ -70,17 +74,26 @@ class Registry(RegistryStages, RegistryDownloads):
     (`registry_stages`), downloads (`registry_downloads`), and here registration of members and
     ensembles with their lineage."""
 
-    def find_version(self, model_name: str, fingerprint: str) -> ModelVersion | None:
-        """The version carrying `fingerprint`: the lowest one, the one concurrent writers keep."""
-        matching = self._versions_with(model_name, fingerprint)
+    def find_version(self, model_name: str, fingerprint: str, accept: Accept | None = None) -> ModelVersion | None:
+        """The version carrying `fingerprint` (and passing `accept`, if given): the lowest one, the one
+        concurrent writers keep."""
+        matching = self._versions_with(model_name, fingerprint, accept)
         return matching[0] if matching else None
 
-    def _versions_with(self, model_name: str, fingerprint: str) -> list[ModelVersion]:
+    def _versions_with(self, model_name: str, fingerprint: str, accept: Accept | None = None) -> list[ModelVersion]:
         try:
             versions = self.client.search_model_versions(f"name = '{model_name}'")
         except MlflowException:
             return []
-        return sorted((v for v in versions if v.tags.get(FINGERPRINT_TAG) == fingerprint), key=lambda v: int(v.version))
+        return sorted((v for v in versions if v.tags.get(FINGERPRINT_TAG) == fingerprint and (accept is None or accept(v))),
+                      key=lambda v: int(v.version))
+
+    def _signed_member(self, model_name: str, digest: str) -> Accept:
+        """Accepts a member version only if its tags are signed for its model and run and record `digest`:
+        a fingerprint tag alone (anyone who can write the store can set one) never makes a version reused."""
+        key = load_signing_key(self.paths)
+        return lambda v: (v.tags.get(MEMBER_SHA256_TAG) == digest
+                          and member_tag_problem(key, model_name, str(v.run_id), dict(v.tags)) is None)
 
     def register_member(
         self, fit: MemberFit, dataset: str, lineage: dict[str, object], X_example: pd.DataFrame,
@@ -89,14 +102,16 @@ class Registry(RegistryStages, RegistryDownloads):
         """Log the member's run and register it as a new version unless an identical one exists;
         returns the fit with its registered model, version and run id."""
         name = member_model_name(dataset, fit.name)
-        existing = self.find_version(name, fit.fingerprint)
+        safe = safe_format.dumps(fit.pipeline)
+        digest = hashlib.sha256(safe).hexdigest()
+        signed_member = self._signed_member(name, digest)
+        existing = self.find_version(name, fit.fingerprint, signed_member)
         if existing is not None:
             return dataclasses.replace(fit, registered_model=name, version=str(existing.version),
                                        run_id=existing.run_id)
-        safe = safe_format.dumps(fit.pipeline)
         tags = {
             FINGERPRINT_TAG: fit.fingerprint,
-            MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest(),
+            MEMBER_SHA256_TAG: digest,
             "ensemble_platform.member": fit.name,
             FAMILY_TAG: fit.family,
             PREDICT_COST_TAG: f"{fit.predict_seconds_per_row:.6g}",
@@ -121,11 +136,12 @@ class Registry(RegistryStages, RegistryDownloads):
                 signature=infer_signature(example, fit.fitted().predict_proba(example)),
                 pip_requirements=runtime_requirements(),
             )
-        signed = {MEMBER_MAC_TAG: member_artefact_mac(load_signing_key(self.paths), name, run.info.run_id,
-                                                     tags[MEMBER_SHA256_TAG]),
+        signed = {MEMBER_MAC_TAG: member_artefact_mac(load_signing_key(self.paths), name, run.info.run_id, tags),
                   "ensemble_platform.run_id": run.info.run_id}
-        version = self._register(info.model_uri, name, tags | signed)
-        return dataclasses.replace(fit, registered_model=name, version=version, run_id=run.info.run_id)
+        version = self._register(info.model_uri, name, tags | signed, signed_member)
+        # A racer that registered the same fit first keeps its version (`_keep_lowest`): the run is that version's.
+        run_id = str(self.client.get_model_version(name, version).run_id)
+        return dataclasses.replace(fit, registered_model=name, version=version, run_id=run_id)
 
     def register_ensemble(
         self, config: EnsembleConfig, runtime: EnsembleRuntime, example: pd.DataFrame,
@@ -194,20 +210,21 @@ class Registry(RegistryStages, RegistryDownloads):
             members[member.name], _ = self.load_member(member.registered_model, member.version)
         return dataclasses.replace(runtime, members=members)
 
-    def _register(self, model_uri: str, name: str, tags: dict[str, str]) -> str:
+    def _register(self, model_uri: str, name: str, tags: dict[str, str], accept: Accept | None = None) -> str:
         """One registry call creates the version together with its tags: a failure before it
         leaves no version, and no version ever exists without its lineage. Then the duplicate rule
-        makes concurrent writers of the same fingerprint agree on one version."""
+        makes concurrent writers of the same fingerprint agree on one version (among those `accept`
+        passes: for members, the signed ones)."""
         created = str(mlflow.register_model(model_uri, name, tags=tags).version)
-        return self._keep_lowest(name, tags[FINGERPRINT_TAG], created)
+        return self._keep_lowest(name, tags[FINGERPRINT_TAG], created, accept)
 
-    def _keep_lowest(self, name: str, fingerprint: str, created: str) -> str:
+    def _keep_lowest(self, name: str, fingerprint: str, created: str, accept: Accept | None = None) -> str:
         """Create-then-dedupe, correct on any store and through a tracking server (no lock seam):
         among versions with one fingerprint the lowest number stays; a writer that finds a lower
         one deletes its own version (and soft-deletes its run) and returns the lower. Version
         numbers are assigned in commit order, so the lowest is never deleted by anyone, and every
         racer returns it."""
-        lowest = self.find_version(name, fingerprint)
+        lowest = self.find_version(name, fingerprint, accept)
         if lowest is None or int(lowest.version) >= int(created):
             return created
         mine = self.client.get_model_version(name, created)
@@ -241,16 +258,16 @@ def register_outside_member(model: object, model_name: str, train_hash: str,
     artefact, never the pickle (`RegistryDownloads.load_member`). Returns the new version. A model
     with types outside the safe format's allow-list fails here (UnsupportedModelError/UnsafeModelError),
     naming the type."""
-    key = load_signing_key(paths)  # before anything is logged: without the key nothing is registered
+    # Before anything is logged: without the key (never a new one made here) nothing is registered.
+    key = load_signing_key(paths, create=False)
     safe = safe_format.dumps(model)
     load_member_artefact(safe)  # types outside the allow-list fail here, not later in the platform
     with mlflow.start_run(run_name=f"outside member: {model_name}") as run:
         _log_safe_artefact(safe)
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
-    digest = hashlib.sha256(safe).hexdigest()
-    lineage = {TRAIN_HASH_TAG: train_hash, MEMBER_SHA256_TAG: digest,
-               MEMBER_MAC_TAG: member_artefact_mac(key, model_name, run.info.run_id, digest)}
-    return str(mlflow.register_model(info.model_uri, model_name, tags={**(tags or {}), **lineage}).version)
+    lineage = {**(tags or {}), TRAIN_HASH_TAG: train_hash, MEMBER_SHA256_TAG: hashlib.sha256(safe).hexdigest()}
+    lineage[MEMBER_MAC_TAG] = member_artefact_mac(key, model_name, run.info.run_id, lineage)
+    return str(mlflow.register_model(info.model_uri, model_name, tags=lineage).version)
 
 
 def _log_safe_artefact(safe: bytes) -> None:

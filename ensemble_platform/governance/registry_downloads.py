@@ -22,11 +22,13 @@ from ensemble_platform.serving.pyfunc import DATA_PATH
 from ensemble_platform.settings import TRUST_PICKLED_MEMBERS_ENV, trust_pickled_members
 from ensemble_platform.tags import (
     CONFIG_HASH_TAG,
+    FINGERPRINT_TAG,
     MEMBER_ARTEFACT,
     MEMBER_MAC_TAG,
     MEMBER_SHA256_TAG,
     PAYLOAD_MAC_TAG,
     PAYLOAD_SHA256_TAG,
+    TRAIN_HASH_TAG,
 )
 
 
@@ -63,18 +65,19 @@ class RegistryDownloads(RegistryConnection):
     def download_member_artefact(self, model_name: str, version: str, destination: Path,
                                  run_id: str | None = None) -> Path | None:
         """The member version's safe artefact, checked against its SHA-256 tag and that tag against
-        its MAC (model name, run, digest: `member_artefact_mac`); None for a version registered
-        without one (e.g. adopted from outside the platform). `run_id`: the run the caller's record
-        names (a config's member reference); a version pointed at another run is refused."""
+        its MAC (`member_artefact_mac`: model name, run, digest, training split, fingerprint); None for
+        a version registered without one (a pickle-only version, loaded only when trusted). Refused:
+        a version pointed at another run than `run_id` (the run the caller's record names, e.g. a
+        config's member reference), or at a run another version of the model also points at."""
         from mlflow.artifacts import download_artifacts
 
         entry = self.client.get_model_version(model_name, str(version))
+        problem = self._run_problem(model_name, str(version), str(entry.run_id), run_id)
+        if problem:
+            raise PlatformError(f"version {version} of {model_name} {problem}; the registry was changed")
         expected = entry.tags.get(MEMBER_SHA256_TAG)
         if not expected:
             return None
-        if run_id is not None and entry.run_id != run_id:
-            raise PlatformError(f"version {version} of {model_name} now points at run {entry.run_id}, not the run "
-                                f"{run_id} its member record names; the registry was changed")
         problem = member_tag_problem(load_signing_key(self.paths), model_name, str(entry.run_id), dict(entry.tags))
         if problem:
             raise PlatformError(f"{MEMBER_ARTEFACT} of {model_name} version {version} cannot be trusted: {problem}")
@@ -85,6 +88,17 @@ class RegistryDownloads(RegistryConnection):
             raise PlatformError(f"{MEMBER_ARTEFACT} of {model_name} version {version} has SHA-256 {actual[:12]}, "
                                 f"not the {expected[:12]} its registry tag records; the artefact was changed")
         return path
+
+    def _run_problem(self, model_name: str, version: str, actual: str, expected: str | None) -> str | None:
+        """Why the version's run is not its own (another than the caller's record names, or shared with
+        another version: a version made to point at an older genuine run, with that run's signed tags)."""
+        if expected is not None and actual != expected:
+            return f"now points at run {actual}, not the run {expected} its member record names"
+        sharing = sorted(str(v.version) for v in self.client.search_model_versions(f"name = '{model_name}'")
+                         if str(v.run_id) == actual and str(v.version) != version)
+        if sharing:
+            return f"points at run {actual}, which version(s) {', '.join(sharing)} also point at"
+        return None
 
     def member_artefacts(self, members: Iterable[MemberRef], destination: Path) -> dict[str, Path]:
         """Member name -> its version's safe artefact under `destination` (checked against its SHA-256
@@ -154,27 +168,30 @@ def _payload_message(model_name: str, config_hash: str, digest: str) -> bytes:
     return f"ensemble-payload\0{model_name}\0{config_hash}\0{digest}".encode()
 
 
-def _member_message(model_name: str, run_id: str, sha256: str) -> bytes:
-    """What a member-artefact MAC signs: the registered model, the run holding the artefact, its digest."""
-    return f"member-artefact\0{model_name}\0{run_id}\0{sha256}".encode()
+def _member_message(model_name: str, run_id: str, tags: dict[str, str]) -> bytes:
+    """What a member-artefact MAC signs: the registered model, the run holding the artefact, its digest,
+    and the lineage the platform trusts the version for (training split, fingerprint; empty if absent)."""
+    fields = (model_name, run_id, tags.get(MEMBER_SHA256_TAG, ""), tags.get(TRAIN_HASH_TAG, ""),
+              tags.get(FINGERPRINT_TAG, ""))
+    return "\0".join(("member-artefact", *fields)).encode()
 
 
-def member_artefact_mac(key: SigningKey, model_name: str, run_id: str, sha256: str) -> str:
-    """MEMBER_MAC_TAG of a member version: set by whoever registers it holding the key (the platform's
-    member stage, `register_outside_member`)."""
-    return key.mac(_member_message(model_name, run_id, sha256))
+def member_artefact_mac(key: SigningKey, model_name: str, run_id: str, tags: dict[str, str]) -> str:
+    """MEMBER_MAC_TAG of a member version with these tags: set by whoever registers it holding the key
+    (the platform's member stage, `register_outside_member`)."""
+    return key.mac(_member_message(model_name, run_id, tags))
 
 
 def member_tag_problem(key: SigningKey, model_name: str, run_id: str, tags: dict[str, str]) -> str | None:
-    """Why a version's SHA-256 tag cannot be trusted (no MAC, or one that does not verify for this model
-    and run), or None. Anyone who can write the MLflow store can rewrite a tag; only the key's holder
-    can make its MAC."""
+    """Why a version's SHA-256 and lineage tags cannot be trusted (no MAC, or one that does not verify for
+    this model and run), or None. Anyone who can write the MLflow store can rewrite a tag; only the key's
+    holder can make its MAC."""
     mac = tags.get(MEMBER_MAC_TAG)
     if not mac:
         return ("its SHA-256 tag is not signed (registered before member artefacts were signed, or outside the "
                 "platform without the key: register it again with register_outside_member, or run the graph in a "
                 "new home)")
-    if not key.verify(_member_message(model_name, run_id, str(tags.get(MEMBER_SHA256_TAG))), mac):
-        return ("the MAC of its SHA-256 tag does not verify for this model and run (the tag or the version's run was "
-                "changed, or it was signed with another key)")
+    if not key.verify(_member_message(model_name, run_id, tags), mac):
+        return ("the MAC of its SHA-256 and lineage tags does not verify for this model and run (a tag or the "
+                "version's run was changed, or it was signed with another key)")
     return None
