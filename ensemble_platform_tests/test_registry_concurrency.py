@@ -45,3 +45,35 @@ def test_the_loser_of_a_race_returns_the_kept_versions_run(tmp_path, split, monk
     assert second.version == first.version == "1"
     assert second.run_id == first.run_id == registry.client.get_model_version(name, "1").run_id
     assert [str(v.version) for v in registry.client.search_model_versions(f"name = '{name}'")] == ["1"]
+
+
+def test_a_planted_version_with_the_fits_fingerprint_is_never_reused_nor_kept_over_the_fit(tmp_path, split):
+    """Someone who can write the store registers a version carrying the fit's fingerprint (unsigned) before
+    the platform registers the fit: the platform neither reuses it nor deletes its own new version in its
+    favour; it returns its own signed version and run."""
+    registry = Registry(PlatformPaths.from_env(tmp_path / "home"))
+    fit = fit_member("logistic_regression", split, seed=0)
+    name = member_model_name("d", "logistic_regression")
+    with mlflow.start_run(experiment_id=registry.experiment_id("d")) as run:
+        info = mlflow.sklearn.log_model(fit.pipeline, name="model", serialization_format="cloudpickle")
+    planted = str(mlflow.register_model(info.model_uri, name, tags={FINGERPRINT_TAG: fit.fingerprint}).version)
+    registered = registry.register_member(fit, "d", split.lineage(), split.X_train())
+    assert planted == "1" and registered.version == "2" and registered.run_id != run.info.run_id
+    assert sorted(str(v.version) for v in registry.client.search_model_versions(f"name = '{name}'")) == ["1", "2"]
+    assert registry.client.get_model_version(name, "2").run_id == registered.run_id
+
+
+def test_registering_from_outside_without_the_key_registers_nothing_and_makes_no_key(keyed_home, split):
+    """A notebook that cannot find the signing key is refused before anything is logged; no new key is made
+    (a fresh one would sign versions the platform then refuses as signed with another key)."""
+    import pytest
+
+    from ensemble_platform.governance.registry import register_outside_member
+    from ensemble_platform.integrity import SigningKeyError, key_file_path
+
+    registry = Registry(PlatformPaths.from_env(keyed_home))
+    fit = fit_member("logistic_regression", split, seed=0)
+    with pytest.raises(SigningKeyError, match="does not exist"):
+        register_outside_member(fit.pipeline, "d.logistic_regression", split.train_hash)
+    assert not key_file_path().exists()
+    assert registry.client.search_model_versions("name = 'd.logistic_regression'") == []

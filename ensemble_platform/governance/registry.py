@@ -138,9 +138,11 @@ class Registry(RegistryStages, RegistryDownloads):
             )
         signed = {MEMBER_MAC_TAG: member_artefact_mac(load_signing_key(self.paths), name, run.info.run_id, tags),
                   "ensemble_platform.run_id": run.info.run_id}
-        version = self._register(info.model_uri, name, tags | signed, signed_member)
-        # A racer that registered the same fit first keeps its version (`_keep_lowest`): the run is that version's.
-        run_id = str(self.client.get_model_version(name, version).run_id)
+        created = str(mlflow.register_model(info.model_uri, name, tags=tags | signed).version)
+        # A racer that registered the same fit first keeps its version: the run is that (signed) version's,
+        # as `_keep_lowest` accepted it, not one read back again.
+        kept = self._keep_lowest(name, fit.fingerprint, created, signed_member)
+        version, run_id = (created, run.info.run_id) if kept is None else (str(kept.version), str(kept.run_id))
         return dataclasses.replace(fit, registered_model=name, version=version, run_id=run_id)
 
     def register_ensemble(
@@ -216,22 +218,24 @@ class Registry(RegistryStages, RegistryDownloads):
         makes concurrent writers of the same fingerprint agree on one version (among those `accept`
         passes: for members, the signed ones)."""
         created = str(mlflow.register_model(model_uri, name, tags=tags).version)
-        return self._keep_lowest(name, tags[FINGERPRINT_TAG], created, accept)
+        kept = self._keep_lowest(name, tags[FINGERPRINT_TAG], created, accept)
+        return created if kept is None else str(kept.version)
 
-    def _keep_lowest(self, name: str, fingerprint: str, created: str, accept: Accept | None = None) -> str:
+    def _keep_lowest(self, name: str, fingerprint: str, created: str, accept: Accept | None = None
+                     ) -> ModelVersion | None:
         """Create-then-dedupe, correct on any store and through a tracking server (no lock seam):
         among versions with one fingerprint the lowest number stays; a writer that finds a lower
-        one deletes its own version (and soft-deletes its run) and returns the lower. Version
-        numbers are assigned in commit order, so the lowest is never deleted by anyone, and every
-        racer returns it."""
+        one deletes its own version (and soft-deletes its run) and returns the lower (None: its own
+        stays). Version numbers are assigned in commit order, so the lowest is never deleted by
+        anyone, and every racer returns it."""
         lowest = self.find_version(name, fingerprint, accept)
         if lowest is None or int(lowest.version) >= int(created):
-            return created
+            return None
         mine = self.client.get_model_version(name, created)
         self.client.delete_model_version(name, created)
         if mine.run_id:
             self.client.delete_run(mine.run_id)
-        return str(lowest.version)
+        return lowest
 
     def ensemble_run_id(self, config: EnsembleConfig) -> str:
         if not (config.registered_model and config.registered_version):

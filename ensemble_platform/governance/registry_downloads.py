@@ -90,10 +90,14 @@ class RegistryDownloads(RegistryConnection):
         return path
 
     def _run_problem(self, model_name: str, version: str, actual: str, expected: str | None) -> str | None:
-        """Why the version's run is not its own (another than the caller's record names, or shared with
-        another version: a version made to point at an older genuine run, with that run's signed tags)."""
+        """Why the version's run is not its own: another than the caller's record names, or one another
+        live version of the model also points at (a version made to point at an older signed run, with
+        that run's tags, while that version exists; two signed versions swapping runs and tags are caught
+        only where a record names the run)."""
         if expected is not None and actual != expected:
             return f"now points at run {actual}, not the run {expected} its member record names"
+        if actual in ("", "None"):  # a version created without a run (MLflow allows it): nothing to share
+            return None
         sharing = sorted(str(v.version) for v in self.client.search_model_versions(f"name = '{model_name}'")
                          if str(v.run_id) == actual and str(v.version) != version)
         if sharing:
