@@ -85,7 +85,7 @@ def check(path: Path) -> None:
         raise UnsafeInstanceSettings(
             f"Dagster instance settings {path} refused: they are under the platform home and are not the platform's "
             "(settings can make Dagster run code): " + "; ".join(found)
-            + ". Copy the repository's dagster.yaml over it (`make ui` does)")
+            + ". Copy the repository's dagster.yaml over it, or use `make ui`, which keeps its settings outside the home")
 
 
 def ui_settings(dagster_home: Path) -> str:
