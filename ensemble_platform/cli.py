@@ -49,7 +49,10 @@ def _instance(paths: PlatformPaths):
     os.environ.setdefault("DAGSTER_HOME", str(paths.dagster_home))
     with instance_settings.platform_settings_dir() as settings:
         ref = InstanceRef.from_dir(str(paths.dagster_home), config_dir=settings)
-    return dg.DagsterInstance.from_ref(ref)
+    # The same sqlite files, written through kept engines (`defs.instance_storage`: why).
+    from ensemble_platform.defs.instance_storage import platform_storage_data
+
+    return dg.DagsterInstance.from_ref(ref._replace(storage_data=platform_storage_data(ref.storage_data)))
 
 
 def _platform_error(exc: BaseException) -> PlatformError | None:
