@@ -106,7 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = PlatformPaths.from_env(args.home)
     defs = build_definitions(str(paths.home), args.dataset)
     started = time.perf_counter()
-    run = run_lifecycle_or_refuse(defs, _instance(paths), paths.home)
+    with _instance(paths) as instance:  # disposed at the end: its storage's kept connections closed
+        run = run_lifecycle_or_refuse(defs, instance, paths.home)
     total = time.perf_counter() - started
     validation = run.validation
     assert validation is not None

@@ -3,6 +3,7 @@ kept per shard. What must hold: the engines are reused, every committed event su
 the writer, Dagster's standard storage reads and writes the same files, and no connection outlives
 the storage (exit, dispose, wipe)."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.events.log import EventLogEntry
 from dagster._core.instance import InstanceRef
 from dagster._serdes import ConfigurableClassData
 
@@ -52,6 +54,7 @@ def test_the_cli_writes_each_shard_through_one_kept_engine(tmp_path):
     first = _two_lines.execute_in_process(instance=instance)
     engines = dict(storage._engines)
     assert len(engines) == 2  # the index shard and the run's shard, for every one of the run's events
+    assert all(engine.pool.checkedin() == 1 for engine in engines.values())  # one idle connection kept
     second = _two_lines.execute_in_process(instance=instance)
     assert len(storage._engines) == 3 and all(storage._engines[k] is e for k, e in engines.items())
     for run in (first, second):
@@ -87,6 +90,35 @@ def test_no_connection_outlives_the_process(tmp_path):
     assert leftovers == []
 
 
+def test_the_uis_live_view_sees_each_event_as_the_cli_commits_it(tmp_path):
+    """Dagster's sqlite watch (the UI's live run view) fires only when a run shard's `.db` file changes:
+    the CLI's kept connection checkpoints its write-ahead log at every commit, so nothing waits in it."""
+    home = tmp_path / "home"
+    cli_storage = cli._instance(PlatformPaths.from_env(home)).event_log_storage
+    watcher = _standard_instance(home).event_log_storage
+    run_id = "0f0e0d0c-0000-4000-8000-000000000001"
+    seen: list[str] = []
+    write = lambda k: cli_storage.store_event(  # noqa: E731
+        EventLogEntry(error_info=None, level=logging.INFO, user_message=f"line {k}", run_id=run_id,
+                      timestamp=time.time()))
+    write(0)  # the shard exists before the watch starts
+    def on_event(entry: EventLogEntry, _cursor: str) -> None:
+        seen.append(entry.user_message)
+
+    watcher.watch(run_id, None, on_event)
+    try:
+        for k in range(1, 4):
+            time.sleep(0.3)  # the watchdog's inotify events, one write at a time
+            write(k)
+            deadline = time.monotonic() + 20
+            while f"line {k}" not in seen:
+                assert time.monotonic() < deadline, f"the watch never saw line {k} (saw {seen})"
+                time.sleep(0.05)
+    finally:
+        watcher.end_watch(run_id, on_event)
+        watcher.dispose()
+
+
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
@@ -100,7 +132,8 @@ home, ready = Path(sys.argv[1]), Path(sys.argv[2])
 def logs_then_hangs(context):
     for k in range(50):
         context.log.info(f"line {k}")
-    ready.write_text(context.run_id)
+    ready.with_suffix(".tmp").write_text(context.run_id)
+    ready.with_suffix(".tmp").replace(ready)
     time.sleep(600)
 
 @dg.job
@@ -113,12 +146,13 @@ hangs.execute_in_process(instance=cli._instance(PlatformPaths.from_env(home)))
 
 def test_every_committed_event_survives_a_kill_9_of_the_writer(tmp_path):
     home, ready = tmp_path / "home", tmp_path / "ready"
-    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(home), str(ready)], cwd=str(REPO),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with (tmp_path / "writer.log").open("w") as log:
+        writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(home), str(ready)], cwd=str(REPO),
+                                  stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while not ready.exists():
-            assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
+            assert writer.poll() is None, (tmp_path / "writer.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the writer never got to its last line"
             time.sleep(0.1)
         os.kill(writer.pid, signal.SIGKILL)
@@ -127,7 +161,7 @@ def test_every_committed_event_survives_a_kill_9_of_the_writer(tmp_path):
         if writer.poll() is None:
             writer.kill()
     run_id = ready.read_text()
-    assert any(p.suffix == ".db-wal" for p in _runs_dir(home).iterdir())  # killed with its connections open
+    assert (_runs_dir(home) / f"{run_id}.db-wal").exists()  # killed with the run shard's connection open
     for instance in (_standard_instance(home), cli._instance(PlatformPaths.from_env(home))):
         messages = _messages(instance, run_id)
         assert [f"line {k}" for k in range(50)] == [m for m in messages if m.startswith("line ")]
