@@ -15,9 +15,11 @@ from ensemble_platform import cli
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.governance.approvals import ApprovalRecord, Approvals, utc_now
 from ensemble_platform.governance.intents import CRASH_ENV, CRASH_POINTS, INTENT_FILE, IntentError
+from ensemble_platform.governance.promotion import PROMOTIONS_FILE, promotions_log
 from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release import BUNDLE_TAGS, Release
 from ensemble_platform.integrity import IntegrityError, canonical_json, entry_digest
+from ensemble_platform.integrity.jsonl_log import serialise_entry
 from ensemble_platform_tests.conftest import approved_demo, home_in_production
 
 VERSION = "1.0.0"
@@ -191,6 +193,43 @@ def _promote_in_a_process(home: Path, dataset: str, crash_at: str | None) -> sub
     command = [str(Path(sys.executable).with_name("ensemble-platform")), "--home", str(home), "promote",
                "--dataset", dataset, "--version", VERSION, "--to", "production"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_an_intent_left_in_the_home_cannot_be_appended_or_replayed(staged):
+    """The intent a promotion leaves in the home (until the next command, after a kill -9) names its
+    log entry without the entry's MAC: appended to the log by hand, it does not verify (with the MAC,
+    it did: a promotion that never happened, in the signed log serving trusts). Put back after a later command, an old intent is refused instead of restoring an old
+    registry state and logging a rollback that never happened."""
+    release, dataset = staged
+    audit = release.paths.audit_dir(dataset)
+    log = promotions_log(release.paths, dataset)
+    killed = _promote_in_a_process(release.paths.home, dataset, "aliases_moved")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    intent_bytes = (audit / INTENT_FILE).read_bytes()
+    entry = json.loads(intent_bytes)["intent"]["entry"]
+    assert "mac" not in entry and entry["to"] == "production"
+    logged = log.verify()
+    assert entry["prev_sha256"] == logged[-1]["sha256"]  # it follows the head: the line one would add
+    original = (audit / PROMOTIONS_FILE).read_bytes()
+    try:
+        # The attack: the promotion's entry added to the log by hand, with whatever MAC one can make.
+        for mac in (None, logged[-1]["mac"], "00" * 32):
+            line = serialise_entry(entry if mac is None else {**entry, "mac": mac})
+            (audit / PROMOTIONS_FILE).write_bytes(original + line)
+            with pytest.raises(IntegrityError):
+                log.verify()
+    finally:
+        (audit / PROMOTIONS_FILE).write_bytes(original)
+    fresh = Release(release.paths)
+    fresh.status(dataset)  # recovers: rolled back (the entry was never appended) and logged
+    assert "rolled back" in fresh.recovered[0]
+    logged = log.verify()
+    # The replay: the old intent put back once the log moved on (the rollback record follows its entry).
+    (audit / INTENT_FILE).write_bytes(intent_bytes)
+    with pytest.raises(IntentError, match="old promotion intent"):
+        Release(release.paths).status(dataset)
+    assert len(log.verify()) == len(logged)  # no rollback record was added
+    (audit / INTENT_FILE).unlink()  # the operator's remedy
 
 
 def test_promotion_killed_at_every_step_ends_consistent(staged):

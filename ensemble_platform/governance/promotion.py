@@ -18,12 +18,13 @@ from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.decisions.shadow import read_evidence, shadow_gate
 from ensemble_platform.governance.approvals import CHAIN_FIELDS, ReleaseRefused, utc_now
 from ensemble_platform.governance.approving import admissible_approval
-from ensemble_platform.governance.intents import Intents, PromotionIntent, crash_point
+from ensemble_platform.governance.intents import IntentError, Intents, PromotionIntent, crash_point
 from ensemble_platform.governance.registry import Registry, ensemble_model_name
 from ensemble_platform.governance.release_bundle import BundleFacts, export_bundle, remove_bundle
 from ensemble_platform.governance.stages import plan_promotion
 from ensemble_platform.governance.version_record import VersionRecord, check_current
-from ensemble_platform.integrity import KeyedLog
+from ensemble_platform.integrity import GENESIS, KeyedLog
+from ensemble_platform.integrity.chain import MAC, PREV, SEQ, SHA
 from ensemble_platform.settings import PlatformPaths
 from ensemble_platform.tags import SEMVER_TAG
 
@@ -188,7 +189,9 @@ def promote(
     tags = bundle.version_tags() if bundle else {}
     intents = Intents(paths, dataset)
     intents.write(PromotionIntent(
-        dataset=dataset, version=version, to=to, entry=entry, before=registry.snapshot(dataset),
+        # Without its MAC: a signed entry left in the home could be appended by anyone who reads it
+        # (after a promotion that failed, say); recovery finds the entry by its hash.
+        dataset=dataset, version=version, to=to, entry=unsigned(entry), before=registry.snapshot(dataset),
         planned=planned, version_tags=tags, registered_model=registered.name,
         registered_version=str(registered.version)))
     crash_point("intent_written")
@@ -217,7 +220,9 @@ def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | Non
     if intent is None:
         return None
     log = promotions_log(paths, dataset)
-    if any(e.get("sha256") == intent.entry.get("sha256") for e in log.verify()):
+    entries = log.verify()
+    _refuse_stale(intents, intent, entries)
+    if entries and entries[-1].get(SHA) == intent.entry.get(SHA):
         registry.apply_stage_state(dataset, intent.planned)
         registry.set_version_tags(intent.registered_model, intent.registered_version, intent.version_tags)
         outcome = f"an interrupted promotion of {intent.version} to {intent.to} was completed (it was logged)"
@@ -230,6 +235,26 @@ def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | Non
                    "(recorded in the promotions log); run the promotion again")
     intents.clear()
     return outcome
+
+
+def unsigned(entry: dict[str, Any]) -> dict[str, Any]:
+    """A drafted log entry without its MAC: it names the entry (its hash) but cannot be appended."""
+    return {field: value for field, value in entry.items() if field != MAC}
+
+
+def _refuse_stale(intents: Intents, intent: PromotionIntent, entries: list[dict[str, Any]]) -> None:
+    """An intent is written just before its entry is appended, and every release command recovers
+    first: its entry is the log's head (the crash came after the append) or follows it (before).
+    Anything else is an old intent put back, which would restore an old registry state and log a
+    rollback that never happened."""
+    head = entries[-1] if entries else None
+    if head is not None and head.get(SHA) == intent.entry.get(SHA):
+        return
+    if intent.entry.get(PREV) == (head[SHA] if head else GENESIS):
+        return
+    raise IntentError(f"{intents.path} is an old promotion intent: its entry (seq {intent.entry.get(SEQ)}) neither "
+                      f"is nor follows the promotions log's head (seq {head[SEQ] if head else 0}); refusing to roll a "
+                      "promotion forward or back from it (an operator must inspect and remove it)")
 
 
 def _shadow_evidence(
