@@ -306,7 +306,8 @@ def test_fewer_working_members_than_min_members_is_refused(production, rows):
     (lambda r: r.update(Price=1e300), r"row 1, column 'Price': 1e\+300 is not a finite number within"),
     (lambda r: r.update(Debt=True), r"row 1, column 'Debt': expected a number, got bool"),
     (lambda r: r.update(Home=["owner"]), r"row 1, column 'Home': expected text, got list"),
-], ids=["missing", "unparseable", "inf", "overflow", "huge", "bool", "list"])
+    (lambda r: r.update(Home="owner\ud800"), r"row 1, column 'Home': .* is not valid Unicode text"),
+], ids=["missing", "unparseable", "inf", "overflow", "huge", "bool", "list", "lone surrogate"])
 def test_bad_input_names_the_row_and_column(production, rows, change, message):
     runtime, manifest, _ = production
     batch = records(rows.iloc[:3])

@@ -560,16 +560,61 @@ def test_group_commit_concurrent_submitters_all_durable(home):
 def test_group_commit_bad_records_fail_alone_and_close_drains(home):
     store = SqliteHarness(home).open()
     writer = GroupCommitWriter(store, max_wait_ms=5)
-    futures = writer.submit_many([decision(1), {"id": "no-kind", "created_at": "t"}, decision(1),
-                                  decision(2, score=float("nan")), decision(3)])
+    futures = [writer.submit(record) for record in (decision(1), {"id": "no-kind", "created_at": "t"}, decision(1),
+                                                    decision(2, score=float("nan")), decision(3))]
     writer.close()
     assert futures[0].result()["seq"] == 1 and futures[4].result()["seq"] == 2
-    for future, message in zip(futures[1:4], ["kind", "submitted twice", "strict JSON"], strict=True):
+    for future, message in zip(futures[1:4], ["kind", "submitted twice|already stored", "strict JSON"], strict=True):
         with pytest.raises(RecordError, match=message):
             future.result()
     with pytest.raises(StoreClosedError):
         writer.submit(decision(4))
     assert store.verify() == 2
+    store.close()
+
+
+def test_group_commit_commits_a_group_whole_in_one_batch(home):
+    """A request's records (`submit_many`) are one group: one transaction however many there are
+    (past `max_batch` too), and none of them when one is refused; other groups are unaffected."""
+    store = SqliteHarness(home).open()
+    writer = GroupCommitWriter(store, max_batch=10, max_wait_ms=5)
+    big = writer.submit_many([decision(i, id=f"big-{i}") for i in range(25)])
+    entries = [future.result(timeout=30) for future in big]
+    assert [e["seq"] for e in entries] == list(range(1, 26)) and writer.batches == 1
+    bad = writer.submit_many([decision(1, id="a"), decision(2, id="b", score=float("nan")), decision(3, id="c")])
+    good = writer.submit_many([decision(4, id="d")])
+    writer.close()
+    for future in bad:
+        with pytest.raises(RecordError, match="strict JSON"):
+            future.result()
+    assert good[0].result()["seq"] == 26
+    assert store.get("a") is None and store.get("c") is None and store.verify() == 26
+    store.close()
+
+
+def test_group_commit_a_failed_batch_leaves_nothing_of_a_large_group(home):
+    """The store failing its commit: a 1,500-record group (a service request past the batch size)
+    is rejected whole, and nothing of it is stored."""
+    store = SqliteHarness(home).open()
+    calls = []
+    original = store.append_many
+
+    def failing_second(records):
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(records)
+
+    store.append_many = failing_second
+    writer = GroupCommitWriter(store, max_batch=1000, max_wait_ms=5)
+    assert writer.submit(decision(0, id="first")).result(timeout=30)["seq"] == 1
+    group = writer.submit_many([decision(i, id=f"r-{i}") for i in range(1500)])
+    writer.close()
+    assert calls == [1, 1500]
+    for future in group:
+        with pytest.raises(OSError, match="disk full"):
+            future.result()
+    assert store.verify() == 1 and store.get("r-0") is None
     store.close()
 
 

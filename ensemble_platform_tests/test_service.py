@@ -265,6 +265,9 @@ def test_bad_input_is_422_naming_the_column(home, server):
     body = json.dumps({"rows": [{**home.rows[0], "Amount": float("inf")}]})  # Python's json writes Infinity
     infinite = httpx.post(f"{server.url}/v1/decisions", content=body, headers={**decide, "Content-Type": "application/json"})
     assert infinite.status_code == 422 and infinite.json()["detail"]["column"] == "Amount"
+    body = json.dumps({"rows": [{**home.rows[0], "Home": "owner\ud800"}]})  # a lone surrogate, as JSON allows
+    surrogate = httpx.post(f"{server.url}/v1/decisions", content=body, headers={**decide, "Content-Type": "application/json"})
+    assert surrogate.status_code == 422 and surrogate.json()["detail"]["column"] == "Home"  # was a 500
     empty = httpx.post(f"{server.url}/v1/decisions", json={"rows": []}, headers=decide)
     assert empty.status_code == 200 and empty.json()["decisions"] == []
     neither = httpx.post(f"{server.url}/v1/decisions", json={"request_id": "x"}, headers=decide)

@@ -154,6 +154,12 @@ def _categorical_value(value: Any, row: int, column: str) -> str | None:
     if not isinstance(value, (str, int, float)):
         raise DecisionInputError(f"row {row}, column {column!r}: expected text, got {type(value).__name__} "
                                  f"{value!r:.50}", row=row, column=column)
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")  # JSON's \ud800 escapes parse to text no record can store
+        except UnicodeEncodeError:
+            raise DecisionInputError(f"row {row}, column {column!r}: {value!r:.50} is not valid Unicode text "
+                                     "(a lone surrogate)", row=row, column=column) from None
     return str(value)
 
 
