@@ -250,6 +250,25 @@ def test_entries_beyond_checkpoint_are_accepted_only_if_signed(home, harness_typ
     assert {path: path.read_bytes() for path in checkpoint_files} == saved
 
 
+def test_an_append_whose_checkpoint_fails_leaves_no_line(home, monkeypatch):
+    """The line is fsynced before its checkpoint: if the checkpoint cannot be written the append is
+    undone, so a caller that rolls back on the error (a promotion) leaves no record of what it undid."""
+    harness = JsonlHarness(home)
+    harness.fill(2)
+    before = harness.path.read_bytes()
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.log.checkpoints, "write", no_space)
+        with pytest.raises(OSError, match="No space"):
+            harness.log.append(decision(3, approver="bob"))
+    assert harness.path.read_bytes() == before
+    harness.check()
+    assert harness.log.append(decision(3, approver="bob"))["seq"] == 3
+
+
 # -- checkpoints -------------------------------------------------------------------------------------
 
 

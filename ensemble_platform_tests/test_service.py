@@ -391,6 +391,9 @@ def test_decisions_verify_catches_a_tampered_log(home, server, capsys, attack, r
         assert run_cli(home, "decisions", "verify") == 2
         err = capsys.readouterr().err
         assert re.search(reason, err), err
+        exported = home.paths.home.parent / f"export-{attack}.jsonl"  # nothing leaves a tampered log
+        assert run_cli(home, "decisions", "export", "--output", str(exported)) == 2
+        assert re.search(reason, capsys.readouterr().err) and not exported.exists()
     finally:
         with sqlite3.connect(db_path) as db:
             db.execute("DELETE FROM entries")

@@ -114,9 +114,16 @@ class DecisionLog:
         return self.store.get(record_id)
 
     def entries(self, since: str | None = None) -> Iterator[dict[str, Any]]:
+        """Entries created at `since` or later, each row's columns checked (not its hash, MAC or place:
+        for reading; what leaves the platform goes through `verified_entries`)."""
         for entry in self.store.iter_entries():
             if since is None or str(entry.get(CREATED_AT, "")) >= since:
                 yield entry
+
+    def verified_entries(self, since: str | None = None) -> list[dict[str, Any]]:
+        """Entries created at `since` or later, after the whole log verified (chain, MACs, checkpoint)."""
+        return [entry for entry in self.store.verified_entries()
+                if since is None or str(entry.get(CREATED_AT, "")) >= since]
 
     def entries_between(self, start: str, end: str, kinds: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """Entries with `start` <= created_at < `end` (optionally only of `kinds`) in created_at order, each

@@ -124,11 +124,23 @@ class ChainStoreBase(ABC):
         """Check every entry in order (seq, link, hash, MAC, columns) and the store against its
         checkpoint(s); returns the number of entries. Raises `ChainError` naming the first bad seq,
         `CheckpointError` (truncated, rewritten, no checkpoint) or `KeyMismatchError`."""
+        return self._verify(None)
+
+    def verified_entries(self) -> list[dict[str, Any]]:
+        """Every entry, in order, after the checks `verify` makes (what exports may hand on: `iter_entries`
+        checks each row's columns alone)."""
+        entries: list[dict[str, Any]] = []
+        self._verify(entries.append)
+        return entries
+
+    def _verify(self, each: Callable[[dict[str, Any]], None] | None) -> int:
         checkpoints = self._checkpoints()
         wanted = {c.count for c in checkpoints}
         total, anchors = 0, {}
         for entry in self._verified_entries():
             total += 1
+            if each is not None:
+                each(entry)
             if total in wanted:
                 anchors[total] = entry
         if not checkpoints:

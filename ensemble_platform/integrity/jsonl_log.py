@@ -150,8 +150,17 @@ class KeyedLog:
             self._refuse_cut_off_tail()
             entries = self.verify()
             entry = self._entry_for(entry_or_record, entries[-1] if entries else None)
+            size = self.path.stat().st_size if self.path.exists() else 0
             self._write_line(serialise_entry(entry))
-            self.checkpoints.write(self.name, entry[SEQ], entry[SHA])
+            try:
+                self.checkpoints.write(self.name, entry[SEQ], entry[SHA])
+            except BaseException:
+                # Not checkpointed, not appended: the caller (a promotion's transaction) rolls back on
+                # this error, and a line left behind would record what it undid.
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(size)
+                    os.fsync(handle.fileno())
+                raise
             return entry
 
     def reanchor(self) -> dict[str, Any] | None:

@@ -68,5 +68,9 @@ class ChainStore(Protocol):
         """Check the whole chain and the checkpoint; returns the number of entries."""
         ...
 
+    def verified_entries(self) -> list[dict[str, Any]]:
+        """Every entry, in order, after the checks `verify` makes."""
+        ...
+
     def close(self) -> None:
         ...

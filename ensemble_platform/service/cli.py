@@ -176,7 +176,7 @@ def cmd_decisions_export(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        entries = list(decision_log.entries(args.since))
+        entries = decision_log.verified_entries(args.since)  # a tampered log exports nothing
     finally:
         decision_log.close()
     if args.format == "jsonl":
