@@ -300,7 +300,12 @@ def test_decider_serves_lazily_and_records_skipped_members(split, two_fits):
     assert called == {name: len(m.rows) for name, m in counting.items()}  # the wrapper saw exactly those rows
 
 
-def test_decider_lazy_member_failure_falls_back_to_the_full_ensemble_degraded(split, two_fits):
+def test_decider_lazy_member_failure_degrades_only_the_rows_that_need_it(split, two_fits):
+    """A member the router calls fails: the rows that need it get the full ensemble over the working
+    members, degraded; every other row is decided lazily as if nothing failed, and each row's decision
+    is the one it gets alone (one row never sends its neighbours to the full ensemble)."""
+    import dataclasses
+
     from ensemble_platform.serving.decider import Decider
 
     members = {f.name: CountingMember(f.pipeline) for f in two_fits}
@@ -310,20 +315,29 @@ def test_decider_lazy_member_failure_falls_back_to_the_full_ensemble_degraded(sp
     routed = [name for j, name in enumerate(members) if (route == j).any()]
     assert routed, "the router routes at least one row to one member"
     broken = routed[0]
-    runtime.members[broken] = FailingMember(two_fits[list(members).index(broken)].pipeline)
-    decider = Decider(runtime, {}, min_members=1)
+    broken_runtime = dataclasses.replace(
+        runtime, members={**runtime.members, broken: FailingMember(two_fits[list(members).index(broken)].pipeline)})
+    rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
+            .astype(object).to_dict("records")]
+    healthy, decider = Decider(runtime, {}, min_members=1), Decider(broken_runtime, {}, min_members=1)
     try:
-        rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
-                .astype(object).to_dict("records")]
+        expected = healthy.decide(rows).rows
         batch = decider.decide(rows)
+        alone = [decider.decide([row]).rows[0] for row in rows]
     finally:
+        healthy.close()
         decider.close()
+    assert batch.rows == alone
     working = [name for name in members if name != broken]
-    for row in batch.rows:
-        assert row.degraded and broken in row.excluded and not row.skipped
-        assert row.members[working[0]].probability is not None
-    # The full ensemble over the working member: its probability (weights renormalised), then the calibrator.
-    assert batch.rows[0].combined == pytest.approx(batch.rows[0].members[working[0]].probability)
+    needing = [broken in row.members for row in expected]  # the rows the healthy router called it on
+    assert any(needing) and not all(needing)
+    for row, needs, healthy_row in zip(batch.rows, needing, expected, strict=True):
+        if needs:
+            assert row.degraded and broken in row.excluded and not row.skipped
+            # The full ensemble over the working member: its probability (weights renormalised).
+            assert row.combined == pytest.approx(row.members[working[0]].probability)
+        else:
+            assert row == healthy_row and not row.degraded
 
 
 @pytest.mark.parametrize("which", ["cascade", "router"])

@@ -24,6 +24,7 @@ from ensemble_platform.service.runner import load_verified_bundle
 from ensemble_platform.serving.decider import (
     COMBINER_CANNOT_SKIP,
     COMBINER_FAILED,
+    ISOLATION_BUDGET,
     WEIGHT_ON_EXCLUDED,
     Decider,
     DecisionInputError,
@@ -108,6 +109,21 @@ class NaNOnSome:
         return out
 
 
+class RaisingOnSome:
+    """Raises when any row's Amount is above `limit` (a member whose backend chokes on some input)."""
+
+    classes_ = np.array([0, 1])
+
+    def __init__(self, inner, limit: float):
+        self.inner, self.limit, self.calls = inner, limit, 0
+
+    def predict_proba(self, X):
+        self.calls += 1
+        if (X["Amount"] > self.limit).any():
+            raise RuntimeError("member backend rejected a row")
+        return self.inner.predict_proba(X)
+
+
 def with_member(runtime, name: str, member):
     return dataclasses.replace(runtime, members={**runtime.members, name: member})
 
@@ -183,6 +199,38 @@ def test_a_raising_member_is_excluded_with_its_reason(production, rows):
         assert row.members["xgboost"].reason == "exception"
         assert "member backend unavailable" in row.excluded["xgboost"]
         assert row.members["xgboost"].version == "1"  # still names the registered version
+
+
+def test_a_member_raising_on_one_row_is_excluded_for_that_row_only(production, rows):
+    """A member that raises because of one row is asked again in halves: it is excluded for the rows it
+    raises on and no other, so every row's decision is the one it gets alone."""
+    runtime, manifest, _ = production
+    batch_rows = rows.iloc[:16].reset_index(drop=True)
+    limit = float(batch_rows["Amount"].quantile(0.9))
+    poisoned = (batch_rows["Amount"] > limit).to_numpy()
+    assert 0 < poisoned.sum() < len(batch_rows)
+    member = RaisingOnSome(runtime.members["xgboost"], limit)
+    decider = decider_for(with_member(runtime, "xgboost", member), manifest)
+    try:
+        batch = decider.decide(records(batch_rows)).rows
+        calls = member.calls
+        alone = [decider.decide(records(batch_rows.iloc[[i]])).rows[0] for i in range(len(batch_rows))]
+    finally:
+        decider.close()
+    assert batch == alone
+    for row, bad in zip(batch, poisoned, strict=True):
+        assert row.degraded == bad and ("xgboost" in row.excluded) == bad
+        assert (row.members["xgboost"].reason == "exception") if bad else row.members["xgboost"].probability is not None
+    assert calls <= 1 + 2 * int(poisoned.sum()) * int(np.ceil(np.log2(len(batch_rows))))  # halves, not every row
+    # A member down (it raises on every row) costs at most the request's isolation budget of calls.
+    down = RaisingOnSome(runtime.members["xgboost"], -np.inf)
+    decider = decider_for(with_member(runtime, "xgboost", down), manifest)
+    try:
+        decided = decider.decide(records(rows)).rows
+    finally:
+        decider.close()
+    assert down.calls <= 1 + ISOLATION_BUDGET
+    assert all(row.members["xgboost"].reason == "exception" and row.degraded for row in decided)
 
 
 def test_a_member_past_its_deadline_is_excluded_and_does_not_hold_the_answer(production, rows):

@@ -208,12 +208,32 @@ def majority_vote(P: np.ndarray, threshold: float, tie_breaker: int | None) -> n
 
 # --- the decider --------------------------------------------------------------------------------
 
+# Why a lazy strategy could not decide a batch as planned (`Decider._decide_lazy`).
+_MEMBER_TIMED_OUT = "timed_out"
+_MEMBER_RAISED = "raised"
+# Parts one request may be split into to find the rows a failing member fails on (eager path: calls
+# of that member; lazy path: splits of the request). Enough for a few such rows in 10,000 (about 14
+# halvings each); past it, the rest of the request is decided as one (a member down fails on every
+# row and must not cost a call per row).
+ISOLATION_BUDGET = 64
+
+
+def _joined(first: DecisionBatch, second: DecisionBatch, started: float) -> DecisionBatch:
+    """Two consecutive parts of one request's decisions as one batch (member seconds added up)."""
+    seconds = {name: first.member_seconds.get(name, 0.0) + second.member_seconds.get(name, 0.0)
+               for name in {**first.member_seconds, **second.member_seconds}}
+    return DecisionBatch(first.rows + second.rows, first.features + second.features,
+                         time.perf_counter() - started, seconds)
+
 @dataclass
 class _MemberRun:
     values: np.ndarray | None
     error: str | None
     reason: MemberFailure | None
     seconds: float
+    # Rows the member raised on when retried in parts (`_isolated`): row -> (reason, message); its
+    # `values` are NaN there and the member's own answers everywhere else.
+    row_failures: dict[int, tuple[str, str]] | None = None
 
 
 class Decider:
@@ -280,6 +300,10 @@ class Decider:
     def decide_validated(self, canonical: Sequence[Mapping[str, Any]],
                          forced_exclusions: Sequence[Mapping[str, str]] | None = None) -> DecisionBatch:
         """`decide` for rows `validate` already returned."""
+        return self._decide(canonical, forced_exclusions, [ISOLATION_BUDGET])
+
+    def _decide(self, canonical: Sequence[Mapping[str, Any]], forced_exclusions: Sequence[Mapping[str, str]] | None,
+                splits: list[int]) -> DecisionBatch:
         started = time.perf_counter()
         if not canonical:
             return DecisionBatch([], [], 0.0)
@@ -288,11 +312,18 @@ class Decider:
         unseen = self.runtime.unseen_categories(X)
         if self.runtime.lazy and not forced_exclusions:
             lazy = self._decide_lazy(X, unseen)
-            if lazy is not None:
+            if isinstance(lazy, tuple):
                 decisions, seconds = lazy
                 return DecisionBatch(decisions, [jsonable_features(r) for r in canonical],
                                      time.perf_counter() - started, seconds)
-        runs = self._run_members(X)
+            if lazy == _MEMBER_RAISED and len(canonical) > 1 and splits[0] > 0:
+                # A member failed on some row: each half is decided on its own (down to that row), so
+                # one row never sends the others to the full ensemble. A timeout is the batch's.
+                splits[0] -= 1
+                half = len(canonical) // 2
+                return _joined(self._decide(canonical[:half], None, splits), self._decide(canonical[half:], None, splits),
+                               started)
+        runs = self._run_members(X, splits)
         P, failures = self._member_matrix(runs, len(X), forced_exclusions)
         self._refuse_if_too_few(P, failures, runs)
         combined, fallback = self._combine(P, X)
@@ -303,16 +334,17 @@ class Decider:
 
     # -- lazy strategies (cascade, router) ---------------------------------------------------------
 
-    def _decide_lazy(self, X: pd.DataFrame, unseen: np.ndarray) -> tuple[list[RowDecision], dict[str, float]] | None:
-        """Decisions calling each member only on the rows that need it; None when a called member failed
-        (the batch is then decided eagerly: rows get the full ensemble over the working members, degraded)."""
+    def _decide_lazy(self, X: pd.DataFrame, unseen: np.ndarray) -> tuple[list[RowDecision], dict[str, float]] | str:
+        """Decisions calling each member only on the rows that need it; else why not: a called member
+        timed out (`_MEMBER_TIMED_OUT`: the batch is decided eagerly, rows get the full ensemble over
+        the working members, degraded) or failed on some rows (`_MEMBER_RAISED`: see `decide_validated`)."""
         combiner = self.runtime.combiner
         assert isinstance(combiner, LazyCombiner)
         names, models = list(self.runtime.members), list(self.runtime.members.values())
         P = np.full((len(X), len(names)), np.nan)
         seconds = dict.fromkeys(names, 0.0)
         deadline = time.monotonic() + self.member_timeout_s
-        failed = False
+        failed: str | None = None
 
         def fetch(j: int, rows: np.ndarray) -> np.ndarray:
             nonlocal failed
@@ -321,14 +353,14 @@ class Decider:
             values = run.values
             if (values is None or values.shape != (len(rows),) or not np.all(np.isfinite(values))
                     or np.any((values < 0) | (values > 1))):
-                failed = True
-                return np.full(len(rows), 0.5)  # placeholder: the batch is decided eagerly instead
+                failed = _MEMBER_TIMED_OUT if run.reason == "timeout" or failed == _MEMBER_TIMED_OUT else _MEMBER_RAISED
+                return np.full(len(rows), 0.5)  # placeholder: the batch is decided another way
             P[rows, j] = values
             return values
 
         result = combiner.lazy_proba(fetch, len(X), X if combiner.needs_features else None)
-        if failed:
-            return None
+        if failed is not None:
+            return failed
         combined = result.proba
         proba = blocked(lambda positions: self.runtime.calibrator.transform(combined[positions]), len(combined))
         skipped = [{name: combiner.route_reason(int(result.route[i]), names)
@@ -356,7 +388,7 @@ class Decider:
 
     # -- members ---------------------------------------------------------------------------------
 
-    def _run_members(self, X: pd.DataFrame) -> dict[str, _MemberRun]:
+    def _run_members(self, X: pd.DataFrame, splits: list[int]) -> dict[str, _MemberRun]:
         try:  # preprocessing shared by members, once; failing, each member preprocesses (and fails) on its own
             inputs = self.runtime.scoring.preprocess(X)
         except Exception:
@@ -380,12 +412,45 @@ class Decider:
                 runs[name] = _MemberRun(None, f"timeout: no answer within {self.member_timeout_s:g}s", "timeout",
                                         self.member_timeout_s)
                 continue
-            except Exception as exc:  # a member's own failure: exclude it, keep serving
-                runs[name] = _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception",
-                                        time.monotonic() - submitted)
+            except Exception as exc:  # a member's own failure: exclude it where it fails, keep serving
+                run = _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception",
+                                 time.monotonic() - submitted)
+                runs[name] = self._isolated(name, self.runtime.members[name], X, run,
+                                            submitted + self.member_timeout_s, splits)
                 continue
             runs[name] = _MemberRun(values, None, None, seconds)
         return runs
+
+    def _isolated(self, name: str, model: Any, X: pd.DataFrame, failed: _MemberRun, deadline: float,
+                  splits: list[int]) -> _MemberRun:
+        """A member that raised on several rows, asked again in halves (by the same deadline) down to
+        the rows it raises on: it is excluded for those rows only, so no row's decision depends on the
+        other rows of its request. Rows left when the deadline passes or the request's `ISOLATION_BUDGET`
+        is spent keep the first failure (a member down fails everywhere); a retry that misses the
+        deadline is a timeout for its rows."""
+        if len(X) < 2:
+            return failed
+        values = np.full(len(X), np.nan)
+        row_failures: dict[int, tuple[str, str]] = {}
+        pending = [np.arange(len(X) // 2, len(X)), np.arange(len(X) // 2)]
+        while pending:
+            rows = pending.pop()
+            if splits[0] <= 0 or time.monotonic() >= deadline:  # no calls or time left: its first failure
+                run = _MemberRun(None, failed.error, failed.reason, 0.0)
+            else:
+                splits[0] -= 1
+                run = self._run_member(name, model, X.iloc[rows], deadline)
+            if run.values is not None and run.values.shape == (len(rows),):
+                values[rows] = run.values
+            elif run.reason == "exception" and len(rows) > 1 and splits[0] > 0:
+                half = len(rows) // 2
+                pending += [rows[half:], rows[:half]]
+            else:
+                shape = None if run.values is None else run.values.shape
+                why = (str(run.reason), str(run.error)) if run.values is None else (
+                    "bad_shape", f"bad_shape: returned shape {shape} for {len(rows)} rows")
+                row_failures.update(dict.fromkeys(rows.tolist(), why))
+        return _MemberRun(values, failed.error, failed.reason, failed.seconds, row_failures)
 
     def _member_matrix(self, runs: Mapping[str, _MemberRun], n: int,
                        forced: Sequence[Mapping[str, str]] | None) -> tuple[np.ndarray, list[dict[str, tuple[str, str]]]]:
@@ -402,7 +467,11 @@ class Decider:
                 for row in failures:
                     row[name] = (str(run.reason), str(run.error))
                 continue
+            raised = run.row_failures or {}
             for i in range(n):
+                if i in raised:
+                    failures[i][name] = raised[i]
+                    continue
                 value = float(values[i])
                 if not math.isfinite(value):
                     failures[i][name] = ("non_finite", f"non_finite: returned {value!r}")
