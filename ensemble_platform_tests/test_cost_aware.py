@@ -340,6 +340,31 @@ def test_decider_lazy_member_failure_degrades_only_the_rows_that_need_it(split, 
             assert row == healthy_row and not row.degraded
 
 
+def test_decider_lazy_refusal_names_every_short_row_of_the_request(split, two_fits):
+    """With min_members=2 and one of two members down, every row the router would send to it is short:
+    the refusal names the request's rows (not a position within some part of a split request)."""
+    import dataclasses
+
+    from ensemble_platform.serving.decider import Decider, RefusalError
+
+    members = {f.name: CountingMember(f.pipeline) for f in two_fits}
+    runtime = _router_runtime(split, two_fits, members)
+    broken = list(members)[-1]
+    broken_runtime = dataclasses.replace(
+        runtime, members={**runtime.members, broken: FailingMember(two_fits[-1].pipeline)})
+    holdout = split.holdout.reset_index(drop=True).iloc[:24]
+    rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
+            .astype(object).to_dict("records")]
+    decider = Decider(broken_runtime, {}, min_members=2)
+    try:
+        with pytest.raises(RefusalError) as refused:
+            decider.decide(rows)
+    finally:
+        decider.close()
+    assert refused.value.rows == list(range(len(rows)))  # the whole request: each row has one member left
+    assert "(first: row 0)" in str(refused.value) and f"{len(rows)} of {len(rows)} row(s)" in str(refused.value)
+
+
 @pytest.mark.parametrize("which", ["cascade", "router"])
 def test_lazy_runtime_round_trips_through_the_safe_format(split, two_fits, which, tmp_path):
     P = np.column_stack([f.oof_proba for f in two_fits])

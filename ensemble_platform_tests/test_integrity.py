@@ -266,7 +266,18 @@ def test_an_append_whose_checkpoint_fails_leaves_no_line(home, monkeypatch):
             harness.log.append(decision(3, approver="bob"))
     assert harness.path.read_bytes() == before
     harness.check()
-    assert harness.log.append(decision(3, approver="bob"))["seq"] == 3
+    # A failure after the checkpoint is in place (its directory's fsync, say): the entry is appended.
+    write = harness.log.checkpoints.write
+
+    def written_then_failed(*args, **kwargs):
+        write(*args, **kwargs)
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.log.checkpoints, "write", written_then_failed)
+        assert harness.log.append(decision(3, approver="bob"))["seq"] == 3
+    harness.check()
+    assert harness.log.append(decision(4, approver="bob"))["seq"] == 4
 
 
 # -- checkpoints -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from ensemble_platform import cli
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.governance.approvals import ApprovalRecord, Approvals, utc_now
-from ensemble_platform.governance.intents import CRASH_ENV, CRASH_POINTS, INTENT_FILE, IntentError
+from ensemble_platform.governance.intents import CRASH_ENV, CRASH_POINTS, INTENT_FILE, IntentError, Intents
 from ensemble_platform.governance.promotion import PROMOTIONS_FILE, promotions_log
 from ensemble_platform.governance.registry import ensemble_model_name
 from ensemble_platform.governance.release import BUNDLE_TAGS, Release
@@ -220,11 +220,28 @@ def test_an_intent_left_in_the_home_cannot_be_appended_or_replayed(staged):
                 log.verify()
     finally:
         (audit / PROMOTIONS_FILE).write_bytes(original)
+    # Recovery killed after it logged the rollback, before it removed the intent: the next command
+    # finishes it without a second record (an intent behind a rollback of its own is not an old one).
+    before_recovery = len(log.verify())
+    with pytest.MonkeyPatch.context() as patch:
+        def killed_here(self):
+            raise KeyboardInterrupt("killed after the rollback was logged")
+
+        patch.setattr(Intents, "clear", killed_here)
+        with pytest.raises(KeyboardInterrupt):
+            Release(release.paths).status(dataset)
+    assert (audit / INTENT_FILE).exists() and len(log.verify()) == before_recovery + 1
     fresh = Release(release.paths)
-    fresh.status(dataset)  # recovers: rolled back (the entry was never appended) and logged
-    assert "rolled back" in fresh.recovered[0]
+    fresh.status(dataset)
+    assert "already recorded" in fresh.recovered[0] and not (audit / INTENT_FILE).exists()
     logged = log.verify()
-    # The replay: the old intent put back once the log moved on (the rollback record follows its entry).
+    assert len(logged) == before_recovery + 1 and logged[-1]["kind"] == "recovery"
+    # The replay: the old intent put back once the log moved on (another promotion cut short and
+    # rolled back since).
+    assert _promote_in_a_process(release.paths.home, dataset, "aliases_moved").returncode == -9
+    Release(release.paths).status(dataset)
+    logged = log.verify()
+    assert len(logged) == before_recovery + 2 and not (audit / INTENT_FILE).exists()
     (audit / INTENT_FILE).write_bytes(intent_bytes)
     with pytest.raises(IntentError, match="old promotion intent"):
         Release(release.paths).status(dataset)

@@ -221,6 +221,11 @@ def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | Non
         return None
     log = promotions_log(paths, dataset)
     entries = log.verify()
+    if _rollback_logged(intent, entries):  # a crash after recovery's own append, before it cleared the intent
+        registry.restore(dataset, intent.before)
+        intents.clear()
+        return (f"an interrupted promotion of {intent.version} to {intent.to} was rolled back "
+                "(already recorded in the promotions log); run the promotion again")
     _refuse_stale(intents, intent, entries)
     if entries and entries[-1].get(SHA) == intent.entry.get(SHA):
         registry.apply_stage_state(dataset, intent.planned)
@@ -240,6 +245,15 @@ def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | Non
 def unsigned(entry: dict[str, Any]) -> dict[str, Any]:
     """A drafted log entry without its MAC: it names the entry (its hash) but cannot be appended."""
     return {field: value for field, value in entry.items() if field != MAC}
+
+
+def _rollback_logged(intent: PromotionIntent, entries: list[dict[str, Any]]) -> bool:
+    """The log's head is the recovery record of this intent's promotion (it follows the head the
+    intent's entry followed, and names that promotion)."""
+    head = entries[-1] if entries else None
+    return (head is not None and head.get("kind") == "recovery" and head.get(PREV) == intent.entry.get(PREV)
+            and head.get("version") == intent.version and head.get("to") == intent.to
+            and head.get("interrupted_promoted_at") == intent.entry.get("promoted_at"))
 
 
 def _refuse_stale(intents: Intents, intent: PromotionIntent, entries: list[dict[str, Any]]) -> None:

@@ -155,6 +155,8 @@ class KeyedLog:
             try:
                 self.checkpoints.write(self.name, entry[SEQ], entry[SHA])
             except BaseException:
+                if self._checkpointed(entry):
+                    return entry  # the checkpoint is in place (what failed came after it): appended
                 # Not checkpointed, not appended: the caller (a promotion's transaction) rolls back on
                 # this error, and a line left behind would record what it undid.
                 with open(self.path, "r+b") as handle:
@@ -162,6 +164,13 @@ class KeyedLog:
                     os.fsync(handle.fileno())
                 raise
             return entry
+
+    def _checkpointed(self, entry: Mapping[str, Any]) -> bool:
+        try:
+            checkpoint = self.checkpoints.read(self.name)
+        except Exception:  # unreadable: not this entry's
+            return False
+        return checkpoint is not None and checkpoint.count == entry[SEQ] and checkpoint.head_sha256 == entry[SHA]
 
     def reanchor(self) -> dict[str, Any] | None:
         """Operator action for a log whose checkpoint is legitimately missing (home moved, checkpoint

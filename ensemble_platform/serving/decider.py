@@ -218,6 +218,18 @@ _MEMBER_RAISED = "raised"
 ISOLATION_BUDGET = 64
 
 
+@dataclass
+class _Isolation:
+    """What one request may still spend finding the rows a failing member fails on."""
+
+    budget: int  # calls (eager) and splits (lazy) left
+    deadline: float  # monotonic time after which a lazy request is no longer split
+
+
+class _SplitAbandoned(Exception):
+    """A lazy request's split ran out of budget or time: it is decided whole instead."""
+
+
 def _joined(first: DecisionBatch, second: DecisionBatch, started: float) -> DecisionBatch:
     """Two consecutive parts of one request's decisions as one batch (member seconds added up)."""
     seconds = {name: first.member_seconds.get(name, 0.0) + second.member_seconds.get(name, 0.0)
@@ -300,10 +312,11 @@ class Decider:
     def decide_validated(self, canonical: Sequence[Mapping[str, Any]],
                          forced_exclusions: Sequence[Mapping[str, str]] | None = None) -> DecisionBatch:
         """`decide` for rows `validate` already returned."""
-        return self._decide(canonical, forced_exclusions, [ISOLATION_BUDGET])
+        isolation = _Isolation(ISOLATION_BUDGET, time.monotonic() + self.member_timeout_s)
+        return self._decide(canonical, forced_exclusions, isolation, top=True)
 
     def _decide(self, canonical: Sequence[Mapping[str, Any]], forced_exclusions: Sequence[Mapping[str, str]] | None,
-                splits: list[int]) -> DecisionBatch:
+                isolation: _Isolation, top: bool) -> DecisionBatch:
         started = time.perf_counter()
         if not canonical:
             return DecisionBatch([], [], 0.0)
@@ -311,19 +324,24 @@ class Decider:
         X = self.runtime.model_input(features_frame(canonical, schema.numeric, schema.categorical))
         unseen = self.runtime.unseen_categories(X)
         if self.runtime.lazy and not forced_exclusions:
-            lazy = self._decide_lazy(X, unseen)
+            lazy = self._decide_lazy(X, unseen, isolation.deadline)
             if isinstance(lazy, tuple):
                 decisions, seconds = lazy
                 return DecisionBatch(decisions, [jsonable_features(r) for r in canonical],
                                      time.perf_counter() - started, seconds)
-            if lazy == _MEMBER_RAISED and len(canonical) > 1 and splits[0] > 0:
+            if not top and (lazy == _MEMBER_TIMED_OUT or time.monotonic() >= isolation.deadline):
+                raise _SplitAbandoned  # a timeout is the whole request's
+            if lazy == _MEMBER_RAISED and len(canonical) > 1:
                 # A member failed on some row: each half is decided on its own (down to that row), so
-                # one row never sends the others to the full ensemble. A timeout is the batch's.
-                splits[0] -= 1
-                half = len(canonical) // 2
-                return _joined(self._decide(canonical[:half], None, splits), self._decide(canonical[half:], None, splits),
-                               started)
-        runs = self._run_members(X, splits)
+                # one row never sends the others to the full ensemble.
+                try:
+                    return self._split(canonical, isolation, started)
+                except (_SplitAbandoned, RefusalError):
+                    if not top:
+                        raise
+                # Out of budget or time, or a row refused: the request is decided whole, eagerly (its
+                # refusal names every short row of the request).
+        runs = self._run_members(X, isolation)
         P, failures = self._member_matrix(runs, len(X), forced_exclusions)
         self._refuse_if_too_few(P, failures, runs)
         combined, fallback = self._combine(P, X)
@@ -334,7 +352,16 @@ class Decider:
 
     # -- lazy strategies (cascade, router) ---------------------------------------------------------
 
-    def _decide_lazy(self, X: pd.DataFrame, unseen: np.ndarray) -> tuple[list[RowDecision], dict[str, float]] | str:
+    def _split(self, canonical: Sequence[Mapping[str, Any]], isolation: _Isolation, started: float) -> DecisionBatch:
+        if isolation.budget <= 0 or time.monotonic() >= isolation.deadline:
+            raise _SplitAbandoned
+        isolation.budget -= 1
+        half = len(canonical) // 2
+        return _joined(self._decide(canonical[:half], None, isolation, top=False),
+                       self._decide(canonical[half:], None, isolation, top=False), started)
+
+    def _decide_lazy(self, X: pd.DataFrame, unseen: np.ndarray,
+                     deadline: float) -> tuple[list[RowDecision], dict[str, float]] | str:
         """Decisions calling each member only on the rows that need it; else why not: a called member
         timed out (`_MEMBER_TIMED_OUT`: the batch is decided eagerly, rows get the full ensemble over
         the working members, degraded) or failed on some rows (`_MEMBER_RAISED`: see `decide_validated`)."""
@@ -343,7 +370,6 @@ class Decider:
         names, models = list(self.runtime.members), list(self.runtime.members.values())
         P = np.full((len(X), len(names)), np.nan)
         seconds = dict.fromkeys(names, 0.0)
-        deadline = time.monotonic() + self.member_timeout_s
         failed: str | None = None
 
         def fetch(j: int, rows: np.ndarray) -> np.ndarray:
@@ -388,7 +414,7 @@ class Decider:
 
     # -- members ---------------------------------------------------------------------------------
 
-    def _run_members(self, X: pd.DataFrame, splits: list[int]) -> dict[str, _MemberRun]:
+    def _run_members(self, X: pd.DataFrame, isolation: _Isolation) -> dict[str, _MemberRun]:
         try:  # preprocessing shared by members, once; failing, each member preprocesses (and fails) on its own
             inputs = self.runtime.scoring.preprocess(X)
         except Exception:
@@ -416,13 +442,13 @@ class Decider:
                 run = _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception",
                                  time.monotonic() - submitted)
                 runs[name] = self._isolated(name, self.runtime.members[name], X, run,
-                                            submitted + self.member_timeout_s, splits)
+                                            submitted + self.member_timeout_s, isolation)
                 continue
             runs[name] = _MemberRun(values, None, None, seconds)
         return runs
 
     def _isolated(self, name: str, model: Any, X: pd.DataFrame, failed: _MemberRun, deadline: float,
-                  splits: list[int]) -> _MemberRun:
+                  isolation: _Isolation) -> _MemberRun:
         """A member that raised on several rows, asked again in halves (by the same deadline) down to
         the rows it raises on: it is excluded for those rows only, so no row's decision depends on the
         other rows of its request. Rows left when the deadline passes or the request's `ISOLATION_BUDGET`
@@ -435,14 +461,14 @@ class Decider:
         pending = [np.arange(len(X) // 2, len(X)), np.arange(len(X) // 2)]
         while pending:
             rows = pending.pop()
-            if splits[0] <= 0 or time.monotonic() >= deadline:  # no calls or time left: its first failure
+            if isolation.budget <= 0 or time.monotonic() >= deadline:  # no calls or time left: its first failure
                 run = _MemberRun(None, failed.error, failed.reason, 0.0)
             else:
-                splits[0] -= 1
+                isolation.budget -= 1
                 run = self._run_member(name, model, X.iloc[rows], deadline)
             if run.values is not None and run.values.shape == (len(rows),):
                 values[rows] = run.values
-            elif run.reason == "exception" and len(rows) > 1 and splits[0] > 0:
+            elif run.reason == "exception" and len(rows) > 1 and isolation.budget > 0:
                 half = len(rows) // 2
                 pending += [rows[half:], rows[:half]]
             else:
