@@ -340,6 +340,25 @@ def test_decider_lazy_member_failure_degrades_only_the_rows_that_need_it(split, 
             assert row == healthy_row and not row.degraded
 
 
+def test_a_lazy_decision_replays_to_the_same_bits(split, two_fits):
+    """Replay (`service.replay`) re-decides one recorded row with its recorded exclusions, none for a
+    healthy lazy decision: it is decided lazily again, not by the full ensemble."""
+    from ensemble_platform.serving.decider import Decider
+
+    runtime = _router_runtime(split, two_fits, {f.name: f.pipeline for f in two_fits})
+    holdout = split.holdout.reset_index(drop=True).iloc[:12]
+    rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
+            .astype(object).to_dict("records")]
+    decider = Decider(runtime, {}, min_members=1)
+    try:
+        decided = decider.decide(rows).rows
+        replayed = [decider.decide_validated(decider.validate([row]), [{}]).rows[0] for row in rows]
+    finally:
+        decider.close()
+    assert any(row.skipped for row in decided)  # lazily decided: some members not called
+    assert replayed == decided
+
+
 def test_decider_lazy_refusal_names_every_short_row_of_the_request(split, two_fits):
     """With min_members=2 and one of two members down, every row the router would send to it is short:
     the refusal names the request's rows (not a position within some part of a split request)."""

@@ -323,7 +323,8 @@ class Decider:
         schema = self.runtime.schema
         X = self.runtime.model_input(features_frame(canonical, schema.numeric, schema.categorical))
         unseen = self.runtime.unseen_categories(X)
-        if self.runtime.lazy and not forced_exclusions:
+        # Replay passes each row's recorded exclusions: none recorded is a lazy decision, decided lazily again.
+        if self.runtime.lazy and not any(forced_exclusions or ()):
             lazy = self._decide_lazy(X, unseen, isolation.deadline)
             if isinstance(lazy, tuple):
                 decisions, seconds = lazy
