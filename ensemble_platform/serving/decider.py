@@ -248,6 +248,10 @@ class _MemberRun:
     row_failures: dict[int, tuple[str, str]] | None = None
 
 
+def _bad_shape(shape: tuple[int, ...] | None, rows: int) -> tuple[MemberFailure, str]:
+    return "bad_shape", f"bad_shape: returned shape {shape} for {rows} rows"
+
+
 class Decider:
     """Turns validated rows into decisions with one runtime (a verified bundle's) and its manifest."""
 
@@ -407,13 +411,16 @@ class Decider:
             values, seconds = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             future.cancel()
-            return _MemberRun(None, f"timeout: no answer within {self.member_timeout_s:g}s", "timeout",
-                              self.member_timeout_s)
+            return self._timed_out()
         except Exception as exc:  # a member's own failure: the batch is decided eagerly, degraded
             return _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception", 0.0)
         return _MemberRun(values, None, None, seconds)
 
     # -- members ---------------------------------------------------------------------------------
+
+    def _timed_out(self) -> _MemberRun:
+        return _MemberRun(None, f"timeout: no answer within {self.member_timeout_s:g}s", "timeout",
+                          self.member_timeout_s)
 
     def _run_members(self, X: pd.DataFrame, isolation: _Isolation) -> dict[str, _MemberRun]:
         try:  # preprocessing shared by members, once; failing, each member preprocesses (and fails) on its own
@@ -436,8 +443,7 @@ class Decider:
                 values, seconds = future.result(timeout=remaining)
             except TimeoutError:
                 future.cancel()
-                runs[name] = _MemberRun(None, f"timeout: no answer within {self.member_timeout_s:g}s", "timeout",
-                                        self.member_timeout_s)
+                runs[name] = self._timed_out()
                 continue
             except Exception as exc:  # a member's own failure: exclude it where it fails, keep serving
                 run = _MemberRun(None, f"exception: {type(exc).__name__}: {exc}"[:500], "exception",
@@ -473,9 +479,8 @@ class Decider:
                 half = len(rows) // 2
                 pending += [rows[half:], rows[:half]]
             else:
-                shape = None if run.values is None else run.values.shape
-                why = (str(run.reason), str(run.error)) if run.values is None else (
-                    "bad_shape", f"bad_shape: returned shape {shape} for {len(rows)} rows")
+                why = ((str(run.reason), str(run.error)) if run.values is None
+                       else _bad_shape(run.values.shape, len(rows)))
                 row_failures.update(dict.fromkeys(rows.tolist(), why))
         return _MemberRun(values, failed.error, failed.reason, failed.seconds, row_failures)
 
@@ -487,8 +492,8 @@ class Decider:
         for j, (name, run) in enumerate(runs.items()):
             values = run.values
             if values is not None and values.shape != (n,):
-                run = _MemberRun(None, f"bad_shape: returned shape {values.shape} for {n} rows", "bad_shape",
-                                 run.seconds)
+                reason, message = _bad_shape(values.shape, n)
+                run = _MemberRun(None, message, reason, run.seconds)
                 values = None
             if values is None:
                 for row in failures:
