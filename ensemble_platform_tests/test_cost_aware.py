@@ -280,7 +280,7 @@ def test_decider_serves_lazily_and_records_skipped_members(split, two_fits):
     expected = runtime.score(holdout)
     for member in counting.values():
         member.rows.clear()
-    decider = Decider(runtime, {}, min_members=1)
+    decider = Decider(runtime, {}, min_members=1, member_timeout_s=30.0)
     try:
         rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
                 .astype(object).to_dict("records")]
@@ -319,7 +319,7 @@ def test_decider_lazy_member_failure_degrades_only_the_rows_that_need_it(split, 
         runtime, members={**runtime.members, broken: FailingMember(two_fits[list(members).index(broken)].pipeline)})
     rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
             .astype(object).to_dict("records")]
-    healthy, decider = Decider(runtime, {}, min_members=1), Decider(broken_runtime, {}, min_members=1)
+    healthy, decider = Decider(runtime, {}, min_members=1, member_timeout_s=30.0), Decider(broken_runtime, {}, min_members=1, member_timeout_s=30.0)
     try:
         expected = healthy.decide(rows).rows
         batch = decider.decide(rows)
@@ -349,7 +349,7 @@ def test_a_lazy_decision_replays_to_the_same_bits(split, two_fits):
     holdout = split.holdout.reset_index(drop=True).iloc[:12]
     rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
             .astype(object).to_dict("records")]
-    decider = Decider(runtime, {}, min_members=1)
+    decider = Decider(runtime, {}, min_members=1, member_timeout_s=30.0)
     try:
         decided = decider.decide(rows).rows
         replayed = [decider.decide_validated(decider.validate([row]), [{}]).rows[0] for row in rows]
@@ -374,7 +374,7 @@ def test_decider_lazy_refusal_names_every_short_row_of_the_request(split, two_fi
     holdout = split.holdout.reset_index(drop=True).iloc[:24]
     rows = [{c: (None if pd.isna(v) else v) for c, v in r.items()} for r in holdout[runtime.schema.features]
             .astype(object).to_dict("records")]
-    decider = Decider(broken_runtime, {}, min_members=2)
+    decider = Decider(broken_runtime, {}, min_members=2, member_timeout_s=30.0)
     try:
         with pytest.raises(RefusalError) as refused:
             decider.decide(rows)
