@@ -275,6 +275,59 @@ def test_promotion_killed_at_every_step_ends_consistent(staged):
     assert release.production_bundle(dataset) is not None
 
 
+def test_a_promotion_whose_rollback_or_append_outcome_is_unknown_keeps_its_intent(tmp_path, credit_slice):
+    """A promotion that fails in-process removes its intent only when it can see that nothing is left to
+    recover. (1) The registry fails mid-promotion and again while the transaction restores it: the
+    intent stays, and the next command rolls the registry back and records it (the intent used to be
+    removed, leaving the aliases moved with nothing to recover them and no record). (2) The log append
+    fails after its line and checkpoint landed: the intent stays, and the next command completes the
+    promotion the signed log already holds (it used to restore the registry and delete the bundle
+    under a logged promotion)."""
+    from ensemble_platform.governance.registry_stages import RegistryStages
+    from ensemble_platform.integrity import KeyedLog
+
+    release, dataset, _ = approved_demo(tmp_path, credit_slice)
+    release.promote(dataset, VERSION, "staging")
+    intent = release.paths.audit_dir(dataset) / INTENT_FILE
+    log = promotions_log(release.paths, dataset)
+    before = release.registry.stage_state(dataset)
+    logged = len(log.verify())
+
+    def unreachable(*args, **kwargs):
+        raise RuntimeError("registry unreachable")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RegistryStages, "set_version_tags", unreachable)
+        patch.setattr(RegistryStages, "restore", unreachable)
+        with pytest.raises(RuntimeError, match="unreachable"):
+            Release(release.paths).promote(dataset, VERSION, "production")
+    assert intent.exists()
+    assert release.registry.stage_state(dataset).aliases.get("production") == "1"  # moved, not restored
+    fresh = Release(release.paths)
+    fresh.status(dataset)
+    assert "rolled back" in fresh.recovered[0] and not intent.exists()
+    assert fresh.registry.stage_state(dataset) == before
+    entries = log.verify()
+    assert len(entries) == logged + 1 and entries[-1]["kind"] == "recovery"
+
+    append = KeyedLog.append
+
+    def lands_then_fails(self, *args, **kwargs):
+        append(self, *args, **kwargs)
+        raise OSError("the disk went away after the write")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(KeyedLog, "append", lands_then_fails)
+        with pytest.raises(OSError, match="went away"):
+            Release(release.paths).promote(dataset, VERSION, "production")
+    assert intent.exists() and log.verify()[-1]["to"] == "production"
+    fresh = Release(release.paths)
+    fresh.status(dataset)
+    assert "completed" in fresh.recovered[0] and not intent.exists()
+    assert fresh.registry.stage_state(dataset).aliases.get("production") == "1"
+    assert fresh.production_bundle(dataset) is not None
+
+
 def test_serve_dataset_serves_the_verified_production_bundle_over_http(production):
     """`serve --dataset D` looks up production once (manifest hash from the registry), then serves."""
     import socket

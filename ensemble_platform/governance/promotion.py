@@ -19,7 +19,7 @@ from ensemble_platform.decisions.shadow import read_evidence, shadow_gate
 from ensemble_platform.governance.approvals import CHAIN_FIELDS, ReleaseRefused, utc_now
 from ensemble_platform.governance.approving import admissible_approval
 from ensemble_platform.governance.intents import IntentError, Intents, PromotionIntent, crash_point
-from ensemble_platform.governance.registry import Registry, ensemble_model_name
+from ensemble_platform.governance.registry import Registry, RegistrySnapshot, ensemble_model_name
 from ensemble_platform.governance.release_bundle import BundleFacts, export_bundle, remove_bundle
 from ensemble_platform.governance.stages import plan_promotion
 from ensemble_platform.governance.version_record import VersionRecord, check_current
@@ -188,10 +188,11 @@ def promote(
     entry = log.draft(draft.document())
     tags = bundle.version_tags() if bundle else {}
     intents = Intents(paths, dataset)
+    before = registry.snapshot(dataset)
     intents.write(PromotionIntent(
         # Without its MAC: a signed entry left in the home could be appended by anyone who reads it
         # (after a promotion that failed, say); recovery finds the entry by its hash.
-        dataset=dataset, version=version, to=to, entry=unsigned(entry), before=registry.snapshot(dataset),
+        dataset=dataset, version=version, to=to, entry=unsigned(entry), before=before,
         planned=planned, version_tags=tags, registered_model=registered.name,
         registered_version=str(registered.version)))
     crash_point("intent_written")
@@ -204,9 +205,10 @@ def promote(
             log.append(entry)
             crash_point("logged")
     except BaseException:
-        if created:
-            remove_bundle(paths, dataset, version)
-        intents.clear()  # the transaction restored the registry; nothing was appended
+        if _undone(log, entry, registry, dataset, before):
+            if created:
+                remove_bundle(paths, dataset, version)
+            intents.clear()
         raise
     intents.clear()
     return PromotionResult(PromotionRecord.from_entry(entry), to, bundle)
@@ -240,6 +242,20 @@ def recover(paths: PlatformPaths, registry: Registry, dataset: str) -> str | Non
                    "(recorded in the promotions log); run the promotion again")
     intents.clear()
     return outcome
+
+
+def _undone(log: KeyedLog, entry: dict[str, Any], registry: Registry, dataset: str, before: RegistrySnapshot) -> bool:
+    """After a promotion failed: the entry is not in the log and the registry reads as it did before,
+    so nothing is left to recover. Seen, not assumed from the exception: the transaction's restore can
+    fail too (the registry unreachable), and an append can fail after its line and checkpoint landed.
+    Anything else keeps the intent, and the next release command's recovery completes or undoes the
+    promotion and records which."""
+    try:
+        entries = log.verify()
+        logged = bool(entries) and entries[-1].get(SHA) == entry.get(SHA)
+        return not logged and registry.snapshot(dataset) == before
+    except Exception:  # noqa: BLE001 - cannot tell: leave it to recovery
+        return False
 
 
 def unsigned(entry: dict[str, Any]) -> dict[str, Any]:
