@@ -254,7 +254,7 @@ def _undone(log: KeyedLog, entry: dict[str, Any], registry: Registry, dataset: s
         entries = log.verify()
         logged = bool(entries) and entries[-1].get(SHA) == entry.get(SHA)
         return not logged and registry.snapshot(dataset) == before
-    except Exception:  # noqa: BLE001 - cannot tell: leave it to recovery
+    except Exception:  # cannot tell: leave it to recovery
         return False
 
 
