@@ -268,6 +268,13 @@ def test_bad_input_is_422_naming_the_column(home, server):
     body = json.dumps({"rows": [{**home.rows[0], "Home": "owner\ud800"}]})  # a lone surrogate, as JSON allows
     surrogate = httpx.post(f"{server.url}/v1/decisions", content=body, headers={**decide, "Content-Type": "application/json"})
     assert surrogate.status_code == 422 and surrogate.json()["detail"]["column"] == "Home"  # was a 500
+    huge = httpx.post(f"{server.url}/v1/decisions", json={"rows": [home.rows[0], {**home.rows[1], "Price": 1e39}]},
+                      headers=decide)  # past float32, where tree members overflow
+    assert huge.status_code == 422 and (huge.json()["detail"]["row"], huge.json()["detail"]["column"]) == (1, "Price")
+    columns = list(home.rows[0])
+    twice = httpx.post(f"{server.url}/v1/decisions", headers=decide, json={"dataframe_split": {
+        "columns": [*columns, "Income"], "data": [[*(home.rows[0][c] for c in columns), 1.0]]}})
+    assert twice.status_code == 422 and "['Income'] appear more than once" in twice.json()["detail"]["error"]
     empty = httpx.post(f"{server.url}/v1/decisions", json={"rows": []}, headers=decide)
     assert empty.status_code == 200 and empty.json()["decisions"] == []
     neither = httpx.post(f"{server.url}/v1/decisions", json={"request_id": "x"}, headers=decide)

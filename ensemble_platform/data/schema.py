@@ -224,15 +224,15 @@ def as_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
 
 
 # Tree members compute in float32: a magnitude past its range overflows to infinity inside them.
-_LARGEST_USABLE = float(np.finfo(np.float32).max)
+LARGEST_USABLE = float(np.finfo(np.float32).max)
 
 
 def _refuse_non_finite(values: pd.Series) -> None:
-    bad = values.notna() & ~(values.abs() <= _LARGEST_USABLE)
+    bad = values.notna() & ~(values.abs() <= LARGEST_USABLE)
     if bad.any():
         rows = list(values.index[bad.to_numpy()][:5])
         raise DataError(f"column {values.name!r} has {int(bad.sum())} infinite or out-of-range value(s) "
-                        f"(|x| > {_LARGEST_USABLE:.3g}) in row(s) {rows}; send a finite number or leave it missing")
+                        f"(|x| > {LARGEST_USABLE:.3g}) in row(s) {rows}; send a finite number or leave it missing")
 
 
 def numeric_column(values: pd.Series, expectation: str = "must be numeric") -> pd.Series:

@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from ensemble_platform import safe_format
-from ensemble_platform.data.schema import FeatureSchema, as_model_input
+from ensemble_platform.data.schema import LARGEST_USABLE, FeatureSchema, as_model_input
 from ensemble_platform.ensemble.batching import MemberScoring, blocked, member_probabilities
 from ensemble_platform.ensemble.calibrators import ProbabilityCalibrator
 from ensemble_platform.ensemble.cost_aware import Cascade, LazyCombiner, LazyResult, Router
@@ -303,10 +303,6 @@ class EnsembleRuntime:
         )
 
 
-# Largest magnitude `as_model_input` accepts (tree members compute in float32).
-_LARGEST_USABLE = float(np.finfo(np.float32).max)
-
-
 def small_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame | None:
     """`as_model_input(table, schema)` for input already in its form (numeric columns of numbers, text
     or missing categoricals), built directly: the same frame (values, dtypes, index) without its
@@ -331,7 +327,7 @@ def small_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFram
             if values.dtype.kind not in "fiu":
                 return None
             numbers = values.astype(np.float64)
-            if np.any(np.abs(numbers) > _LARGEST_USABLE) or np.any(np.isinf(numbers)):
+            if np.any(np.abs(numbers) > LARGEST_USABLE) or np.any(np.isinf(numbers)):
                 return None
             data[column] = numbers
     return pd.DataFrame(data, index=table.index, columns=schema.features)

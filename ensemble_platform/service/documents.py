@@ -22,6 +22,9 @@ class DataframeSplit(_Frozen):
     index: list[Any] | None = None
 
     def records(self) -> list[dict[str, Any]]:
+        repeated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if repeated:  # a dict would keep the last of them silently
+            raise ValueError(f"dataframe_split columns {repeated} appear more than once")
         for number, row in enumerate(self.data):
             if len(row) != len(self.columns):
                 raise ValueError(f"dataframe_split row {number} has {len(row)} values for {len(self.columns)} columns")

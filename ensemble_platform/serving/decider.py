@@ -29,6 +29,7 @@ bit for bit at any batch size; replaying one stored row reproduces it exactly.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ensemble_platform.data.schema import LARGEST_USABLE
 from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.cost_aware import LazyCombiner
 from ensemble_platform.ensemble.runtime import EnsembleRuntime, missing_shares
@@ -46,8 +48,12 @@ from ensemble_platform.ensemble.strategies import MajorityVote, SoftAverage, Wei
 from ensemble_platform.errors import DataError, PlatformError
 from ensemble_platform.evaluation.agreement import vote_agreement
 
-# Numbers beyond this magnitude are refused: squared in distances or exponentiated they overflow.
-DEFAULT_MAX_ABS_VALUE = 1e150
+# Numbers beyond this magnitude are refused: the tree members compute in float32, where a larger
+# magnitude overflows to infinity (a smaller bound can be configured, never a larger one).
+DEFAULT_MAX_ABS_VALUE = LARGEST_USABLE
+# A number sent as text: plain decimal or exponent notation. Python's float() also takes "1_000",
+# "infinity" and non-ASCII digits ("١٢"), which the training table's parser (pandas) does not.
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 DEFAULT_MEMBER_TIMEOUT_S = 2.0
 DEFAULT_MAX_MISSING_SHARE = 0.5
 MEMBER_WORKERS = 4
@@ -136,6 +142,8 @@ def _numeric_value(value: Any, row: int, column: str, max_abs: float) -> float:
     if isinstance(value, float) and math.isnan(value):
         return math.nan
     try:
+        if isinstance(value, str) and not _NUMBER_TEXT.fullmatch(value.strip()):
+            raise ValueError(value)
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (ValueError, OverflowError):
         raise DecisionInputError(f"row {row}, column {column!r}: unparseable number {value!r:.50}",
@@ -167,6 +175,7 @@ def validate_rows(rows: Sequence[Mapping[str, Any]], numeric: Sequence[str], cat
                   max_abs: float = DEFAULT_MAX_ABS_VALUE) -> list[dict[str, Any]]:
     """The rows as canonical feature dicts (numbers as float, NaN for missing; categories as text or None).
     Extra columns are dropped. Raises `DecisionInputError` naming the row index and the column."""
+    max_abs = min(max_abs, LARGEST_USABLE)
     canonical: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
