@@ -114,11 +114,12 @@ class RaisingOnSome:
 
     classes_ = np.array([0, 1])
 
-    def __init__(self, inner, limit: float):
-        self.inner, self.limit, self.calls = inner, limit, 0
+    def __init__(self, inner, limit: float, seconds_per_call: float = 0.0):
+        self.inner, self.limit, self.calls, self.seconds_per_call = inner, limit, 0, seconds_per_call
 
     def predict_proba(self, X):
         self.calls += 1
+        time.sleep(self.seconds_per_call)
         if (X["Amount"] > self.limit).any():
             raise RuntimeError("member backend rejected a row")
         return self.inner.predict_proba(X)
@@ -209,11 +210,13 @@ def test_a_member_raising_on_one_row_is_excluded_for_that_row_only(production, r
     limit = float(batch_rows["Amount"].quantile(0.9))
     poisoned = (batch_rows["Amount"] > limit).to_numpy()
     assert 0 < poisoned.sum() < len(batch_rows)
-    member = RaisingOnSome(runtime.members["xgboost"], limit)
+    member = RaisingOnSome(runtime.members["xgboost"], limit, seconds_per_call=0.02)
     decider = decider_for(with_member(runtime, "xgboost", member), manifest)
     try:
-        batch = decider.decide(records(batch_rows)).rows
-        calls = member.calls
+        decided = decider.decide(records(batch_rows))
+        batch, calls = decided.rows, member.calls
+        # Its time to this request counts every call, the retries too (it counted the first call only).
+        assert decided.member_seconds["xgboost"] >= 0.02 * calls
         alone = [decider.decide(records(batch_rows.iloc[[i]])).rows[0] for i in range(len(batch_rows))]
     finally:
         decider.close()

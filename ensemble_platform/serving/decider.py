@@ -472,6 +472,7 @@ class Decider:
         deadline is a timeout for its rows."""
         if len(X) < 2:
             return failed
+        begun = time.perf_counter()
         values = np.full(len(X), np.nan)
         row_failures: dict[int, tuple[str, str]] = {}
         pending = [np.arange(len(X) // 2, len(X)), np.arange(len(X) // 2)]
@@ -491,7 +492,9 @@ class Decider:
                 why = ((str(run.reason), str(run.error)) if run.values is None
                        else _bad_shape(run.values.shape, len(rows)))
                 row_failures.update(dict.fromkeys(rows.tolist(), why))
-        return _MemberRun(values, failed.error, failed.reason, failed.seconds, row_failures)
+        # Its seconds: the first call's and every retry's (the member's whole cost to this request).
+        return _MemberRun(values, failed.error, failed.reason, failed.seconds + time.perf_counter() - begun,
+                          row_failures)
 
     def _member_matrix(self, runs: Mapping[str, _MemberRun], n: int,
                        forced: Sequence[Mapping[str, str]] | None) -> tuple[np.ndarray, list[dict[str, tuple[str, str]]]]:
