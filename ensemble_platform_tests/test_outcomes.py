@@ -206,6 +206,32 @@ def test_good_outcomes_are_recorded_once_and_never_overwritten(world, tmp_path, 
     assert "is of dataset 'other', not 'credit_slice'" in capsys.readouterr().err
 
 
+def test_an_outcome_deleted_from_the_log_cannot_be_registered_again(world, tmp_path, capsys):
+    """Deleting a registered outcome's row from the middle of the log (no key needed) made the decision
+    read as unlabelled, so another label could be registered until `decisions verify` ran. Now the
+    command refuses, naming the missing entry, and records nothing."""
+    import sqlite3
+
+    paths, _, _ = world
+    home = ["--home", str(paths.home), "outcomes", "register"]
+    assert service_cli.main([*home, str(_write(tmp_path / "a.csv", "decision_id,label\nd0,1\n"))]) == 0
+    assert service_cli.main([*home, str(_write(tmp_path / "b.csv", "decision_id,label\nd1,0\n"))]) == 0
+    db = sqlite3.connect(decision_log_path(paths))
+    seq = db.execute("SELECT seq FROM entries WHERE record_id = ?", (outcome_id("d0"),)).fetchone()[0]
+    db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+    db.commit()
+    rows = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+    db.close()
+    capsys.readouterr()
+    flipped = _write(tmp_path / "c.csv", "decision_id,label\nd0,0\n")
+    assert service_cli.main([*home, str(flipped)]) == 2
+    err = capsys.readouterr().err
+    assert f"entry {seq}: deleted, inserted or reordered" in err and "Traceback" not in err
+    db = sqlite3.connect(decision_log_path(paths))
+    assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == rows  # nothing recorded
+    db.close()
+
+
 def test_two_registrations_racing_label_a_decision_once(world, tmp_path):
     paths, _, _ = world
     files = [_write(tmp_path / f"race{label}.csv", f"decision_id,label\nd7,{label}\n") for label in (0, 1)]

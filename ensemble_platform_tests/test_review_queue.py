@@ -223,15 +223,24 @@ def _tamper(path: Path, kind: str, change) -> None:
     db.close()
 
 
-def test_a_deleted_resolution_is_found_by_verify(log):
-    """Dropping a reviewer's resolution from the middle of the chain: the queue alone would show the item
-    claimed again, but `decisions verify` names the gap."""
-    _, decision_log = log
+def test_a_deleted_resolution_cannot_be_resolved_again(log):
+    """Dropping a reviewer's resolution from the middle of the chain makes the item read as claimed again.
+    Resolving it a second time (another outcome) is refused naming the missing row, by the store that
+    was open when the row went (the running service) and by one opened afterwards; `decisions verify`
+    names the gap too. (Before, only `verify` saw it: the second resolution was recorded.)"""
+    paths, decision_log = log
     queue = ReviewQueue(decision_log.store, sla_hours=24)
     queue.claim("d0", "ana")
     queue.resolve("d0", "ana", 1, "ok")
     queue.claim("d1", "ben")  # the resolution is no longer the last entry
+    seq = sqlite3.connect(decision_log.path).execute("SELECT seq FROM entries WHERE kind = 'review_resolve'").fetchone()[0]
+    before = decision_log.store.count()
     _tamper(decision_log.path, "review_resolve", None)
+    with pytest.raises(IntegrityError, match=rf"entry {seq}: deleted, inserted or reordered .*1 row\(s\) missing"):
+        ReviewQueue(decision_log.store, sla_hours=24).resolve("d0", "ana", 0, "second thoughts")
+    assert decision_log.store.count() == before  # nothing was appended
+    with pytest.raises(IntegrityError, match=rf"entry {seq}: deleted"):
+        DecisionLog(decision_log.path, paths=paths)
     with pytest.raises(IntegrityError):
         decision_log.verify()
 

@@ -48,6 +48,14 @@ TEXT: Final = 4  # the column holding the entry's text
 Row = tuple[int, str, str, str, str]
 
 
+def first_missing_seq_query(table: str) -> str:
+    """SQL (SQLite and PostgreSQL) for the lowest seq >= 1 without a row: 1, or the first seq after a
+    row whose successor is missing (the head's successor when none is)."""
+    return (f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM {table} WHERE seq = 1) THEN 1 "
+            f"ELSE (SELECT min(a.seq) + 1 FROM {table} a "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} b WHERE b.seq = a.seq + 1)) END")
+
+
 def entry_of_row(row: Row, name: str) -> dict[str, Any]:
     """The signed entry a row holds, after checking the row's columns and text agree with it."""
     seq, record_id, kind, created_at, text = row
@@ -158,14 +166,20 @@ class ChainStoreBase(ABC):
         not verify), `StoreClosedError` or the database's own error (e.g. disk full); in every case
         nothing was stored and the head is unchanged."""
         records = list(records)
-        return self.append_checked(lambda: records)
+        return self._append(lambda: records, whole=False)
 
     def append_checked(self, build: Callable[[], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
         """Append what `build()` returns with no other writer (thread, process or, for a shared database,
         machine) in between: `build` reads the store's current state, refuses by raising, or returns the
         records to seal. Read-check-append in one critical section, e.g. claiming a review item nobody
-        else claimed meanwhile."""
+        else claimed meanwhile. First checks that no row was deleted from the middle (`_check_no_gaps`):
+        a check that reads "not claimed / resolved / labelled yet" would pass again for a deleted record."""
+        return self._append(build, whole=True)
+
+    def _append(self, build: Callable[[], Sequence[Mapping[str, Any]]], whole: bool) -> list[dict[str, Any]]:
         with self._writer_lock():
+            if whole:
+                self._check_no_gaps()
             records = list(build())
             if not records:
                 return []
@@ -243,6 +257,20 @@ class ChainStoreBase(ABC):
         for checkpoint in others:
             anchor = self._rows_from(max(checkpoint.count, 1), limit=1)
             verify_tail([entry_of_row(row, self.label) for row in anchor], total, checkpoint, self.key, name=self.label)
+        self._check_no_gaps()
+
+    def _check_no_gaps(self) -> None:
+        """Every seq from 1 to the head has its row. The tail check reads only the checkpointed rows and
+        those after them, so without this a row deleted from the middle went unseen until `verify`.
+        One count over the table's smallest index: ~17 ms per million rows (SQLite, measured), so it
+        runs when a store opens and before read-check-append, not on the decisions' group commits."""
+        highest = self.count()
+        rows = self._row_count()
+        if rows != highest:
+            missing = self._first_missing_seq()
+            raise ChainError(missing, REORDERED, name=self.label,
+                             detail=f"{highest - rows} row(s) missing: {rows} rows for seq 1..{highest}, "
+                                    f"the first missing is seq {missing}; nothing was appended")
 
     def _check_records(self, records: list[Mapping[str, Any]]) -> None:
         seen: set[str] = set()
@@ -321,6 +349,14 @@ class ChainStoreBase(ABC):
     @abstractmethod
     def _write_checkpoints(self, checkpoint: Checkpoint) -> None:
         """Write `checkpoint` everywhere the store keeps one (for `reanchor`)."""
+
+    @abstractmethod
+    def _row_count(self) -> int:
+        """The number of rows (`count` is the highest seq)."""
+
+    @abstractmethod
+    def _first_missing_seq(self) -> int:
+        """The lowest seq in 1..count() without a row (call when rows are missing)."""
 
     @abstractmethod
     def _row_of(self, record_id: str) -> Row | None: ...

@@ -43,7 +43,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ensemble_platform.integrity.base_store import COLUMNS, ChainStoreBase, Row, entry_of_row
+from ensemble_platform.integrity.base_store import COLUMNS, ChainStoreBase, Row, entry_of_row, first_missing_seq_query
 from ensemble_platform.integrity.checkpoint import Checkpoint, CheckpointStore, parse_checkpoint
 from ensemble_platform.integrity.errors import CheckpointError, IntegrityError
 from ensemble_platform.integrity.keys import SigningKey
@@ -260,6 +260,12 @@ class PostgresChainStore(ChainStoreBase):
             if len(rows) < PAGE:
                 return
             after = rows[-1][0]
+
+    def _row_count(self) -> int:
+        return int(self._one(f"SELECT count(*) FROM {self.table}")[0])
+
+    def _first_missing_seq(self) -> int:
+        return int(self._one(first_missing_seq_query(self.table))[0])
 
     def _row_of(self, record_id: str) -> Row | None:
         return self._one(f"SELECT {COLUMNS} FROM {self.table} WHERE record_id = %s", (record_id,))

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ensemble_platform.integrity.base_store import COLUMNS, ChainStoreBase, Row, entry_of_row
+from ensemble_platform.integrity.base_store import COLUMNS, ChainStoreBase, Row, entry_of_row, first_missing_seq_query
 from ensemble_platform.integrity.checkpoint import Checkpoint, CheckpointStore
 from ensemble_platform.integrity.errors import CheckpointError, IntegrityError
 from ensemble_platform.integrity.keys import SigningKey
@@ -190,6 +190,14 @@ class SqliteChainStore(ChainStoreBase):
 
     def _write_checkpoints(self, checkpoint: Checkpoint) -> None:
         self.checkpoints.write(self.name, checkpoint.count, checkpoint.head_sha256)
+
+    def _row_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
+
+    def _first_missing_seq(self) -> int:
+        with self._lock:
+            return int(self._conn.execute(first_missing_seq_query(TABLE)).fetchone()[0])
 
     def _row_of(self, record_id: str) -> Row | None:
         with self._lock:
