@@ -198,6 +198,14 @@ def test_review_queue_over_http(home, server, capsys):
     claimed = act("claim", first, reviewer="ana")
     assert claimed.status_code == 200 and claimed.json()["claimed_by"] == "ana"
     assert act("claim", first, reviewer="ana").status_code == 200  # one's own claim again: a no-op
+    # Another review token typing the holder's name: the claim was made with the "review" token, so
+    # "ana" under the "all" token holds nothing (it could resolve ana's item before).
+    other = bearer(home.tokens["all"])
+    for action, body in (("resolve", {"decision": 0, "note": "as ana"}), ("release", {}), ("claim", {})):
+        posed = httpx.post(f"{server.url}/v1/reviews/{first}/{action}", json={"reviewer": "ana", **body},
+                           headers=other, timeout=30)
+        assert posed.status_code == 409, (action, posed.text)
+        assert "claimed by 'ana' (token 'review'), not 'ana' (token 'all')" in posed.json()["detail"]["error"]
     taken = act("claim", first, reviewer="ben")
     assert taken.status_code == 409 and "claimed by 'ana'" in taken.json()["detail"]["error"]
     assert act("release", first, reviewer="ben").status_code == 409

@@ -66,6 +66,7 @@ class QueueItem:
     status: Status = OPEN
     claimed_by: str | None = None
     claimed_at: str | None = None
+    claimed_with: str | None = None  # the name of the service token the claim was made with
     resolved_by: str | None = None
     resolved_at: str | None = None
     reviewer_decision: int | None = None
@@ -163,6 +164,24 @@ def sla_status(items: Iterable[QueueItem], now: datetime, sla_hours: float) -> S
                      _quantile(durations, 0.5), _quantile(durations, 0.9))
 
 
+def _holds(item: QueueItem, reviewer: str, token_name: str | None) -> bool:
+    """`reviewer` acting with `token_name` holds `item`'s claim. Over the API the reviewer is text in
+    the request body that anyone with the review scope can type, so an action made with a token must
+    come with the token the claim was made with. A caller without one (the command line, which holds
+    the signing key, or a service run with --no-auth) is matched by name."""
+    if item.claimed_by != reviewer:
+        return False
+    return token_name is None or item.claimed_with == token_name
+
+
+def _holder(item: QueueItem) -> str:
+    return _actor(str(item.claimed_by), item.claimed_with)
+
+
+def _actor(reviewer: str, token_name: str | None) -> str:
+    return repr(reviewer) + (f" (token {token_name!r})" if token_name else "")
+
+
 def _refuse_if_resolved(item: QueueItem) -> None:
     if item.status == RESOLVED:
         raise ReviewError(f"decision {item.decision_id!r} was already resolved by {item.resolved_by!r} at "
@@ -248,10 +267,10 @@ class ReviewQueue:
             item = self._current(decision_id)
             _refuse_if_resolved(item)
             if item.status == CLAIMED:
-                if item.claimed_by == reviewer:
+                if _holds(item, reviewer, token_name):
                     return []
-                raise ReviewError(f"decision {decision_id!r} is claimed by {item.claimed_by!r} since "
-                                  f"{item.claimed_at}; they can release it", 409)
+                raise ReviewError(f"decision {decision_id!r} is claimed by {_holder(item)}, not "
+                                  f"{_actor(reviewer, token_name)}, since {item.claimed_at}; they can release it", 409)
             return [self._action(KIND_REVIEW_CLAIM, decision_id, reviewer, token_name)]
 
         return self._act(decision_id, build)
@@ -266,9 +285,10 @@ class ReviewQueue:
             item = self._current(decision_id)
             if item.status != CLAIMED:
                 raise ReviewError(f"decision {decision_id!r} is {item.status}, not claimed: nothing to release", 409)
-            if item.claimed_by != reviewer and not force:
-                raise ReviewError(f"decision {decision_id!r} is claimed by {item.claimed_by!r}, not {reviewer!r}; "
-                                  f"only they can release it (or force it, with a note)", 409)
+            if not force and not _holds(item, reviewer, token_name):
+                raise ReviewError(f"decision {decision_id!r} is claimed by {_holder(item)}, not "
+                                  f"{_actor(reviewer, token_name)}; only they can release it (or force it, with a "
+                                  f"note)", 409)
             return [self._action(KIND_REVIEW_RELEASE, decision_id, reviewer, token_name, note=note, forced=force)]
 
         return self._act(decision_id, build)
@@ -286,8 +306,9 @@ class ReviewQueue:
             _refuse_if_resolved(item)
             if item.status == OPEN:
                 raise ReviewError(f"decision {decision_id!r} is not claimed; claim it before resolving it", 409)
-            if item.claimed_by != reviewer:
-                raise ReviewError(f"decision {decision_id!r} is claimed by {item.claimed_by!r}, not {reviewer!r}", 409)
+            if not _holds(item, reviewer, token_name):
+                raise ReviewError(f"decision {decision_id!r} is claimed by {_holder(item)}, not "
+                                  f"{_actor(reviewer, token_name)}", 409)
             return [self._action(KIND_REVIEW_RESOLVE, decision_id, reviewer, token_name, note=note,
                                  decision=decision)]
 
@@ -332,9 +353,10 @@ class ReviewQueue:
         if item is None:
             return
         if kind == KIND_REVIEW_CLAIM:
-            item = replace(item, status=CLAIMED, claimed_by=entry["reviewer"], claimed_at=entry["created_at"])
+            item = replace(item, status=CLAIMED, claimed_by=entry["reviewer"], claimed_at=entry["created_at"],
+                           claimed_with=entry.get("token_name"))
         elif kind == KIND_REVIEW_RELEASE:
-            item = replace(item, status=OPEN, claimed_by=None, claimed_at=None)
+            item = replace(item, status=OPEN, claimed_by=None, claimed_at=None, claimed_with=None)
         elif kind == KIND_REVIEW_RESOLVE:
             item = replace(item, status=RESOLVED, resolved_by=entry["reviewer"], resolved_at=entry["created_at"],
                            reviewer_decision=entry.get("decision"), note=entry.get("note"))
