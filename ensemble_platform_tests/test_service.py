@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 
 from ensemble_platform.integrity import CHECKPOINT_DIR_ENV, KEY_ENV, KEY_FILE_ENV
-from ensemble_platform.service import DecisionLog, ServerThread, TokenStore, create_app, load_verified_bundle
+from ensemble_platform.service import (
+    DecisionLog,
+    ServerThread,
+    TokenError,
+    TokenStore,
+    create_app,
+    load_verified_bundle,
+)
 from ensemble_platform.service import cli as service_cli
 from ensemble_platform.serving.decider import Decider
 from ensemble_platform.serving.parity import ParitySet
@@ -299,6 +306,45 @@ def test_auth_401_and_403(home, server):
     assert httpx.get(f"{url}/anything", headers=bearer(home.tokens["decide"])).status_code == 403
     stored = (home.paths.home / "service" / "tokens.json").read_text()
     assert all(token not in stored for token in home.tokens.values())
+
+
+def test_a_token_planted_in_the_token_file_is_refused(home, server, tmp_path, capsys):
+    """The token file lives under the home, which the attacker can write: a hash of their own added to it
+    (every scope), with the file's MAC kept or dropped, is refused, and so is every other token until
+    the file verifies again (503 naming the file; /ready not ready). Before, the planted token decided
+    and resolved reviews. A file from before token files were signed is refused the same way until an
+    operator signs it as it is (`tokens sign`)."""
+    import hashlib
+
+    path = home.paths.home / "service" / "tokens.json"
+    original = path.read_bytes()
+    document = json.loads(original)
+    planted = {"name": "mallory", "sha256": hashlib.sha256(b"ept_mallory").hexdigest(),
+               "scopes": ["decide", "read", "review"], "created_at": "2026-12-01T00:00:00+00:00"}
+    url = f"{server.url}/v1/decisions"
+    try:
+        for forged in ({**document, "tokens": [*document["tokens"], planted]},
+                       {"tokens": [*document["tokens"], planted]}):
+            path.write_text(json.dumps(forged))
+            for token in ("ept_mallory", home.tokens["decide"]):
+                answer = httpx.post(url, json={"rows": home.rows[:1]}, headers=bearer(token), timeout=30)
+                assert answer.status_code == 503, answer.text
+                assert "is not signed with the platform's signing key" in answer.json()["detail"]["error"]
+            ready = httpx.get(f"{server.url}/ready").json()
+            assert not ready["ready"] and any(w.startswith("TOKENS REFUSED") for w in ready["warnings"])
+    finally:
+        path.write_bytes(original)
+    assert httpx.post(url, json={"rows": home.rows[:1]}, headers=bearer(home.tokens["decide"]),
+                      timeout=30).status_code == 200
+    # A token file written before files were signed: refused by `serve`'s store, signed by the operator.
+    legacy = PlatformPaths(tmp_path / "legacy")
+    (legacy.home / "service").mkdir(parents=True)
+    (legacy.home / "service" / "tokens.json").write_text(json.dumps({"tokens": document["tokens"]}))
+    with pytest.raises(TokenError, match="not signed"):
+        TokenStore.for_home(legacy).tokens()
+    assert service_cli.main(["--home", str(legacy.home), "tokens", "sign"]) == 0
+    assert "decide: decide" in capsys.readouterr().out
+    assert TokenStore.for_home(legacy).authenticate(home.tokens["decide"]).name == "decide"
 
 
 # --- faults, refusal and the log, on an in-process server ---------------------------------------

@@ -54,7 +54,7 @@ from ensemble_platform.service.recording import (
     refusal_record,
     review_items,
 )
-from ensemble_platform.service.tokens import TokenInfo, TokenStore
+from ensemble_platform.service.tokens import TokenError, TokenInfo, TokenStore
 from ensemble_platform.serving.decider import Decider, DecisionInputError, RefusalError, jsonable_features
 
 log = logging.getLogger("ensemble_platform.service")
@@ -158,7 +158,10 @@ def _scope(state: ServiceState, scope: str) -> Callable[[Request], Awaitable[Tok
         if not state.auth:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        info = state.tokens.authenticate(token.strip()) if scheme.lower() == "bearer" and state.tokens else None
+        try:
+            info = state.tokens.authenticate(token.strip()) if scheme.lower() == "bearer" and state.tokens else None
+        except TokenError as exc:  # the token file does not verify: no token is trusted, the cause is the answer
+            raise HTTPException(503, {"error": str(exc)}) from exc
         if info is None:
             raise HTTPException(401, {"error": "missing or invalid bearer token"}, headers={"WWW-Authenticate": "Bearer"})
         if scope not in info.scopes:
@@ -319,6 +322,16 @@ def _queue_sla(state: ServiceState) -> dict[str, Any] | None:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _tokens_readable(state: ServiceState) -> tuple[bool, str]:
+    """With auth on, whether the token file verifies (a file that does not makes every request a 503)."""
+    if not state.auth or state.tokens is None:
+        return True, "auth off"
+    try:
+        return True, f"{len(state.tokens.tokens())} token(s)"
+    except TokenError as exc:
+        return False, str(exc)
+
+
 def readiness(state: ServiceState) -> dict[str, Any]:
     log_ok, log_detail = state.decision_log.writable()
     warnings = [] if state.auth else [NO_AUTH_WARNING]
@@ -331,11 +344,14 @@ def readiness(state: ServiceState) -> dict[str, Any]:
         "manifest_sha256": state.identity.manifest_sha256, "members": list(decider.runtime.members),
         "min_members": decider.min_members, "member_timeout_s": decider.member_timeout_s,
     }
+    tokens_ok, tokens_detail = _tokens_readable(state)
+    if not tokens_ok:
+        warnings.append(f"TOKENS REFUSED: {tokens_detail}")
     queue = _queue_sla(state)
     if queue is not None and queue.get("breached"):
         warnings.append(f"REVIEW SLA BREACHED: {queue['past_sla']} item(s) open longer than {queue['sla_hours']} h")
     return {
-        "ready": log_ok,  # a breached review SLA is an alert, not a reason to stop deciding
+        "ready": log_ok and tokens_ok,  # a breached review SLA is an alert, not a reason to stop deciding
         "review_queue": queue,
         "shadow": state.shadow.stats().document() if state.shadow is not None else None,
         "bundle": bundle,

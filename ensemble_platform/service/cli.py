@@ -53,8 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     operations = _operations(paths, decider.dataset)
     sla_hours = args.review_sla_hours or operations.review_sla_hours
     segment = args.segment_column if args.segment_column is not None else operations.segment_column
-    decision_log = _decision_log(args)
     tokens = TokenStore.for_home(paths)
+    if not args.no_auth:
+        tokens.tokens()  # a token file that does not verify is refused now, naming it, not at the first request
+    decision_log = _decision_log(args)
     shadow = None
     try:
         if args.shadow:
@@ -131,6 +133,17 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     print(f"token {args.name!r} with scope(s) {sorted(set(args.scope))} (stored as its SHA-256 in {store.path}):")
     print(token)
     print("it is shown only this once", file=sys.stderr)
+    return 0
+
+
+def cmd_tokens_sign(args: argparse.Namespace) -> int:
+    from ensemble_platform.service.tokens import TokenStore
+
+    store = TokenStore.for_home(_paths(args))
+    tokens = store.sign_as_is()
+    print(f"signed {store.path} as it is, with key {store.key.key_id}; its tokens:")
+    for token in tokens:
+        print(f"  {token.name}: {', '.join(token.scopes)} (created {token.created_at})")
     return 0
 
 
@@ -361,6 +374,9 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
     create.add_argument("--scope", required=True, action="append", choices=["decide", "read", "review"],
                         help="repeat for several scopes")
     create.set_defaults(func=cmd_tokens_create)
+    sign = tokens_sub.add_parser("sign", help="sign the token file as it is (check the tokens it lists first): "
+                                              "for a file written before token files were signed")
+    sign.set_defaults(func=cmd_tokens_sign)
 
     decisions = sub.add_parser("decisions", help="the decision log: show, verify, export, replay")
     decisions_sub = decisions.add_subparsers(dest="decisions_command", required=True)

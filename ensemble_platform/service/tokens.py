@@ -1,6 +1,11 @@
 """Bearer tokens with scopes. The token file (under the platform home) stores only each token's SHA-256,
 name, scopes and creation time; the plaintext is returned once by `create_token` and never stored.
 
+The file carries an HMAC-SHA256 under the platform's signing key (kept outside the home), checked at
+every read: anyone who can write under the home could otherwise add a hash of their own with every
+scope. A file that does not verify is refused (no token works) until an operator checks it and signs
+it as it is (`tokens sign`) or deletes it and creates the tokens again.
+
 A presented token is hashed and compared with every stored hash by `hmac.compare_digest` (no early exit,
 constant time per comparison). The file is re-read when it changes, so tokens created by the CLI work in
 a running server.
@@ -21,12 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.integrity.chain import canonical_json
+from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
 
 SCOPES = ("decide", "read", "review")
 TOKEN_PREFIX = "ept_"
 TOKENS_FILE = "tokens.json"
 FILE_MODE = 0o600
+MAC_FIELD = "mac"
+# Prefixed to what the file's MAC covers, so no other signed document's MAC can pass for it.
+_MAC_CONTEXT = b"ensemble_platform.tokens.v1\0"
 
 
 class TokenError(PlatformError):
@@ -50,15 +60,16 @@ def token_sha256(token: str) -> str:
 
 
 class TokenStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: SigningKey):
         self.path = Path(path)
+        self.key = key
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._tokens: list[TokenInfo] = []
 
     @classmethod
     def for_home(cls, paths: PlatformPaths) -> TokenStore:
-        return cls(tokens_path(paths))
+        return cls(tokens_path(paths), load_signing_key(paths))
 
     def tokens(self) -> list[TokenInfo]:
         with self._lock:
@@ -94,6 +105,16 @@ class TokenStore:
                 found = info
         return found
 
+    def sign_as_is(self) -> list[TokenInfo]:
+        """Operator action: sign the file as it stands (after checking its tokens by hand), e.g. one
+        written before token files were signed. Returns its tokens."""
+        with self._lock:
+            tokens = self._parse(self._read_document())
+            self._write(tokens)
+            self._stamp = None
+            self._reload()
+            return list(self._tokens)
+
     # -- file --------------------------------------------------------------------------------------
 
     def _reload(self) -> None:
@@ -105,18 +126,42 @@ class TokenStore:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return
+        self._tokens = []  # nothing is trusted until the file verifies
+        self._stamp = None
+        document = self._read_document()
+        tokens = self._parse(document)
+        if not self.key.verify(self._signed_bytes(document["tokens"]), document.get(MAC_FIELD)):
+            raise TokenError(f"token file {self.path} is not signed with the platform's signing key (key "
+                             f"{self.key.key_id}): it was edited, written with another key, or written before token "
+                             "files were signed. No token is accepted until it is resolved: check its tokens and run "
+                             "`ensemble-platform tokens sign`, or delete it and create the tokens again")
+        self._tokens, self._stamp = tokens, stamp
+
+    def _read_document(self) -> dict:
         try:
             document = json.loads(self.path.read_text())
-            self._tokens = [TokenInfo(t["name"], t["sha256"], tuple(t["scopes"]), t["created_at"])
-                            for t in document["tokens"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise TokenError(f"token file {self.path} is unreadable ({exc})") from exc
-        self._stamp = stamp
+        if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
+            raise TokenError(f"token file {self.path}: expected an object with a 'tokens' list")
+        return document
+
+    def _parse(self, document: dict) -> list[TokenInfo]:
+        try:
+            return [TokenInfo(str(t["name"]), str(t["sha256"]), tuple(map(str, t["scopes"])), str(t["created_at"]))
+                    for t in document["tokens"]]
+        except (KeyError, TypeError) as exc:
+            raise TokenError(f"token file {self.path}: a token lacks name, sha256, scopes or created_at ({exc})") from exc
+
+    @staticmethod
+    def _signed_bytes(tokens: object) -> bytes:
+        return _MAC_CONTEXT + canonical_json(tokens)
 
     def _write(self, tokens: list[TokenInfo]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        document = {"tokens": [{"name": t.name, "sha256": t.sha256, "scopes": list(t.scopes),
-                                "created_at": t.created_at} for t in tokens]}
+        listed = [{"name": t.name, "sha256": t.sha256, "scopes": list(t.scopes), "created_at": t.created_at}
+                  for t in tokens]
+        document = {"tokens": listed, MAC_FIELD: self.key.mac(self._signed_bytes(listed))}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, FILE_MODE)
