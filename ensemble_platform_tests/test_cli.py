@@ -84,6 +84,28 @@ def test_the_service_command_line_refuses_an_unknown_dataset_too(known_home, cap
     assert "known: credit_slice" in capsys.readouterr().err
 
 
+def test_a_file_in_the_catalogue_that_is_not_an_entry_hides_nothing_else(known_home, capsys):
+    """Files dropped in the home's catalogue folder (not JSON, an empty object, a name that is not text):
+    each is left out and named, the known dataset still works everywhere, and asking for a dataset whose
+    file is broken is refused naming that file. Before, one such file made every command, the sensors
+    and schedules, and the code location itself fail with a traceback."""
+    from ensemble_platform.defs.schedules import _known_specs
+
+    paths = PlatformPaths.from_env(known_home)
+    folder = paths.datasets_dir
+    (folder / "aa.json").write_text("not json")
+    (folder / "bb.json").write_text("{}")
+    (folder / "cc.json").write_text('{"name": 3, "spec_path": "x"}')
+    catalog = DatasetCatalog(paths)
+    assert list(catalog.entries()) == ["credit_slice"]
+    assert sorted(p.name for p in catalog.problems()) == ["aa.json", "bb.json", "cc.json"]
+    assert "credit_slice" in [spec.name for spec in _known_specs(paths, None)]
+    assert cli.main(["status", "--dataset", "credit_slice", "--home", str(known_home)]) == 0
+    assert service_cli.main(["--home", str(known_home), "outcomes", "report", "--dataset", "bb"]) == 2
+    err = capsys.readouterr().err
+    assert "known: credit_slice" in err and "bb.json is not a catalogue entry" in err and "Traceback" not in err
+
+
 def test_a_known_dataset_name_passes_the_check(known_home, capsys):
     assert cli.main(["status", "--dataset", "credit_slice", "--home", str(known_home)]) == 0
     assert "dataset credit_slice" in capsys.readouterr().out

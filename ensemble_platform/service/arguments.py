@@ -44,9 +44,11 @@ def refuse_unknown_dataset(args: argparse.Namespace) -> None:
     if not value or is_spec_file(value) or getattr(args, "command", None) in BUILDS_FROM_SPEC:
         return
     paths = PlatformPaths.from_env(getattr(args, "home", None))
-    known = sorted(DatasetCatalog(paths).entries())
+    catalog = DatasetCatalog(paths)
+    known = sorted(catalog.entries())
     if value not in known:
+        unreadable = "".join(f"; {path} is not a catalogue entry ({why})" for path, why in catalog.problems().items())
         raise DatasetSpecError(
             f"--dataset {value!r}: no such dataset in the catalogue of {paths.home} ({paths.datasets_dir}); "
             f"known: {', '.join(known) if known else 'none yet'}. Give one of these names, or the spec YAML "
-            f"of a dataset after running its graph once (demo --dataset SPEC.yaml)")
+            f"of a dataset after running its graph once (demo --dataset SPEC.yaml){unreadable}")
