@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble_platform.data.loading import content_hash, load_dataset
-from ensemble_platform.data.schema import infer_schema
+from ensemble_platform.data.loading import binary_target, content_hash, load_dataset
+from ensemble_platform.data.schema import category_text, infer_schema
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.data.validation import validate_table
@@ -42,6 +42,34 @@ def test_parquet_source_and_numeric_labels(tmp_path, credit_slice):
     spec_path = write_spec(tmp_path, credit_slice, source="d.parquet", positive_label=1)
     loaded = load_dataset(load_spec(spec_path))
     assert set(loaded["Status"]) == {"0", "1"}
+
+
+@pytest.mark.parametrize("value, text", [
+    (1, "1"), (1.0, "1"), (np.float64(2.0), "2"), (np.float32(3.0), "3"), (np.int64(4), "4"), (1.5, "1.5"),
+    (-0.0, "0"), ("1.0", "1.0"), ("a", "a"), (True, "True"), (float("inf"), "inf"), (None, None),
+])
+def test_a_category_or_label_reads_the_same_however_pandas_typed_it(value, text):
+    assert category_text(value) == text
+    assert np.isnan(category_text(float("nan")))
+
+
+def test_a_batch_with_blank_labels_of_a_numeric_target_validates_and_scores_its_labels(tmp_path, credit_slice):
+    """A 0/1 target with blank cells is read by pandas as 0.0/1.0: the batch was quarantined (labels
+    '0.0', '1.0' are not the training labels '0', '1') and its positives counted as negatives."""
+    table = credit_slice.assign(Status=(credit_slice["Status"] == "bad").astype(int))
+    table.to_csv(tmp_path / "d.csv", index=False)
+    spec = load_spec(write_spec(tmp_path, credit_slice, source="d.csv", positive_label=1))
+    loaded = load_dataset(spec)
+    schema = infer_schema(loaded, spec)
+    batch = table.head(60).copy()
+    batch["Status"] = batch["Status"].astype(float)
+    batch.loc[batch.index[:10], "Status"] = np.nan
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    read_back = pd.read_csv(tmp_path / "batch.csv")
+    assert read_back["Status"].dtype == float
+    assert validate_table(read_back, spec, schema, labels=sorted(set(loaded["Status"]))).success
+    labelled = read_back.dropna(subset=["Status"])
+    assert (binary_target(labelled, spec) == table.head(60)["Status"].iloc[10:].to_numpy()).all()
 
 
 @pytest.mark.parametrize("mutate, overrides, error, fragments", BAD_INPUTS)

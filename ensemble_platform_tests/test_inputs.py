@@ -4,11 +4,13 @@ Nothing is overwritten, ignored or renamed silently."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pandas as pd
 import pytest
 
-from ensemble_platform.data.batches import BatchStore
+from ensemble_platform.data.batches import STALE_TMP_SECONDS, BatchStore
 from ensemble_platform.data.loading import read_csv
 from ensemble_platform.errors import DataError
 from ensemble_platform.settings import PlatformPaths
@@ -28,16 +30,26 @@ def test_two_different_files_with_one_name_are_two_batches(tmp_path):
 
 
 def test_a_hidden_batch_file_is_taken_in_and_an_unusable_file_is_quarantined_with_its_reason(tmp_path):
+    """A file that is not a batch file is quarantined once it has been left unchanged for STALE_TMP_SECONDS:
+    before that it may be a copy in progress (rsync writes `.name.csv.XXXXXX` and renames it when done;
+    taken at once, the rename failed and the batch was lost)."""
     store = BatchStore(PlatformPaths.from_env(tmp_path / "home"))
     inbox = store.inbox("d")
     inbox.mkdir(parents=True)
     pd.DataFrame({"x": [1]}).to_csv(inbox / ".x.csv", index=False)
     (inbox / "notes.txt").write_text("not data")
+    copying = inbox / ".batch.csv.Xy12ab"
+    copying.write_text("x\n2\n")
     assert [a.path.name for a in store.pending("d")] == [".x.csv"]
+    assert store.reject_unusable("d") == [] and copying.exists()  # both may still be being copied in
+    copying.rename(inbox / "batch.csv")  # the copy completes
+    old = time.time() - STALE_TMP_SECONDS - 1
+    os.utime(inbox / "notes.txt", (old, old))
     moved = store.reject_unusable("d")
     assert len(moved) == 1 and (moved[0] / "notes.txt").read_text() == "not data"
     assert "must end in" in json.loads((moved[0] / "reason.json").read_text())["reason"]
     assert not (inbox / "notes.txt").exists()
+    assert sorted(a.path.name for a in store.pending("d")) == [".x.csv", "batch.csv"]
 
 
 def test_a_csv_with_a_duplicate_header_is_refused_naming_it(tmp_path):

@@ -166,10 +166,22 @@ def test_an_unreadable_file_is_refused_naming_it(world, tmp_path, name, text, fr
 def test_labels_are_the_targets_values_or_one_and_zero(value, expected):
     vocabulary = LabelVocabulary(DATASET, "bad", "good")
     if expected is None:
-        with pytest.raises(ValueError, match="accepted: 1 or 'bad'"):
+        with pytest.raises(ValueError, match=r"accepted: 'bad' \(positive class\) or 'good'; or 1 \(positive class\) or 0"):
             vocabulary.parse(value)
     else:
         assert vocabulary.parse(value) == expected
+
+
+@pytest.mark.parametrize("positive, negative, readings", [
+    ("2", "1", {2: 1, "2": 1, 1: 0, "1": 0, 0: 0, "0": 0}),  # German credit's 1/2 coding
+    ("0", "1", {0: 1, "0": 1, 1: 0, "1": 0}),  # 0 is the positive class
+    ("1", "0", {1: 1, "1": 1, 0: 0, "0": 0}),
+])
+def test_a_label_means_the_same_class_as_a_json_number_and_as_text(positive, negative, readings):
+    """Where the target's own values are numbers, a JSON number is that value, as the same text in a CSV is
+    (JSON 1 registered the positive class under 1/2 coding, where 1 is the negative value)."""
+    vocabulary = LabelVocabulary(DATASET, positive, negative)
+    assert {value: vocabulary.parse(value) for value in readings} == readings
 
 
 def test_good_outcomes_are_recorded_once_and_never_overwritten(world, tmp_path, capsys):

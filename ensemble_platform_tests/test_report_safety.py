@@ -215,6 +215,20 @@ def test_performance_page_is_inert(tmp_path):
     assert_inert_html(paths["html"].read_text())
 
 
+def test_performance_page_puts_each_members_accuracy_under_its_name(tmp_path):
+    """Batches scored by versions with different members: each accuracy sits in its member's column (the
+    header was the last batch's members, each row its own members in order)."""
+    history = PerformanceHistory(PlatformPaths.from_env(tmp_path / "home"), "credit_slice")
+    base = {"rows": 50, "positive_rate": 0.3, "log_loss": 0.5, "brier": 0.2, "roc_auc": 0.8}
+    for day, members in (("1", {"glm": 0.61, "rf": 0.72}), ("2", {"rf": 0.73, "xgb": 0.84})):
+        history.record({"batch_id": f"b{day}", "received_at": f"2024-01-0{day}", "scored_by": "1.0.0",
+                        "performance": {"ensemble": {**base, "accuracy": 0.8},
+                                        **{m: {**base, "accuracy": a} for m, a in members.items()}}})
+    text = history.publish()["markdown"].read_text()
+    assert "| batch | glm | rf | xgb |" in text
+    assert "| b1 | 0.610 | 0.720 | — |" in text and "| b2 | — | 0.730 | 0.840 |" in text
+
+
 # --- Evidently's drift HTML --------------------------------------------------------------------------
 
 NUMERIC_COLUMN = f"income {IMG}"

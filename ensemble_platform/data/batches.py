@@ -53,7 +53,9 @@ def _sha256(path: Path) -> str:
 # Hex digits of the content's SHA-256 in a batch id: the id names the content, so two different
 # files never share one, whatever their names.
 ID_HASH_DIGITS = 16
-# An in-flight copy (`register`) older than this is left over from a crash: reported, not waited for.
+# A file in the inbox that is not a batch file may be a copy in progress: `register`'s `.tmp`, rsync's
+# `.name.csv.XXXXXX`, a browser's `.part`, renamed to its final name when complete. Left alone until
+# unchanged for this long; then it is a leftover (or not data) and is quarantined with the reason.
 STALE_TMP_SECONDS = 300
 
 
@@ -128,11 +130,12 @@ class BatchStore:
         for path in sorted(inbox.iterdir()):
             if path.is_dir():
                 found.append((path, "a folder, not a batch file"))
-            elif path.suffix == ".tmp":
-                if time.time() - path.stat().st_mtime > STALE_TMP_SECONDS:
-                    found.append((path, "an unfinished copy left behind (register was interrupted)"))
             elif path.suffix.lower() not in BATCH_SUFFIXES:
-                found.append((path, f"not a batch file: the name must end in {' or '.join(BATCH_SUFFIXES)}"))
+                if time.time() - path.stat().st_mtime <= STALE_TMP_SECONDS:
+                    continue  # perhaps still being copied in
+                found.append((path, "an unfinished copy left behind (register was interrupted)" if path.suffix == ".tmp"
+                              else f"not a batch file: the name must end in {' or '.join(BATCH_SUFFIXES)} "
+                                   f"(unchanged for {STALE_TMP_SECONDS} s, so not a copy in progress)"))
         return found
 
     def reject_unusable(self, dataset: str) -> list[Path]:

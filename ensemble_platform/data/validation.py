@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema, with_datetime_parts
+from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema, category_text, with_datetime_parts
 from ensemble_platform.data.spec import DatasetSpec
 
 _NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "float16", "float32", "float64", "Float64",
@@ -156,7 +156,7 @@ def validate_table(
     as_text = [*schema.categorical, *([spec.target] if labels is not None else [])]
     for column in as_text:
         if column in frame:
-            frame[column] = frame[column].map(lambda v: v if pd.isna(v) else str(v))
+            frame[column] = frame[column].map(category_text)
     result = definition.run(batch_parameters={"dataframe": frame})
     outcomes = [_outcome(r, spec, batch_suite) for r in result.results]
     stats = result.statistics

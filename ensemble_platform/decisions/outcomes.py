@@ -217,9 +217,15 @@ class LabelVocabulary:
     negative: str | None = None
 
     def accepted(self) -> str:
-        positive = f"1{f' or {self.positive!r}' if self.positive else ''}"
-        negative = f"0{f' or {self.negative!r}' if self.negative else ''}"
-        return f"{positive} (positive class) or {negative}"
+        values = [v for v in (self.positive, self.negative) if v is not None]
+        positive = f"{self.positive!r} (positive class)" if self.positive else None
+        negative = f"{self.negative!r}" if self.negative else None
+        own = " or ".join(v for v in (positive, negative) if v)
+        numbers = [n for n in ("1", "0") if n not in values]
+        if not numbers:
+            return own
+        classes = " or ".join(f"{n}{' (positive class)' if n == '1' else ''}" for n in numbers)
+        return f"{own}; or {classes}" if own else classes
 
     def parse(self, value: object) -> int:
         """1 or 0; raises ValueError saying what is accepted."""
@@ -227,12 +233,9 @@ class LabelVocabulary:
             raise ValueError(f"is missing; accepted: {self.accepted()}")
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ValueError(f"{value!r} is not a label; accepted: {self.accepted()}")
-        if isinstance(value, int):
-            if value in (0, 1):
-                return value
-            raise ValueError(f"{value!r} is not a label; accepted: {self.accepted()}")
-        text = value.strip()
-        # The target's own values first: a dataset whose labels are the texts "0"/"1" means them as its values.
+        # A number reads as its text: JSON's 1 and a CSV's "1" must be the same label. The target's own
+        # values first: where they are 1/2, or 0/1 with 0 the positive class, "1" is that value's class.
+        text = str(value) if isinstance(value, int) else value.strip()
         if self.positive is not None and text == self.positive:
             return 1
         if self.negative is not None and text == self.negative:

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from ensemble_platform.data.schema import FeatureSchema
+from ensemble_platform.data.schema import FeatureSchema, category_text
 from ensemble_platform.policy import DriftPolicy
 
 PREDICTION = "prediction"
@@ -62,7 +62,7 @@ def _features(table: pd.DataFrame, schema: FeatureSchema, target: str | None) ->
     for column in schema.numeric:
         frame[column] = pd.to_numeric(table[column], errors="coerce").astype(float).to_numpy()
     for column in [*schema.categorical, *([target] if target else [])]:
-        frame[column] = [None if pd.isna(v) else str(v) for v in table[column].to_numpy(dtype=object)]
+        frame[column] = [None if pd.isna(v) else category_text(v) for v in table[column].to_numpy(dtype=object)]
     return frame
 
 

@@ -36,9 +36,11 @@ class PerformanceHistory:
         history = self.entries()
         rows = [[e["batch_id"], e["received_at"], e["scored_by"], e["performance"]["ensemble"]["rows"],
                  *(e["performance"]["ensemble"][m] for m in METRICS)] for e in history]
-        members = [[e["batch_id"], *(f"{v['accuracy']:.3f}" for k, v in e["performance"].items() if k != "ensemble")]
-                   for e in history]
-        names = [k for k in history[-1]["performance"] if k != "ensemble"] if history else []
+        # Every member any batch was scored with, each in its own column: the member set changes with
+        # the version serving (a row listed its own members in order under the last batch's names).
+        names = list(dict.fromkeys(k for e in history for k in e["performance"] if k != "ensemble"))
+        members = [[e["batch_id"], *(f"{e['performance'][n]['accuracy']:.3f}" if n in e["performance"] else "—"
+                                     for n in names)] for e in history]
         document = ReportDocument(
             f"Performance on labelled batches: {self.dataset}",
             f"{len(history)} labelled batch(es), scored by the version serving when each arrived",

@@ -13,6 +13,7 @@ import pandas as pd
 from ensemble_platform.data.batches import ACCEPTED, BatchStore, read_batch, split_partition_key
 from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.reference import TrainingReference
+from ensemble_platform.data.schema import category_text
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.validation import validate_table
 from ensemble_platform.defs.owners import owners
@@ -138,7 +139,7 @@ def batch_performance(
         return dg.Output({"labelled": False}, metadata={"labelled": False})
     runtime, scored_by = Release(platform.paths, platform.registry()).serving_runtime(spec.name)
     P, ensemble = runtime.member_and_ensemble_proba(rows)
-    y = (rows[spec.target].astype(str) == spec.positive_label).to_numpy(dtype=int)
+    y = (rows[spec.target].map(category_text) == spec.positive_label).to_numpy(dtype=int)
     performance = performance_of(y, ensemble, {n: P[:, j] for j, n in enumerate(runtime.members)},
                                  runtime.decision_threshold)
     history = PerformanceHistory(platform.paths, spec.name)
