@@ -402,6 +402,19 @@ def test_the_fairness_figure_plots_the_demographic_parity_ratio():
     assert fairness_gap_figure("Age", gaps(0.4)).png != fairness_gap_figure("Age", gaps(0.9)).png
 
 
+def test_figures_draw_names_with_dollar_signs_as_text():
+    """A column or member name with two `$` was parsed by matplotlib as a formula: an unknown command in
+    it raised, and the fairness, performance and production reports failed."""
+    from ensemble_platform.governance.figures import performance_history_figure
+
+    row = {"demographic_parity_difference": {"value": 0.1, "status": "pass"}}
+    assert fairness_gap_figure("spend_$\\foo$", {ENSEMBLE: row, "rf_$\\bar$": row}).png
+    metrics = {"rows": 50, "positive_rate": 0.3, "accuracy": 0.8, "log_loss": 0.5, "brier": 0.2, "roc_auc": 0.8}
+    history = [{"batch_id": "b1", "received_at": "2024-01-01", "scored_by": "1.0.0",
+                "performance": {"ensemble": metrics, "glm_$\\baz$": metrics}}]
+    assert performance_history_figure(history).png
+
+
 def test_thin_groups_are_counted_as_groups():
     document = _plain_documents()["fairness"]
     summary = document.sections[0].body

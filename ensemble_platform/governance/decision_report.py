@@ -27,6 +27,7 @@ from ensemble_platform.decisions.daily import (
 )
 from ensemble_platform.decisions.log import DecisionLog, decision_log_exists
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.figures import plain_text
 from ensemble_platform.governance.rendering import (
     Figure,
     ReportDocument,
@@ -201,6 +202,7 @@ def _members_section(summary: DailySummary) -> Section:
                                     if rows else "No decisions on this day.")))
 
 
+@plain_text
 def _levels_figure(index: int, version: VersionAgreement) -> Figure:
     """Share of decisions per vote share, the day beside the validated holdout."""
     fig = MplFigure(figsize=(7, 3.2))

@@ -6,11 +6,13 @@ worker) and saved as PNG without a Software stamp, so the same numbers give the 
 
 from __future__ import annotations
 
+import functools
 import io
 import textwrap
-from collections.abc import Mapping, Sequence
-from typing import TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import ParamSpec, TypedDict, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
@@ -36,12 +38,28 @@ class ReliabilityRow(TypedDict):
     gap: float | None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def plain_text(draw: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Draw with matplotlib's mathtext off: labels, titles and legends carry column, category and member
+    names, and a name with two `$` in it was parsed as a formula (an unknown `\\foo` in it raised, so the
+    report failed). Wraps the whole drawing and the saving, where tick labels are made."""
+    @functools.wraps(draw)
+    def drawn(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return drawn
+
+
 def _png(fig: MplFigure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None}, bbox_inches="tight")
     return buffer.getvalue()
 
 
+@plain_text
 def reliability_figure(tables: Mapping[str, Sequence[ReliabilityRow]], highlight: str) -> Figure:
     """Reliability curves of the ensemble (bold) and members on one axis; bin counts below."""
     fig = MplFigure(figsize=(7.5, 7))
@@ -69,6 +87,7 @@ def reliability_figure(tables: Mapping[str, Sequence[ReliabilityRow]], highlight
     return Figure("reliability", f"Reliability diagram of {highlight} and members, with bin counts", _png(fig))
 
 
+@plain_text
 def frontier_figure(frontier: Mapping[str, Mapping[str, object]], max_cost_ratio: float | None = None) -> Figure:
     """Out-of-fold log loss against expected cost per row (relative to the cheapest member) of every
     candidate strategy; the chosen point is marked, ineligible ones are hollow, the budget dashed."""
@@ -92,6 +111,7 @@ def frontier_figure(frontier: Mapping[str, Mapping[str, object]], max_cost_ratio
     return Figure("frontier", "Out-of-fold log loss against expected cost per row, chosen strategy starred", _png(fig))
 
 
+@plain_text
 def vote_share_figure(levels: Sequence[VoteLevel], review_threshold: float) -> Figure:
     """Rows per vote share, coloured by whether they go to review, with accuracy per level."""
     fig = MplFigure(figsize=(7, 3.5))
@@ -107,6 +127,7 @@ def vote_share_figure(levels: Sequence[VoteLevel], review_threshold: float) -> F
     return Figure("vote_share", "Vote-share distribution and ensemble accuracy per level", _png(fig))
 
 
+@plain_text
 def matrix_figure(name: str, title: str, matrix: Sequence[Sequence[float | None]], labels: Sequence[str],
                   vmin: float, vmax: float) -> Figure:
     """A labelled heat map with the value in each cell (pairwise member matrices)."""
@@ -125,6 +146,7 @@ def matrix_figure(name: str, title: str, matrix: Sequence[Sequence[float | None]
     return Figure(name, title, _png(fig))
 
 
+@plain_text
 def fairness_gap_figure(attribute: str, gaps: Mapping[str, Mapping[str, Gap]]) -> Figure:
     """Each gap per model (ensemble first), coloured by status, for one attribute: the differences
     on the left, the ratios (demographic parity ratio; lower is worse) on their own 0-1 scale."""
@@ -161,6 +183,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).lower()
 
 
+@plain_text
 def performance_history_figure(history: Sequence[PerformanceEntry], metric: str = "accuracy") -> Figure:
     """One line per model over labelled batches in arrival order; the ensemble bold."""
     fig = MplFigure(figsize=(8, 3.8))

@@ -17,6 +17,7 @@ from ensemble_platform.decisions.production_performance import (
     PeriodPerformance,
     ProductionPerformance,
 )
+from ensemble_platform.governance.figures import plain_text
 from ensemble_platform.governance.rendering import (
     Figure,
     ReportDocument,
@@ -68,6 +69,7 @@ def _review(performance: ProductionPerformance) -> str:
     return text
 
 
+@plain_text
 def accuracy_figure(performance: ProductionPerformance) -> Figure:
     """Daily accuracy of the ensemble (bold) and each member."""
     fig = MplFigure(figsize=(8, 3.8))
