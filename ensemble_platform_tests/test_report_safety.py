@@ -193,10 +193,14 @@ def test_model_card_is_inert(tmp_path):
     approvals = [{"seq": 1, "decision": "approve", "reviewer": f"bob {IMG}", "decided_at": "2024-01-01",
                   "waived": [f"gate {IMG}"], "note": f"ok {SCRIPT} [x](javascript:alert(1))",
                   "config_hash": config.config_hash}]
+    # Read back from JSON under the home when the card is rebuilt (on approve): editable, so data too.
+    calibration = _calibration(members, y, ensemble)
+    calibration["headline"]["calibrator"] = IMG
+    fairness["summary"] = {**fairness["summary"], "ensemble_worst_status": SCRIPT, "worst_status": IMG}
     inputs = ModelCardInputs(
         config=config, spec=spec,
         members=[MemberEntry(n, "logistic_regression", f"rm {IMG}", "1", "r" * 32, {"C": SCRIPT}) for n in names],
-        validation=validation, calibration=_calibration(members, y, ensemble),
+        validation=validation, calibration=calibration,
         fairness=fairness, agreement=agreement,
         data_validation={"success": True, "successful": 1, "evaluated": 1},
         report_files=REPORT_FILES, gates=gates, approvals=approvals)

@@ -267,7 +267,7 @@ def _evaluation(inputs: ModelCardInputs) -> Section:
 def _calibration(inputs: ModelCardInputs) -> Section:
     head = inputs.calibration["headline"]
     return Section("Calibration", (
-        f"Calibrator **{head['calibrator']}** (fitted on out-of-fold predictions only): holdout ECE "
+        f"Calibrator **{md_text(head['calibrator'])}** (fitted on out-of-fold predictions only): holdout ECE "
         f"{fmt(head['ece_before'])} → **{fmt(head['ece_after'])}**.\n\n" + calibration_metrics_table(inputs.calibration)
         + _see(inputs, "calibration")
     ), [reliability_figure(inputs.calibration["reliability"], highlight=ENSEMBLE)])
@@ -283,8 +283,8 @@ def _fairness(inputs: ModelCardInputs) -> Section:
         return Section("Fairness", "No sensitive attributes are listed in the dataset spec, so no fairness "
                                    "analysis was possible." + _see(inputs, "fairness"))
     return Section("Fairness", (
-        f"Ensemble worst status: **{f['summary']['ensemble_worst_status']}** (all models: "
-        f"{f['summary']['worst_status']}).\n\n"
+        f"Ensemble worst status: **{md_text(f['summary']['ensemble_worst_status'])}** (all models: "
+        f"{md_text(f['summary']['worst_status'])}).\n\n"
         + md_table(["attribute", "gap", "ensemble value", "status", "judged groups"], rows, digits=3)
         + _see(inputs, "fairness")
     ))

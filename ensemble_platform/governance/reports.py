@@ -305,7 +305,7 @@ def calibration_document(data: CalibrationData, context: ReportContext) -> Repor
         subtitle=context.subtitle(),
         sections=[
             Section("Summary", (
-                f"Post-hoc calibrator: **{head['calibrator']}**. Holdout ECE (equal-width, {data['n_bins']} bins) "
+                f"Post-hoc calibrator: **{md_text(head['calibrator'])}**. Holdout ECE (equal-width, {data['n_bins']} bins) "
                 f"{fmt(head['ece_before'])} before calibration, **{fmt(head['ece_after'])}** after; "
                 f"Brier score {fmt(head['brier_before'])} before, {fmt(head['brier_after'])} after."
             )),
@@ -319,7 +319,7 @@ def calibration_document(data: CalibrationData, context: ReportContext) -> Repor
             Section("How the calibrator was chosen", (
                 "Candidates were cross-validated over the members' shared folds on the ensemble's "
                 "out-of-fold probabilities (training rows only); the holdout took no part. The lowest "
-                f"out-of-fold {calibrator['criterion']} wins, ties keep no calibration. The chosen calibrator "
+                f"out-of-fold {md_text(calibrator['criterion'])} wins, ties keep no calibration. The chosen calibrator "
                 "is then refit on all training rows' out-of-fold probabilities. Caveat: those probabilities "
                 "come from combiners fitted on the other folds, so the scoring is not fully nested; with a "
                 "handful of combiner parameters the effect is negligible.\n\n" + evidence
@@ -333,10 +333,10 @@ def calibration_document(data: CalibrationData, context: ReportContext) -> Repor
 def fairness_document(data: FairnessData, context: ReportContext) -> ReportDocument:
     summary = data["summary"]
     sections = [Section("Summary", (
-        f"Worst status over the ensemble's gaps: **{summary['ensemble_worst_status']}**; over all models: "
-        f"{summary['worst_status']}. Decisions at probability ≥ {data['decision_threshold']:g}. Gap statuses "
+        f"Worst status over the ensemble's gaps: **{md_text(summary['ensemble_worst_status'])}**; over all models: "
+        f"{md_text(summary['worst_status'])}. Decisions at probability ≥ {data['decision_threshold']:g}. Gap statuses "
         "over every model, attribute and gap: "
-        + ", ".join(f"{k} {v}" if k != "thin" else f"not judged (fewer than two judged groups) {v}"
+        + ", ".join(f"{md_text(k)} {v}" if k != "thin" else f"not judged (fewer than two judged groups) {v}"
                     for k, v in summary["status_counts"].items()) + "."
         + _thin_groups_text(data)
     )), Section("Thresholds", _policy_table(data["policy"]))]
