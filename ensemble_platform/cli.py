@@ -359,15 +359,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
-    from ensemble_platform.serving.bundle import verify_bundle
+    """Exit 0: verified against the given manifest hash and loadable; 1: the files match the manifest beside
+    them and load, but nothing vouches for that manifest (no --manifest-sha256); 2: refused."""
+    from ensemble_platform.serving.bundle import load_verified
 
-    manifest = verify_bundle(args.path, args.manifest_sha256)
-    approval = manifest["approval"]
-    print(f"{args.path}: verified {len(manifest['files'])} files against manifest.json")
+    manifest, _ = load_verified(args.path, args.manifest_sha256)  # loading too: a bundle missing its runtime fails
+    approval = manifest["approval"] or {}
+    print(f"{args.path}: verified {len(manifest['files'])} files against manifest.json, and loaded")
     print(f"  {manifest['dataset']} {manifest['ensemble_version']} ({manifest['strategy']}), config "
           f"{manifest['config_hash'][:12]}, {len(manifest['members'])} members")
-    print(f"  approved by {approval['reviewer']} at {approval['decided_at']}")
-    return 0
+    print(f"  approved by {approval.get('reviewer', '(no approval recorded)')} at {approval.get('decided_at', '-')}")
+    if args.manifest_sha256:
+        print(f"  manifest SHA-256 {args.manifest_sha256} as required")
+        return 0
+    print("NOT AUTHENTICATED: without --manifest-sha256 (the registry's ensemble_platform.manifest_sha256 tag) "
+          "this shows only that the files match the manifest beside them, which anyone who can write the "
+          "folder can rewrite too", file=sys.stderr)
+    return 1
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:

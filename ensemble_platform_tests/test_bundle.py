@@ -82,6 +82,28 @@ def test_manifest_describes_members_schema_approval_and_every_file(production, t
     assert tags[BUNDLE_TAGS[1]] == sha256_file(bundle / "manifest.json") == result.bundle.manifest_sha256
 
 
+def test_verify_bundle_says_when_nothing_vouches_for_the_manifest(copy_of_bundle, capsys):
+    """Without the registry's manifest hash, `verify-bundle` exits 1 saying it is not authenticated (it
+    printed "verified ... approved by ..." and exited 0 for a manifest anyone can write); a hand-written
+    manifest listing no files, or lacking a field, is refused naming the cause (0 files passed; a missing
+    field was a KeyError traceback)."""
+    digest = sha256_file(copy_of_bundle / "manifest.json")
+    assert cli.main(["verify-bundle", str(copy_of_bundle), "--manifest-sha256", digest]) == 0
+    assert "as required" in capsys.readouterr().out
+    assert cli.main(["verify-bundle", str(copy_of_bundle)]) == 1
+    assert "NOT AUTHENTICATED" in capsys.readouterr().err
+    manifest = json.loads((copy_of_bundle / "manifest.json").read_text())
+    forged = copy_of_bundle.parent / "forged"
+    forged.mkdir()
+    (forged / "manifest.json").write_text(json.dumps({**manifest, "files": {}}))
+    assert cli.main(["verify-bundle", str(forged)]) == 2
+    assert "stored runtime is missing runtime.json" in capsys.readouterr().err
+    (forged / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "dataset"}))
+    assert cli.main(["verify-bundle", str(forged)]) == 2
+    err = capsys.readouterr().err
+    assert "missing or mistyped field(s) 'dataset' (str)" in err and "Traceback" not in err
+
+
 def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, parity):
     _, bundle, _ = production
     runtime = load_bundle(bundle)
@@ -99,7 +121,11 @@ def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, pari
     (lambda b: (b / "data/ensemble/members/xgboost.skops").unlink(),
      "missing file data/ensemble/members/xgboost.skops"),
     (lambda b: (b / "data/ensemble/notes.pkl").write_bytes(b"\x80\x04N."), "extra file data/ensemble/notes.pkl"),
-], ids=["changed", "missing", "extra"])
+    # A file named like the manifest below the top was skipped by the walk (so never checked).
+    (lambda b: (b / "data/ensemble/manifest.json").write_text("{}"), "extra file data/ensemble/manifest.json"),
+    # A linked folder was not walked: its files were neither listed nor refused.
+    (lambda b: (b / "code").symlink_to(b / "data", target_is_directory=True), "symbolic link code"),
+], ids=["changed", "missing", "extra", "nested manifest", "linked folder"])
 def test_a_tampered_bundle_is_refused_naming_the_file(copy_of_bundle, tamper, message, capsys):
     tamper(copy_of_bundle)
     with pytest.raises(BundleError, match=message):

@@ -66,8 +66,8 @@ def export_bundle(
         reusable = (manifest["approval"].get("sha256") == approval.sha256 and archive.is_file()
                     and sha256_file(directory / "manifest.json") in signed_manifests
                     and archive.with_name(archive.name + ".sha256").read_text().split()[0] == sha256_file(archive))
-    except (BundleError, FileNotFoundError):
-        reusable = False
+    except (BundleError, OSError, KeyError, AttributeError, IndexError, TypeError, ValueError):
+        reusable = False  # anything found under the home that is not an intact bundle of ours is rebuilt
     created = not reusable
     if created:
         _build_bundle(paths, registry, record, approval, directory, archive)

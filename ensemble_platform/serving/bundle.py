@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import tempfile
@@ -167,7 +168,22 @@ def _output_example() -> pd.DataFrame:
 
 
 def _relative_files(tree: Path) -> list[str]:
-    return sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """Every entry of the tree but its own top-level manifest, as relative paths: regular files, and
+    symbolic links (to files or folders, which are not followed) so that verification refuses them."""
+    found = []
+    for root, folders, files in os.walk(tree):  # followlinks=False: a linked folder is listed, not walked
+        for name in [*files, *(f for f in folders if (Path(root) / f).is_symlink())]:
+            rel = (Path(root) / name).relative_to(tree).as_posix()
+            if rel != MANIFEST:
+                found.append(rel)
+    return sorted(found)
+
+
+# What a manifest must hold for anything to use it: field -> the JSON types it may have.
+_MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "ensemble_version": (str,), "strategy": (str,), "config_hash": (str,), "members": (list,),
+    "approval": (dict, type(None)), "files": (dict,),
+}
 
 
 def write_archive(directory: Path, archive: Path, created_at: str) -> str:
@@ -202,6 +218,10 @@ def _parse_manifest(path: Path, raw: bytes, expected_sha256: str | None) -> dict
             or not isinstance(manifest.get("files"), dict):
         found = manifest.get("bundle_format") if isinstance(manifest, dict) else None
         raise BundleError(f"{path}: unsupported bundle format {found!r} (this platform reads format {BUNDLE_FORMAT})")
+    wrong = [f"{field!r} ({' or '.join(t.__name__ for t in types)})" for field, types in _MANIFEST_FIELDS.items()
+             if field not in manifest or not isinstance(manifest[field], types)]
+    if wrong:
+        raise BundleError(f"{path}: missing or mistyped field(s) {', '.join(wrong)}")
     return manifest
 
 
@@ -220,8 +240,10 @@ def read_verified(directory: Path, expected_manifest_sha256: str | None = None) 
     manifest = read_manifest(directory, expected_manifest_sha256)
     listed: dict[str, str] = manifest["files"]
     present = set(_relative_files(directory))
-    contents = {rel: (directory / rel).read_bytes() for rel in sorted(set(listed) & present)}
-    problems = [f"missing file {rel}" for rel in sorted(set(listed) - present)]
+    links = sorted(rel for rel in present if (directory / rel).is_symlink())
+    contents = {rel: (directory / rel).read_bytes() for rel in sorted(set(listed) & present) if rel not in links}
+    problems = [f"symbolic link {rel} (a bundle holds regular files only)" for rel in links]
+    problems += [f"missing file {rel}" for rel in sorted(set(listed) - present)]
     problems += [f"extra file {rel} (not in the manifest)" for rel in sorted(present - set(listed))]
     problems += [f"changed file {rel} (SHA-256 differs from the manifest)"
                  for rel, data in contents.items() if hashlib.sha256(data).hexdigest() != listed[rel]]
