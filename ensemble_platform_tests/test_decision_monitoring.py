@@ -278,6 +278,24 @@ def test_the_alert_tick_acts_once_per_breach_and_forgets_days_out_of_its_window(
     assert later.breaches == [] and later.cursor[ACTED] == []
 
 
+def test_a_broken_baseline_costs_only_its_agreement_check(home):
+    """An agreement report under the home that cannot serve as the baseline (here `{}`) used to skip the whole
+    dataset: no fallback, refusal or SLA alert fired. Now only that version's agreement is not judged, and
+    the day says why."""
+    path = baseline_path(home, DATASET, "1.0.0")
+    saved = path.read_bytes()
+    try:
+        path.write_text("{}")
+        tick = DecisionAlerts(home).tick({}, datetime(2026, 3, 11, 12, tzinfo=UTC))
+    finally:
+        path.write_bytes(saved)
+    assert tick.skipped == []
+    assert sorted(b.key for b in tick.breaches) == [f"{DATASET}|2026-03-10|{k}" for k in (
+        "fallback_rate", "refusal_rate", "sla_breaches")]
+    [day] = [s for s in tick.summaries if s.day == "2026-03-10"]
+    assert any("cannot serve as the baseline of 1.0.0" in note for note in day.notes)
+
+
 # --- Dagster: the daily asset and the agreement-drop sensor -----------------------------------------
 
 def _tick(defs, instance, cursor=None):

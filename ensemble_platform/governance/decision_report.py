@@ -81,10 +81,18 @@ class Baselines:
     def __init__(self, paths: PlatformPaths, dataset: str):
         self.paths, self.dataset = paths, dataset
         self._read: dict[str, AgreementBaseline | None] = {}
+        self.problems: list[str] = []
 
     def __call__(self, version: str) -> AgreementBaseline | None:
+        """The baseline, or None: a report that cannot serve costs that version its agreement-drift check
+        only (noted), never the day's other alerts (fallbacks, refusals, the review SLA)."""
         if version not in self._read:
-            self._read[version] = read_baseline(self.paths, self.dataset, version)
+            try:
+                self._read[version] = read_baseline(self.paths, self.dataset, version)
+            except BaselineError as exc:
+                self._read[version] = None
+                self.problems.append(f"{exc}; the agreement of {version} is not compared with its validation "
+                                     "until the report is rebuilt")
         return self._read[version]
 
 
@@ -94,12 +102,16 @@ def summarise_day(paths: PlatformPaths, dataset: str, day: date, policy: Operati
     never creates one)."""
     baselines = Baselines(paths, dataset)
     if not decision_log_exists(paths):
-        return daily_summary([], day, dataset, baselines, policy, now)
-    log = DecisionLog.for_home(paths)
-    try:
-        return daily_summary(day_entries(log, day, now), day, dataset, baselines, policy, now)
-    finally:
-        log.close()
+        summary = daily_summary([], day, dataset, baselines, policy, now)
+    else:
+        log = DecisionLog.for_home(paths)
+        try:
+            summary = daily_summary(day_entries(log, day, now), day, dataset, baselines, policy, now)
+        finally:
+            log.close()
+    if baselines.problems:
+        summary = summary.model_copy(update={"notes": [*summary.notes, *baselines.problems]})
+    return summary
 
 
 def publish_decision_report(paths: PlatformPaths, dataset: str, day: date, policy: OperationsPolicy,
