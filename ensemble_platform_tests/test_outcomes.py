@@ -11,6 +11,7 @@ import threading
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
 from ensemble_platform.data.batches import BatchStore, read_batch
@@ -242,6 +243,36 @@ def test_an_outcome_deleted_from_the_log_cannot_be_registered_again(world, tmp_p
     db = sqlite3.connect(decision_log_path(paths))
     assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == rows  # nothing recorded
     db.close()
+
+
+def test_an_exported_decision_keeps_its_date_for_the_next_retraining(tmp_path):
+    """The service stores a date column as the members see it, numeric parts (`opened_year`, ..., `opened_days`);
+    the retraining reads the training table's columns, so the parts alone were dropped there and the date
+    read as missing. The export writes the date itself, rebuilt from its parts, and the retraining derives
+    the same parts again."""
+    import types
+
+    from ensemble_platform.data.schema import infer_schema
+    from ensemble_platform.data.spec import DatasetSpec
+    from ensemble_platform.decisions.outcomes import _frame
+
+    rng = np.random.default_rng(0)
+    raw = pd.DataFrame({"a": rng.normal(size=300), "y": rng.choice(["good", "bad"], 300),
+                        "opened": pd.date_range("2024-01-01 06:30", periods=300, freq="D").strftime("%Y-%m-%dT%H:%M")})
+    raw.to_csv(tmp_path / "d.csv", index=False)
+    spec = DatasetSpec(name="dt", source=str(tmp_path / "d.csv"), target="y", positive_label="bad")
+    base = load_dataset(spec)
+    schema = infer_schema(base, spec)
+    assert schema.datetime == ("opened",) and "opened_days" in schema.features
+    stored = base.head(3)[list(schema.features)].to_dict("records")  # what the service stores per decision
+    rows = [{**features, "y": "bad", "decision_id": f"d{i}", "label_source": "registered"}
+            for i, features in enumerate(stored)]
+    exported = _frame(rows, types.SimpleNamespace(schema=schema), "y")
+    assert list(exported["opened"]) == ["2024-01-01T06:30:00+00:00", "2024-01-02T06:30:00+00:00",
+                                        "2024-01-03T06:30:00+00:00"]
+    merged = load_dataset(spec, [exported])
+    parts = [c for c in schema.features if c.startswith("opened_")]
+    np.testing.assert_allclose(merged.tail(3)[parts].to_numpy(), base.head(3)[parts].to_numpy(), rtol=0, atol=1e-9)
 
 
 def test_two_registrations_racing_label_a_decision_once(world, tmp_path):

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from ensemble_platform.data.batches import BatchStore, read_batch
 from ensemble_platform.data.catalog import DatasetCatalog
 from ensemble_platform.data.reference import TrainingReference
+from ensemble_platform.data.schema import DATETIME_PARTS, part_name
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.decisions.log import DecisionLog, DecisionStore
 from ensemble_platform.decisions.records import (
@@ -644,12 +645,24 @@ def _training_rows(rows: Iterable[LabelledDecision], features: Sequence[str], vo
 
 
 def _frame(rows: list[dict[str, Any]], reference: TrainingReference, target: str) -> pd.DataFrame:
+    """The batch as the training table's columns: a date/time column the members see as numeric parts
+    (`opened_year`, ..., `opened_days`) is written as the date itself, rebuilt from its `_days` part (days
+    since 1970 with the time as a fraction, UTC), because the next retraining reads the training table's
+    columns and derives the parts again; the parts alone were dropped there and the date read as missing."""
     schema = reference.schema
-    columns = [*schema.features, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]
-    frame = pd.DataFrame(rows, columns=columns)
-    for column in schema.numeric:
+    parts = {part_name(c, p) for c in schema.datetime for p in DATETIME_PARTS}
+    plain = [c for c in schema.features if c not in parts]
+    columns = [*plain, *schema.datetime, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]
+    frame = pd.DataFrame(rows, columns=[*schema.features, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN])
+    for column in schema.datetime:
+        days = pd.to_numeric(frame.get(part_name(column, "days")), errors="coerce")
+        # To the microsecond: a float's days carry ~0.3 µs of rounding (06:30 came back as 06:29:59.999999893).
+        stamps = (pd.Timestamp("1970-01-01", tz="UTC") + pd.to_timedelta(days, unit="D")).dt.round("us")
+        frame[column] = [None if pd.isna(t) else t.isoformat() for t in stamps]
+    frame = frame[columns]
+    for column in [c for c in schema.numeric if c not in parts]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    for column in [*schema.categorical, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]:
+    for column in [*schema.categorical, *schema.datetime, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]:
         frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
     return frame
 
