@@ -88,6 +88,8 @@ BAD_INPUTS = [
                  ["Status", "missing"], id="missing-target"),
     pytest.param(None, {"colour": "blue"}, DatasetSpecError, ["colour"], id="unknown-field"),
     pytest.param(None, {"folds": 1}, DatasetSpecError, ["folds"], id="bad-folds"),
+    # '__' separates the dataset from the batch id in partition keys: 'credit__v2' could never take a batch in.
+    pytest.param(None, {"name": "credit__v2"}, DatasetSpecError, ["name", "'__'"], id="name-with-partition-separator"),
     pytest.param(None, {"governance": {"fairness": {"min_group_size": 0}}}, DatasetSpecError,
                  ["governance", "min_group_size"], id="bad-governance-threshold"),
     pytest.param(None, {"governance": {"fairness": {"demographic_parity_difference": {"warn": 0.3, "fail": 0.1}}}},

@@ -65,6 +65,9 @@ class DatasetSpec(BaseModel):
                 f"must start with a letter and contain only letters, digits, '_' or '-' "
                 f"(it names registry models and report folders), got {value!r}"
             )
+        if "__" in value:  # `data.batches.KEY_SEPARATOR`: a batch partition key is <dataset>__<batch id>
+            raise ValueError(f"must not contain '__' (it separates the dataset from the batch id in a batch's "
+                             f"partition key), got {value!r}")
         return value
 
     @field_validator("positive_label", mode="before")
