@@ -240,6 +240,21 @@ def test_a_thin_day_is_reported_but_not_alerted_on(home):
     assert empty.volume.decisions == 0 and empty.agreement_mean is None and empty.rates.review_rate is None
 
 
+def test_an_outage_that_refuses_every_request_alerts_on_the_refusal_rate(home):
+    """A day of refused requests and no decisions: the refusal rate is judged on requests (it needed
+    `min_daily_decisions` decisions, so the day the alert is for never raised it); other alerts still
+    need decisions."""
+    spec = DatasetCatalog(home).spec(DATASET)
+    minimum = spec.operations.min_daily_decisions
+    outage = [refusal(f"2026-03-20T{i // 60:02d}:{i % 60:02d}:00.000000+00:00", 2) for i in range(minimum)]
+    now = datetime(2026, 3, 21, tzinfo=UTC)
+    summary = daily_summary(outage, date(2026, 3, 20), DATASET, {}, spec.operations, now)
+    assert summary.volume.decisions == 0 and summary.volume.refusals == minimum
+    assert [(a.kind, a.value) for a in summary.alerts] == [("refusal_rate", 1.0)]
+    quiet = daily_summary(outage[: minimum - 1], date(2026, 3, 20), DATASET, {}, spec.operations, now)
+    assert quiet.alerts == []  # too few requests to judge
+
+
 def test_the_report_is_written_whole_and_inert(home, tmp_path):
     spec = DatasetCatalog(home).spec(DATASET)
     now = datetime(2026, 3, 12, tzinfo=UTC)

@@ -447,12 +447,21 @@ def _top_segments(day: _DayTally) -> list[SegmentReview]:
     return rows
 
 
+def _refusal_alert(rate: float, policy: OperationsPolicy) -> Alert:
+    return Alert(kind="refusal_rate", value=rate, limit=policy.max_refusal_rate,
+                 message=f"share of refused requests is {rate:.4f}, above the limit {policy.max_refusal_rate:g}")
+
+
 def alerts(policy: OperationsPolicy, decisions: int, rates: Rates, agreement: Iterable[VersionAgreement],
-           sla: ReviewSla) -> list[Alert]:
+           sla: ReviewSla, requests: int | None = None) -> list[Alert]:
     """What crosses the policy's limits. Nothing on a day with fewer than `min_daily_decisions` decisions,
-    and no agreement alert for a version with fewer decisions than that."""
+    and no agreement alert for a version with fewer decisions than that; except the refusal rate, judged
+    on `requests` (decided and refused) reaching that number: an outage refuses everything and decides
+    nothing, and is the day that alert is for."""
     if decisions < policy.min_daily_decisions:
-        return []
+        refusing = (requests or 0) >= policy.min_daily_decisions and rates.refusal_rate is not None \
+            and rates.refusal_rate > policy.max_refusal_rate
+        return [_refusal_alert(rates.refusal_rate, policy)] if refusing else []  # type: ignore[arg-type]
     found: list[Alert] = []
     for version in agreement:
         if (version.drop is not None and version.mean is not None and version.baseline_mean is not None
@@ -493,7 +502,7 @@ def summarise(day: _DayTally, baselines: Baselines, policy: OperationsPolicy) ->
     judged = day.decisions >= policy.min_daily_decisions
     if not judged:
         notes.append(f"{day.decisions} decision(s): fewer than min_daily_decisions ({policy.min_daily_decisions}); "
-                     f"reported, not alerted on")
+                     f"reported, not alerted on (but for the refusal rate, judged on requests)")
     complete = day.now >= datetime.combine(day.day + timedelta(days=1), datetime.min.time(), UTC)
     return DailySummary(
         dataset=day.dataset, day=day.day.isoformat(), as_of=day.now.isoformat(), complete=complete, policy=policy,
@@ -502,7 +511,7 @@ def summarise(day: _DayTally, baselines: Baselines, policy: OperationsPolicy) ->
         rates=rates, agreement_mean=_mean(every), agreement=versions,
         review_reasons=dict(sorted(day.review_reasons.items())), sla=sla, members=_member_errors(day),
         top_segments=_top_segments(day), judged=judged,
-        alerts=alerts(policy, day.decisions, rates, versions, sla), notes=notes,
+        alerts=alerts(policy, day.decisions, rates, versions, sla, day.requests), notes=notes,
     )
 
 
