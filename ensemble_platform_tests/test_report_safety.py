@@ -419,6 +419,16 @@ def test_figures_draw_names_with_dollar_signs_as_text():
     assert performance_history_figure(history).png
 
 
+def test_figures_whose_names_meet_are_all_kept():
+    """Two attributes whose names slug alike ("Marital status", "Marital_status") wrote one PNG over the other."""
+    row = {"demographic_parity_difference": {"value": 0.1, "status": "pass"}}
+    first = fairness_gap_figure("Marital status", {ENSEMBLE: row})
+    second = fairness_gap_figure("Marital_status", {ENSEMBLE: row, "member": row})
+    document = ReportDocument("T", "s", [Section("a", "x", [first]), Section("b", "y", [second])])
+    assert [f.name for f in document.figures()] == ["fairness_gaps_marital_status", "fairness_gaps_marital_status_2"]
+    assert "figures/fairness_gaps_marital_status_2.png" in document.markdown()
+
+
 def test_thin_groups_are_counted_as_groups():
     document = _plain_documents()["fairness"]
     summary = document.sections[0].body

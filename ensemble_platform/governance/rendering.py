@@ -21,7 +21,7 @@ import html
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -66,6 +66,21 @@ class ReportDocument:
     title: str
     subtitle: str
     sections: list[Section]
+
+    def __post_init__(self) -> None:
+        """Figure names made unique in document order (`_2`, `_3`, ...): names derived from data can meet
+        ("Marital status" and "Marital_status" slug alike) and one PNG would overwrite the other."""
+        taken: set[str] = set()
+        for section in self.sections:
+            renamed = []
+            for figure in section.figures:
+                name, n = figure.name, 1
+                while name in taken:
+                    n += 1
+                    name = f"{figure.name}_{n}"
+                taken.add(name)
+                renamed.append(figure if name == figure.name else replace(figure, name=name))
+            section.figures = renamed
 
     def figures(self) -> list[Figure]:
         return [f for s in self.sections for f in s.figures]
