@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ensemble_platform.data.labels import label_text
 from ensemble_platform.data.loading import binary_target, content_hash, load_dataset
-from ensemble_platform.data.schema import category_text, infer_schema
+from ensemble_platform.data.schema import infer_schema
 from ensemble_platform.data.spec import load_spec
 from ensemble_platform.data.splitting import split_dataset
 from ensemble_platform.data.validation import validate_table
@@ -46,11 +47,24 @@ def test_parquet_source_and_numeric_labels(tmp_path, credit_slice):
 
 @pytest.mark.parametrize("value, text", [
     (1, "1"), (1.0, "1"), (np.float64(2.0), "2"), (np.float32(3.0), "3"), (np.int64(4), "4"), (1.5, "1.5"),
-    (-0.0, "0"), ("1.0", "1.0"), ("a", "a"), (True, "True"), (float("inf"), "inf"), (None, None),
+    (-0.0, "0"), ("1.0", "1"), ("+1.00", "1"), ("-2.0", "-2"), ("01.0", "01"), ("1.50", "1.50"), ("a", "a"),
+    (True, "True"), (float("inf"), "inf"), (None, None),
 ])
-def test_a_category_or_label_reads_the_same_however_pandas_typed_it(value, text):
-    assert category_text(value) == text
-    assert np.isnan(category_text(float("nan")))
+def test_a_label_reads_the_same_however_it_was_typed(value, text):
+    assert label_text(value) == text
+    assert np.isnan(label_text(float("nan")))
+
+
+def test_a_float_target_with_its_positive_label_written_as_a_float(tmp_path, credit_slice):
+    """A float target (0.0/1.0) with `positive_label: "1.0"`: the spec from before labels were normalised
+    keeps working (both sides read as "1")."""
+    table = credit_slice.assign(Status=(credit_slice["Status"] == "bad").astype(float))
+    table.to_parquet(tmp_path / "d.parquet")
+    spec = load_spec(write_spec(tmp_path, credit_slice, source="d.parquet", positive_label="1.0"))
+    assert spec.positive_label == "1"
+    loaded = load_dataset(spec)
+    assert set(loaded["Status"]) == {"0", "1"}
+    assert binary_target(loaded, spec).sum() == int(table["Status"].sum())
 
 
 def test_a_batch_with_blank_labels_of_a_numeric_target_validates_and_scores_its_labels(tmp_path, credit_slice):

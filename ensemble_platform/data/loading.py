@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemble_platform.data.labels import label_text
 from ensemble_platform.data.schema import (
     DATETIME_PARTS,
-    category_text,
     datetime_columns,
     numeric_column,
     part_name,
@@ -90,7 +90,7 @@ def prepare_table(raw: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     table = _add_datetime_parts(table, spec)
     if len(table) < _MIN_ROWS:
         raise DataError(f"data from {origin} has {len(table)} rows; at least {_MIN_ROWS} are needed")
-    table[spec.target] = table[spec.target].map(category_text)
+    table[spec.target] = table[spec.target].map(label_text)
     return table.reset_index(drop=True)
 
 
@@ -155,7 +155,7 @@ def _check_target(table: pd.DataFrame, spec: DatasetSpec) -> None:
             f"target column {spec.target!r} has {int(target.isna().sum())} missing value(s); "
             "every row needs a label"
         )
-    labels = sorted(set(target.map(category_text)))
+    labels = sorted(set(target.map(label_text)))
     if len(labels) < 2:
         raise DataError(f"target column {spec.target!r} has a single class {labels}; two are needed")
     if len(labels) > 2:
@@ -180,7 +180,7 @@ def load_dataset(spec: DatasetSpec, additions: list[pd.DataFrame] | tuple = ()) 
 
 
 def binary_target(table: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    return (table[spec.target].map(category_text) == spec.positive_label).to_numpy(dtype=np.int64)
+    return (table[spec.target].map(label_text) == spec.positive_label).to_numpy(dtype=np.int64)
 
 
 def content_hash(frame: pd.DataFrame) -> str:

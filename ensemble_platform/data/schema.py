@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -23,18 +22,6 @@ _TEXT_UNIQUE_SHARE = 0.5
 _ID_MIN_ROWS = 20
 _ISO_DATETIME = (r"^\d{4}-\d{1,2}-\d{1,2}"
                  r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
-
-
-def category_text(value: object) -> object:
-    """A category or label as text, the same however it was read: a whole number without a decimal part
-    (pandas reads an integer column with a blank cell as floats, and 1.0 must be the category 1 of a
-    column without blanks, of a JSON request's 1 and of the training labels), anything else `str`.
-    Missing (None, NaN) stays as it is."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return value
-    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -100,7 +87,7 @@ def infer_schema(table: pd.DataFrame, spec: DatasetSpec) -> FeatureSchema:
             notes[column] = (f"mostly empty: {missing:.0%} missing in the training rows (kept; batches are checked "
                              f"against this share; spec field columns.drop_missing_above or drop removes it)")
     categories = {
-        c: tuple(sorted({str(category_text(v)) for v in table[c].dropna().unique()})) for c in categorical
+        c: tuple(sorted(map(str, table[c].dropna().unique()))) for c in categorical
     }
     for column, levels in categories.items():
         if len(levels) > MAX_CATEGORY_LEVELS:
@@ -229,7 +216,7 @@ def as_model_input(table: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     frame = table[schema.features].copy()
     for column in schema.categorical:
         frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
-        frame[column] = frame[column].map(lambda v: None if v is None else category_text(v))
+        frame[column] = frame[column].map(lambda v: None if v is None else str(v))
     for column in schema.numeric:
         frame[column] = numeric_column(frame[column])
         _refuse_non_finite(frame[column])

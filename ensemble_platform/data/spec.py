@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ensemble_platform.data.labels import label_text
 from ensemble_platform.errors import DatasetSpecError
 from ensemble_platform.policy import (
     AutomationPolicy,
@@ -73,8 +74,8 @@ class DatasetSpec(BaseModel):
     @field_validator("positive_label", mode="before")
     @classmethod
     def _label_as_text(cls, value: object) -> str:
-        # YAML reads `positive_label: 1` as an int; labels are compared as text.
-        return str(value)
+        # YAML reads `positive_label: 1` as an int; labels are compared as text, 1.0 and "1.0" as "1".
+        return str(label_text(value))
 
     @model_validator(mode="after")
     def _columns_are_consistent(self) -> DatasetSpec:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema, category_text, with_datetime_parts
+from ensemble_platform.data.labels import label_text
+from ensemble_platform.data.schema import MAX_CATEGORY_LEVELS, FeatureSchema, with_datetime_parts
 from ensemble_platform.data.spec import DatasetSpec
 
 _NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "float16", "float32", "float64", "Float64",
@@ -144,7 +145,8 @@ def validate_table(
     if labels is not None and spec.target in table.columns:
         import great_expectations.expectations as gxe
 
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target,
+                                                            value_set=sorted({str(label_text(v)) for v in labels})))
     # The suite is stored once with all its expectations: `add_expectation` on a stored suite
     # re-serialises the whole suite into the store per expectation (0.5 s of a 2 s data run at 10k rows).
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
@@ -153,10 +155,11 @@ def validate_table(
     )
     # Categoricals are compared as text, as the members see them.
     frame = table.copy()
-    as_text = [*schema.categorical, *([spec.target] if labels is not None else [])]
-    for column in as_text:
+    for column in schema.categorical:
         if column in frame:
-            frame[column] = frame[column].map(category_text)
+            frame[column] = frame[column].map(lambda v: v if pd.isna(v) else str(v))
+    if labels is not None and spec.target in frame:
+        frame[spec.target] = frame[spec.target].map(label_text)
     result = definition.run(batch_parameters={"dataframe": frame})
     outcomes = [_outcome(r, spec, batch_suite) for r in result.results]
     stats = result.statistics

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ensemble_platform.data.batches import BatchStore, read_batch
 from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.data.labels import label_text
 from ensemble_platform.data.reference import TrainingReference
 from ensemble_platform.data.schema import DATETIME_PARTS, part_name
 from ensemble_platform.data.spec import DatasetSpec
@@ -269,7 +270,7 @@ def label_vocabulary(paths: PlatformPaths, dataset: str) -> LabelVocabulary:
 
 
 def vocabulary_of(spec: DatasetSpec, reference: TrainingReference) -> LabelVocabulary:
-    others = sorted(set(reference.rows[spec.target].astype(str)) - {spec.positive_label})
+    others = sorted({str(label_text(v)) for v in reference.rows[spec.target]} - {spec.positive_label})
     return LabelVocabulary(spec.name, spec.positive_label, others[0] if len(others) == 1 else None)
 
 

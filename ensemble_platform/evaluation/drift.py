@@ -37,7 +37,8 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from ensemble_platform.data.schema import FeatureSchema, category_text
+from ensemble_platform.data.labels import label_text
+from ensemble_platform.data.schema import FeatureSchema
 from ensemble_platform.policy import DriftPolicy
 
 PREDICTION = "prediction"
@@ -61,8 +62,10 @@ def _features(table: pd.DataFrame, schema: FeatureSchema, target: str | None) ->
     frame = pd.DataFrame(index=range(len(table)))
     for column in schema.numeric:
         frame[column] = pd.to_numeric(table[column], errors="coerce").astype(float).to_numpy()
-    for column in [*schema.categorical, *([target] if target else [])]:
-        frame[column] = [None if pd.isna(v) else category_text(v) for v in table[column].to_numpy(dtype=object)]
+    for column in schema.categorical:
+        frame[column] = [None if pd.isna(v) else str(v) for v in table[column].to_numpy(dtype=object)]
+    if target:
+        frame[target] = [None if pd.isna(v) else label_text(v) for v in table[target].to_numpy(dtype=object)]
     return frame
 
 

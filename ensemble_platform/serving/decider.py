@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ensemble_platform.data.schema import LARGEST_USABLE, category_text
+from ensemble_platform.data.schema import LARGEST_USABLE
 from ensemble_platform.ensemble.batching import blocked, member_probabilities
 from ensemble_platform.ensemble.cost_aware import LazyCombiner
 from ensemble_platform.ensemble.runtime import EnsembleRuntime, missing_shares
@@ -168,7 +168,7 @@ def _categorical_value(value: Any, row: int, column: str) -> str | None:
         except UnicodeEncodeError:
             raise DecisionInputError(f"row {row}, column {column!r}: {value!r:.50} is not valid Unicode text "
                                      "(a lone surrogate)", row=row, column=column) from None
-    return category_text(value)  # type: ignore[return-value]
+    return str(value)
 
 
 def validate_rows(rows: Sequence[Mapping[str, Any]], numeric: Sequence[str], categorical: Sequence[str],

@@ -12,8 +12,8 @@ import pandas as pd
 
 from ensemble_platform.data.batches import ACCEPTED, BatchStore, read_batch, split_partition_key
 from ensemble_platform.data.catalog import DatasetCatalog
+from ensemble_platform.data.labels import label_text
 from ensemble_platform.data.reference import TrainingReference
-from ensemble_platform.data.schema import category_text
 from ensemble_platform.data.spec import DatasetSpec
 from ensemble_platform.data.validation import validate_table
 from ensemble_platform.defs.owners import owners
@@ -67,7 +67,7 @@ def data_batch_expectations(
 ) -> dg.AssetCheckResult:
     spec, batch_id = _batch(context.partition_key, platform)
     reference = TrainingReference.read(platform.paths, spec.name)
-    labels = sorted(reference.rows[spec.target].astype(str).unique())
+    labels = sorted({str(label_text(v)) for v in reference.rows[spec.target].unique()})
     result = validate_table(data_batch, spec, reference.schema, suite_name=f"{spec.name}_batch", labels=labels)
     store = BatchStore(platform.paths)
     facts = {"batch_id": batch_id, "rows": len(data_batch), "labelled_rows": len(_labelled(data_batch, spec)),
@@ -139,7 +139,7 @@ def batch_performance(
         return dg.Output({"labelled": False}, metadata={"labelled": False})
     runtime, scored_by = Release(platform.paths, platform.registry()).serving_runtime(spec.name)
     P, ensemble = runtime.member_and_ensemble_proba(rows)
-    y = (rows[spec.target].map(category_text) == spec.positive_label).to_numpy(dtype=int)
+    y = (rows[spec.target].map(label_text) == spec.positive_label).to_numpy(dtype=int)
     performance = performance_of(y, ensemble, {n: P[:, j] for j, n in enumerate(runtime.members)},
                                  runtime.decision_threshold)
     history = PerformanceHistory(platform.paths, spec.name)
