@@ -125,7 +125,10 @@ def test_bundle_reproduces_the_validated_holdout_scores_exactly(production, pari
     (lambda b: (b / "data/ensemble/manifest.json").write_text("{}"), "extra file data/ensemble/manifest.json"),
     # A linked folder was not walked: its files were neither listed nor refused.
     (lambda b: (b / "code").symlink_to(b / "data", target_is_directory=True), "symbolic link code"),
-], ids=["changed", "missing", "extra", "nested manifest", "linked folder"])
+    # A FIFO in a listed file's place blocked the read for ever.
+    (lambda b: ((b / "data/ensemble/combiner.skops").unlink(), os.mkfifo(b / "data/ensemble/combiner.skops")),
+     "data/ensemble/combiner.skops is not a regular file"),
+], ids=["changed", "missing", "extra", "nested manifest", "linked folder", "fifo"])
 def test_a_tampered_bundle_is_refused_naming_the_file(copy_of_bundle, tamper, message, capsys):
     tamper(copy_of_bundle)
     with pytest.raises(BundleError, match=message):

@@ -40,13 +40,15 @@ def test_a_hidden_batch_file_is_taken_in_and_an_unusable_file_is_quarantined_wit
     (inbox / "notes.txt").write_text("not data")
     copying = inbox / ".batch.csv.Xy12ab"
     copying.write_text("x\n2\n")
+    (inbox / "latest").symlink_to(inbox / "nowhere")  # dangling: stat() raised and failed every sensor tick
     assert [a.path.name for a in store.pending("d")] == [".x.csv"]
     assert store.reject_unusable("d") == [] and copying.exists()  # both may still be being copied in
     copying.rename(inbox / "batch.csv")  # the copy completes
     old = time.time() - STALE_TMP_SECONDS - 1
     os.utime(inbox / "notes.txt", (old, old))
+    os.utime(inbox / "latest", (old, old), follow_symlinks=False)
     moved = store.reject_unusable("d")
-    assert len(moved) == 1 and (moved[0] / "notes.txt").read_text() == "not data"
+    assert len(moved) == 2 and (moved[1] / "notes.txt").read_text() == "not data"
     assert "must end in" in json.loads((moved[0] / "reason.json").read_text())["reason"]
     assert not (inbox / "notes.txt").exists()
     assert sorted(a.path.name for a in store.pending("d")) == [".x.csv", "batch.csv"]

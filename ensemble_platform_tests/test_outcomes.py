@@ -273,6 +273,13 @@ def test_an_exported_decision_keeps_its_date_for_the_next_retraining(tmp_path):
     merged = load_dataset(spec, [exported])
     parts = [c for c in schema.features if c.startswith("opened_")]
     np.testing.assert_allclose(merged.tail(3)[parts].to_numpy(), base.head(3)[parts].to_numpy(), rtol=0, atol=1e-9)
+    # A date none of whose parts is a feature (left out, e.g. mostly empty): nothing to rebuild, no crash.
+    import dataclasses
+
+    without = dataclasses.replace(schema, numeric=tuple(c for c in schema.numeric if c not in parts))
+    plain = _frame([{k: v for k, v in r.items() if k not in parts} for r in rows],
+                   types.SimpleNamespace(schema=without), "y")
+    assert "opened" not in plain.columns and list(plain["a"]) == [r["a"] for r in rows]
 
 
 def test_two_registrations_racing_label_a_decision_once(world, tmp_path):

@@ -241,6 +241,15 @@ def test_a_deleted_resolution_cannot_be_resolved_again(log):
     assert decision_log.store.count() == before  # nothing was appended
     with pytest.raises(IntegrityError, match=rf"entry {seq}: deleted"):
         DecisionLog(decision_log.path, paths=paths)
+    # A junk row below seq 1 to make the count come out even again (re-review): refused too.
+    db = sqlite3.connect(decision_log.path)
+    db.execute("INSERT INTO entries VALUES (-1, 'junk', 'decision', '2026-01-01T00:00:00+00:00', '{}')")
+    db.commit()
+    db.close()
+    with pytest.raises(IntegrityError, match="a row has seq -1"):
+        ReviewQueue(decision_log.store, sla_hours=24).resolve("d0", "ana", 0, "second thoughts")
+    with pytest.raises(IntegrityError):
+        DecisionLog(decision_log.path, paths=paths)
     with pytest.raises(IntegrityError):
         decision_log.verify()
 

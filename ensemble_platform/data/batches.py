@@ -131,7 +131,11 @@ class BatchStore:
             if path.is_dir():
                 found.append((path, "a folder, not a batch file"))
             elif path.suffix.lower() not in BATCH_SUFFIXES:
-                if time.time() - path.stat().st_mtime <= STALE_TMP_SECONDS:
+                try:  # lstat: a dangling link is quarantined, not an error; a copy renamed meanwhile is gone
+                    age = time.time() - path.lstat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age <= STALE_TMP_SECONDS:
                     continue  # perhaps still being copied in
                 found.append((path, "an unfinished copy left behind (register was interrupted)" if path.suffix == ".tmp"
                               else f"not a batch file: the name must end in {' or '.join(BATCH_SUFFIXES)} "

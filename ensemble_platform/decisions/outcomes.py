@@ -653,9 +653,11 @@ def _frame(rows: list[dict[str, Any]], reference: TrainingReference, target: str
     schema = reference.schema
     parts = {part_name(c, p) for c in schema.datetime for p in DATETIME_PARTS}
     plain = [c for c in schema.features if c not in parts]
-    columns = [*plain, *schema.datetime, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]
+    # A date whose parts were all left out (mostly empty, say) is not a feature: nothing to rebuild.
+    dates = [c for c in schema.datetime if part_name(c, "days") in schema.features]
+    columns = [*plain, *dates, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]
     frame = pd.DataFrame(rows, columns=[*schema.features, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN])
-    for column in schema.datetime:
+    for column in dates:
         days = pd.to_numeric(frame.get(part_name(column, "days")), errors="coerce")
         # To the microsecond: a float's days carry ~0.3 µs of rounding (06:30 came back as 06:29:59.999999893).
         stamps = (pd.Timestamp("1970-01-01", tz="UTC") + pd.to_timedelta(days, unit="D")).dt.round("us")
@@ -663,7 +665,7 @@ def _frame(rows: list[dict[str, Any]], reference: TrainingReference, target: str
     frame = frame[columns]
     for column in [c for c in schema.numeric if c not in parts]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    for column in [*schema.categorical, *schema.datetime, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]:
+    for column in [*schema.categorical, *dates, target, EXPORT_ID_COLUMN, EXPORT_SOURCE_COLUMN]:
         frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
     return frame
 

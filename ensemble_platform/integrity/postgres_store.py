@@ -261,8 +261,9 @@ class PostgresChainStore(ChainStoreBase):
                 return
             after = rows[-1][0]
 
-    def _row_count(self) -> int:
-        return int(self._one(f"SELECT count(*) FROM {self.table}")[0])
+    def _row_count(self) -> tuple[int, int]:
+        rows, lowest = self._one(f"SELECT count(*), coalesce(min(seq), 1) FROM {self.table}")
+        return int(rows), int(lowest)
 
     def _first_missing_seq(self) -> int:
         return int(self._one(first_missing_seq_query(self.table))[0])

@@ -191,9 +191,10 @@ class SqliteChainStore(ChainStoreBase):
     def _write_checkpoints(self, checkpoint: Checkpoint) -> None:
         self.checkpoints.write(self.name, checkpoint.count, checkpoint.head_sha256)
 
-    def _row_count(self) -> int:
+    def _row_count(self) -> tuple[int, int]:
         with self._lock:
-            return int(self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
+            rows, lowest = self._conn.execute(f"SELECT count(*), coalesce(min(seq), 1) FROM {TABLE}").fetchone()
+            return int(rows), int(lowest)
 
     def _first_missing_seq(self) -> int:
         with self._lock:

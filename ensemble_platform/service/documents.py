@@ -3,6 +3,7 @@ stores are `ensemble_platform.decisions.records`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,7 +23,7 @@ class DataframeSplit(_Frozen):
     index: list[Any] | None = None
 
     def records(self) -> list[dict[str, Any]]:
-        repeated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        repeated = sorted(c for c, n in Counter(self.columns).items() if n > 1)  # linear: columns can be many
         if repeated:  # a dict would keep the last of them silently
             raise ValueError(f"dataframe_split columns {repeated} appear more than once")
         for number, row in enumerate(self.data):

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import uuid
@@ -241,8 +242,12 @@ def read_verified(directory: Path, expected_manifest_sha256: str | None = None) 
     listed: dict[str, str] = manifest["files"]
     present = set(_relative_files(directory))
     links = sorted(rel for rel in present if (directory / rel).is_symlink())
-    contents = {rel: (directory / rel).read_bytes() for rel in sorted(set(listed) & present) if rel not in links}
+    # lstat: a FIFO or device in a listed file's place would block the read below or never end.
+    special = sorted(rel for rel in present if rel not in links and not stat.S_ISREG((directory / rel).lstat().st_mode))
+    contents = {rel: (directory / rel).read_bytes() for rel in sorted(set(listed) & present)
+                if rel not in links and rel not in special}
     problems = [f"symbolic link {rel} (a bundle holds regular files only)" for rel in links]
+    problems += [f"{rel} is not a regular file (a bundle holds regular files only)" for rel in special]
     problems += [f"missing file {rel}" for rel in sorted(set(listed) - present)]
     problems += [f"extra file {rel} (not in the manifest)" for rel in sorted(present - set(listed))]
     problems += [f"changed file {rel} (SHA-256 differs from the manifest)"
