@@ -70,6 +70,30 @@ def test_member_predictions_do_not_depend_on_the_thread_count():
     assert _member_digest("logistic_regression", "1") == _member_digest("logistic_regression", "2")
 
 
+KNN_SCRIPT = """
+import hashlib
+from ensemble_platform.data.loading import load_dataset
+from ensemble_platform.data.spec import load_spec
+from ensemble_platform.data.splitting import split_dataset
+from ensemble_platform.members.training import fit_member
+spec = load_spec(None)  # the default data: integer-valued columns, so exact distance ties
+fit = fit_member("k_nearest_neighbours", split_dataset(load_dataset(spec), spec), seed=0)
+print(hashlib.sha256(fit.oof_proba.tobytes() + fit.holdout_proba.tobytes()).hexdigest())
+"""
+
+
+def test_k_nearest_neighbours_does_not_depend_on_the_openmp_thread_count():
+    # scikit-learn's neighbour search splits its work by the OpenMP thread count and settles exact distance
+    # ties at the k-th neighbour accordingly: 8 threads gave other probabilities than 1 or 2 on the default
+    # data, and with them another version (found by review). k-NN predicts with KNN_OPENMP_THREADS always.
+    def digest(threads: str) -> str:
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        return subprocess.run([sys.executable, "-c", KNN_SCRIPT], env=env, capture_output=True, text=True,
+                              check=True, timeout=300).stdout.strip()
+
+    assert digest("1") == digest("8")
+
+
 # Versions must not depend on the CPU either: OpenBLAS picks its kernels by the CPU it finds, and the
 # AVX-512 kernels of a recent Xeon gave the logistic-regression member other bits than the AVX2
 # kernels of an EPYC (the default demo's config hash differed). The package pins one kernel.
