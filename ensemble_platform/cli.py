@@ -68,6 +68,28 @@ def _platform_error(exc: BaseException) -> PlatformError | None:
     return None
 
 
+def _interruption(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        if isinstance(seen, KeyboardInterrupt) or type(seen).__name__ == "DagsterExecutionInterruptedError":
+            return True
+        visited.add(id(seen))
+        seen = getattr(seen, "user_exception", None) or seen.__cause__ or seen.__context__
+    return False
+
+
+def _interrupted(args: argparse.Namespace, exc: BaseException) -> int:
+    """Ctrl-C: one line, the traceback to the log, exit 130 (the shell's code for SIGINT). Every file the
+    platform writes is written atomically, and a rerun resumes (recovering a cut promotion first)."""
+    from ensemble_platform.defs.failures import log_traceback
+
+    log = log_traceback(PlatformPaths.from_env(getattr(args, "home", None)).home, exc)
+    print(f"interrupted: run the command again to resume (traceback in {log})",
+          file=sys.stderr)
+    return 130
+
+
 def summary_table(validation: dict) -> str:
     rows = [("ensemble (" + validation["chosen"] + ")", validation["ensemble"])]
     rows += [(f"member {n}", m) for n, m in validation["members"].items()]
@@ -471,7 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
     except Exception as exc:
+        if _interruption(exc):  # Dagster turns Ctrl-C during a step into its own error
+            return _interrupted(args, exc)
         cause = _platform_error(exc)
         if cause is not None:
             from ensemble_platform.defs.failures import log_traceback
@@ -481,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
             first, *rest = str(cause).splitlines() or [""]
             print("\n".join([f"error: {first} (traceback in {log})", *rest]), file=sys.stderr)
             return 2
+        raise
+    except BaseException as exc:  # Dagster's interruption error is a BaseException
+        if _interruption(exc):
+            return _interrupted(args, exc)
         raise
 
 

@@ -5,6 +5,7 @@ like `make demo` prepares it. No graph runs here: a catalogue entry is all a hom
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -104,6 +105,17 @@ def test_a_file_in_the_catalogue_that_is_not_an_entry_hides_nothing_else(known_h
     assert service_cli.main(["--home", str(known_home), "outcomes", "report", "--dataset", "bb"]) == 2
     err = capsys.readouterr().err
     assert "known: credit_slice" in err and "bb.json is not a catalogue entry" in err and "Traceback" not in err
+    # Entries are signed: one claiming another dataset's name, or an unsigned one repointing a dataset at
+    # another spec (its gates' thresholds, its shadow policy), is left out and named.
+    signed = (folder / "credit_slice.json").read_text()
+    (folder / "a_first.json").write_text(json.dumps({"name": "credit_slice", "spec_path": "/tmp/other.yaml",
+                                                     "mac": json.loads(signed)["mac"]}))
+    assert catalog.entries()["credit_slice"] != Path("/tmp/other.yaml")
+    assert "names dataset 'credit_slice', not 'a_first'" in catalog.problems()[folder / "a_first.json"]
+    (folder / "credit_slice.json").write_text(json.dumps({"name": "credit_slice", "spec_path": "/tmp/other.yaml"}))
+    assert "credit_slice" not in catalog.entries()
+    (folder / "credit_slice.json").write_text(json.dumps({**json.loads(signed), "spec_path": "/tmp/other.yaml"}))
+    assert "not signed" in catalog.problems()[folder / "credit_slice.json"]
 
 
 def test_a_known_dataset_name_passes_the_check(known_home, capsys):
@@ -169,3 +181,20 @@ def test_the_cli_instance_starts_without_dagsters_missing_config_warning(tmp_pat
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
     assert "No dagster instance configuration file" not in done.stderr
     assert (home / "dagster" / "dagster.yaml").is_file()
+
+
+def test_ctrl_c_during_demo_is_one_line_and_exit_130(tmp_path):
+    """SIGINT while the demo runs: exit 130 and one line saying so, the traceback in the home's log (it
+    ended in Dagster's and Python's tracebacks and exit 1, found by review)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [str(Path(sys.executable).with_name("ensemble-platform")), "--home", str(tmp_path / "home"), "demo"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # into the Dagster runs (imports and the data job take a few seconds)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert err.rstrip().splitlines()[-1].startswith("interrupted: run the command again to resume")

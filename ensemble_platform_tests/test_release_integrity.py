@@ -13,7 +13,8 @@ import pytest
 
 from ensemble_platform import cli
 from ensemble_platform.data.spec import load_spec
-from ensemble_platform.governance.approvals import ApprovalRecord, Approvals, utc_now
+from ensemble_platform.errors import PlatformError
+from ensemble_platform.governance.approvals import ApprovalRecord, Approvals, ReleaseRefused, utc_now
 from ensemble_platform.governance.intents import CRASH_ENV, CRASH_POINTS, INTENT_FILE, IntentError, Intents
 from ensemble_platform.governance.promotion import PROMOTIONS_FILE, promotions_log
 from ensemble_platform.governance.registry import ensemble_model_name
@@ -170,6 +171,41 @@ def test_serve_refuses_when_the_production_alias_was_deleted_outside_a_promotion
     finally:
         release.registry.client.set_registered_model_alias(name, "production", "1")
     assert release.production_bundle(dataset) is not None
+
+
+def test_forged_release_gates_are_refused(staged, capsys):
+    """gates.json under the home decides what approval must waive: with every gate marked passed, a version
+    failing its fairness gates went to production with an approval that waived nothing (found by review).
+    The file is signed; an edited one is refused naming it, by the library and the command line."""
+    release, dataset = staged
+    path = release.paths.version_reports_dir(dataset, VERSION) / "gates.json"
+    original = path.read_bytes()
+    document = json.loads(original)
+    try:
+        for forged in ({**document, "gates": [{**g, "passed": True} for g in document["gates"]]},
+                       {k: v for k, v in document.items() if k != "mac"}):
+            path.write_text(json.dumps(forged))
+            with pytest.raises(PlatformError, match="release gates .* are not signed"):
+                Release(release.paths).state(dataset, VERSION)
+            assert cli.main(["--home", str(release.paths.home), "status", "--dataset", dataset]) == 2
+            assert "gates.json are not signed" in capsys.readouterr().err
+    finally:
+        path.write_bytes(original)
+    assert Release(release.paths).state(dataset, VERSION).gates is not None
+
+
+def test_production_needs_the_datasets_catalogue_entry(staged):
+    """Without its (signed) catalogue entry the dataset's shadow policy cannot be read: moving the entry away
+    let a version skip the shadow evidence production requires (found by review). Refused instead."""
+    release, dataset = staged
+    entry = release.paths.datasets_dir / f"{dataset}.json"
+    saved = entry.read_bytes()
+    entry.unlink()
+    try:
+        with pytest.raises(ReleaseRefused, match="not in the catalogue"):
+            Release(release.paths).promote(dataset, VERSION, "production")
+    finally:
+        entry.write_bytes(saved)
 
 
 def test_a_forged_promotion_intent_is_refused(production, audit):

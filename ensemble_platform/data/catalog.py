@@ -3,18 +3,35 @@ by name, with the spec file it was built from. Sensors and schedules iterate ove
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from ensemble_platform.data.spec import DatasetSpec, load_spec
 from ensemble_platform.errors import DatasetSpecError
 from ensemble_platform.files import write_json
+from ensemble_platform.integrity.chain import canonical_json
+from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
+
+# Prefixed to what an entry's MAC covers, so no other signed document's MAC can pass for it.
+_ENTRY_CONTEXT = b"ensemble_platform.catalogue.v1\0"
+MAC = "mac"
 
 
 class DatasetCatalog:
+    """Entries are signed (HMAC under the signing key, kept outside the home): the catalogue names the spec
+    whose policies (gates' thresholds, shadow requirement) governance reads, and the home is writable by
+    people who hold no key. An entry that does not verify, or whose file name is not its dataset's, is
+    left out and named (`problems`)."""
+
     def __init__(self, paths: PlatformPaths):
         self.directory = paths.datasets_dir
+        self._paths = paths
+
+    @functools.cached_property
+    def _key(self) -> SigningKey:
+        return load_signing_key(self._paths)
 
     def register(self, spec: DatasetSpec) -> None:
         """Record (or update) where the spec of `spec.name` lives; specs built in code are not
@@ -23,8 +40,13 @@ class DatasetCatalog:
             return
         path = self.directory / f"{spec.name}.json"
         entry = {"name": spec.name, "spec_path": str(spec.spec_path)}
-        if _read_entry(path) != entry:
-            write_json(entry, path)
+        signed = {**entry, MAC: self._key.mac(_ENTRY_CONTEXT + canonical_json(entry))}
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            current = None
+        if current != signed:
+            write_json(signed, path)
 
     def entries(self) -> dict[str, Path]:
         """Dataset name -> spec path, in name order. Files that are not an entry are left out
@@ -51,25 +73,32 @@ class DatasetCatalog:
             return entries, problems
         for path in sorted(self.directory.glob("*.json")):
             try:
-                entry = _read_entry(path)
+                entry = self._read_entry(path)
             except DatasetSpecError as exc:
                 problems[path] = str(exc)
                 continue
             if entry is not None:
-                entries.setdefault(entry["name"], Path(entry["spec_path"]))
+                entries[entry["name"]] = Path(entry["spec_path"])
         return dict(sorted(entries.items())), problems
 
-
-def _read_entry(path: Path) -> dict[str, str] | None:
-    """The entry in `path` ({"name", "spec_path"}, both text), None when there is no file; raises
-    `DatasetSpecError` saying what is wrong with one that is not an entry."""
-    try:
-        entry = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise DatasetSpecError(f"unreadable: {exc}") from exc
-    if (not isinstance(entry, dict) or set(entry) != {"name", "spec_path"}
-            or not all(isinstance(v, str) and v for v in entry.values())):
-        raise DatasetSpecError('expected {"name": "<dataset>", "spec_path": "<spec file>"}')
-    return entry
+    def _read_entry(self, path: Path) -> dict[str, str] | None:
+        """The entry in `path` ({"name", "spec_path"}, both text), None when there is no file; raises
+        `DatasetSpecError` saying what is wrong with one that is not a signed entry of its dataset."""
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise DatasetSpecError(f"unreadable: {exc}") from exc
+        if (not isinstance(document, dict) or set(document) != {"name", "spec_path", MAC}
+                or not all(isinstance(v, str) and v for v in document.values())):
+            raise DatasetSpecError('expected {"name": "<dataset>", "spec_path": "<spec file>", "mac": "<hex>"}; '
+                                   "run the dataset's graph (demo --dataset SPEC) to register it again")
+        entry = {"name": document["name"], "spec_path": document["spec_path"]}
+        if entry["name"] != path.stem:
+            raise DatasetSpecError(f"names dataset {entry['name']!r}, not {path.stem!r} as its file name says")
+        if not self._key.verify(_ENTRY_CONTEXT + canonical_json(entry), document[MAC]):
+            raise DatasetSpecError("not signed with the platform's signing key (edited, or written before catalogue "
+                                   "entries were signed); run the dataset's graph (demo --dataset SPEC) to register "
+                                   "it again")
+        return entry

@@ -295,8 +295,10 @@ def _shadow_evidence(
     beside the version now in production. Refused naming what is missing. A first production version
     has nothing to be compared with; a rollback returns to a version production already served."""
     catalog = DatasetCatalog(paths)
-    if record.dataset not in catalog.entries():
-        return None
+    if record.dataset not in catalog.entries():  # without its spec, whether shadow evidence is required is unknown
+        raise ReleaseRefused(f"{record.label} cannot go to production: the dataset is not in the catalogue "
+                             f"{catalog.directory} (or its entry does not verify), so its operations.shadow policy "
+                             "cannot be read; run its graph (demo --dataset SPEC) to register it")
     policy = catalog.spec(record.dataset).operations.shadow
     if not policy.required:
         return None

@@ -21,7 +21,6 @@ from pathlib import Path
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.runtime import EnsembleRuntime
 from ensemble_platform.errors import PlatformError
-from ensemble_platform.files import write_json
 from ensemble_platform.governance import approving, promotion, release_bundle, release_status
 from ensemble_platform.governance.approvals import ApprovalRecord, Decision, ReleaseRefused
 from ensemble_platform.governance.audit_log import release_lock
@@ -37,8 +36,10 @@ from ensemble_platform.governance.version_record import (
     VersionRecord,
     check_current,
     read_version,
+    write_gates,
 )
 from ensemble_platform.integrity import KeyedLog
+from ensemble_platform.integrity.keys import load_signing_key
 from ensemble_platform.settings import PlatformPaths
 from ensemble_platform.tags import BUNDLE_TAGS, GATES_TAG
 
@@ -90,8 +91,8 @@ class Release:
     def record_gates(self, config: EnsembleConfig, gates: GateReport) -> Path:
         """Write the gates of a freshly validated version and make it a candidate (a version
         already in a stage keeps it)."""
-        path = write_json(gates.model_dump(mode="json"),
-                          self.paths.version_reports_dir(config.dataset, config.version) / GATES_FILE)
+        path = write_gates(self.paths.version_reports_dir(config.dataset, config.version) / GATES_FILE, gates,
+                           load_signing_key(self.paths))
         name = ensemble_model_name(config.dataset)
         summary = gates.summary()
         if config.registered_version is None:

@@ -4,6 +4,7 @@ file, the registry entry (tags), the release gates (gates.json) and the validati
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +13,20 @@ from mlflow.entities.model_registry import ModelVersion
 from ensemble_platform.ensemble.config import ConfigStore, EnsembleConfig
 from ensemble_platform.ensemble.validation import VALIDATION_FILE, ValidationReport
 from ensemble_platform.errors import PlatformError
+from ensemble_platform.files import write_json
 from ensemble_platform.governance.approvals import ReleaseRefused
 from ensemble_platform.governance.gates import GateReport
 from ensemble_platform.governance.registry import Registry
+from ensemble_platform.integrity.chain import canonical_json
+from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
 from ensemble_platform.tags import CONFIG_HASH_TAG
 
 GATES_FILE = "gates.json"
 MIN_HASH_PREFIX = 12
+GATES_MAC = "mac"
+# Prefixed to what gates.json's MAC covers, so no other signed document's MAC can pass for it.
+_GATES_CONTEXT = b"ensemble_platform.gates.v1\0"
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,30 @@ class VersionRecord:
         return self.registered
 
 
-def read_gates(path: Path) -> GateReport | None:
-    return GateReport.model_validate_json(path.read_text()) if path.is_file() else None
+def write_gates(path: Path, gates: GateReport, key: SigningKey) -> Path:
+    """gates.json with an HMAC under the signing key: approval and promotion act on these pass/fail
+    results, and the file lives under the home, where anyone could mark a failing gate passed."""
+    document = gates.model_dump(mode="json")
+    return write_json({**document, GATES_MAC: key.mac(_GATES_CONTEXT + canonical_json(document))}, path)
+
+
+def read_gates(path: Path, key: SigningKey) -> GateReport | None:
+    """The gates written by `write_gates` (None when there is no file); refused, naming the file, when
+    unreadable or not signed by `key`."""
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        mac = document.pop(GATES_MAC, None)
+        gates = GateReport.model_validate(document)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise PlatformError(f"release gates {path} are unreadable ({str(exc)[:300]}); rerun the version's "
+                            "governance (its ensemble job) to compute them again") from exc
+    if not key.verify(_GATES_CONTEXT + canonical_json(document), mac):
+        raise PlatformError(f"release gates {path} are not signed with the platform's signing key: changed after "
+                            "they were computed, or written before gates were signed. Rerun the version's "
+                            "governance (its ensemble job) to compute them again")
+    return gates
 
 
 def read_version(
@@ -75,7 +104,7 @@ def read_version(
     reports = paths.version_reports_dir(dataset, version)
     validation_path = reports / VALIDATION_FILE
     validation = ValidationReport.read(validation_path) if validation_path.is_file() else None
-    return VersionRecord(config, entry, read_gates(reports / GATES_FILE), validation)
+    return VersionRecord(config, entry, read_gates(reports / GATES_FILE, load_signing_key(paths)), validation)
 
 
 def check_current(record: VersionRecord, claimed_hash: str | None = None) -> None:
