@@ -208,6 +208,24 @@ def test_production_needs_the_datasets_catalogue_entry(staged):
         entry.write_bytes(saved)
 
 
+def test_no_decision_is_recorded_for_a_version_whose_governance_is_incomplete(staged):
+    """A governance run cut short leaves no model_card_inputs.json: `approve` recorded a signed decision, then
+    failed building the card (found by review). Now it refuses first and records nothing."""
+    release, dataset = staged
+    inputs = release.paths.version_reports_dir(dataset, VERSION) / "model_card_inputs.json"
+    saved = inputs.read_bytes()
+    approvals = Approvals(release.paths, dataset)
+    before = len(approvals.log.verify())
+    failing = Release(release.paths).state(dataset, VERSION).gates.failing
+    inputs.unlink()
+    try:
+        with pytest.raises(ReleaseRefused, match="decision not recorded: the governance documents"):
+            Release(release.paths).approve(dataset, VERSION, "carol", "approve", "fine", failing)
+    finally:
+        inputs.write_bytes(saved)
+    assert len(approvals.log.verify()) == before
+
+
 def test_a_forged_promotion_intent_is_refused(production, audit):
     release, dataset = production
     (audit / INTENT_FILE).write_text(json.dumps({"intent": {"dataset": dataset}, "mac": "00" * 32}))

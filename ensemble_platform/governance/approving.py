@@ -17,6 +17,7 @@ from ensemble_platform.governance.approvals import (
     check_approvable,
     utc_now,
 )
+from ensemble_platform.governance.model_card import load_card_inputs
 from ensemble_platform.governance.publishing import publish_model_card
 from ensemble_platform.governance.registry import Registry
 from ensemble_platform.governance.version_record import VersionRecord, check_current
@@ -33,6 +34,7 @@ def record_decision(
     check_current(record, config_hash)
     assert record.gates is not None
     check_approvable(record.gates, decision, list(waive))
+    _check_card_inputs(paths, record)
     registered = record.entry
     try:
         draft = ApprovalRecord(
@@ -54,6 +56,16 @@ def record_decision(
         approvals.log.append(entry)
     publish_model_card(registry, record.config)
     return approval
+
+
+def _check_card_inputs(paths: PlatformPaths, record: VersionRecord) -> None:
+    """The model card, regenerated after the decision is recorded, can be built: checked first, so a version
+    whose governance run was cut short gets no decision (one was recorded, then the card failed)."""
+    try:
+        load_card_inputs(paths, record.config, [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReleaseRefused(f"decision not recorded: the governance documents of {record.label} are incomplete "
+                             f"({str(exc)[:300]}); rerun its ensemble job (a run cut short leaves them so)") from exc
 
 
 def approval_tag(approval: ApprovalRecord) -> str:
