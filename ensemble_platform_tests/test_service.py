@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -169,6 +170,16 @@ def test_decide_show_replay_verify(home, server, capsys):
     assert {d["decision_id"] for d in decisions} <= {e["id"] for e in exported}
     parquet = home.paths.home / "export" / "decisions.parquet"
     assert run_cli(home, "decisions", "export", "--format", "parquet", "--output", str(parquet)) == 0
+    # --since is a time, not text: the newest record's instant written in another zone still includes it
+    # (compared as text, +01:00 made it an hour later and the record was left out); a zone is required.
+    newest = max(e["created_at"] for e in exported)
+    shifted = datetime.fromisoformat(newest).astimezone(timezone(timedelta(hours=1))).isoformat()
+    assert run_cli(home, "decisions", "export", "--since", shifted, "--output", str(out)) == 0
+    assert newest in {json.loads(line)["created_at"] for line in out.read_text().splitlines()}
+    with pytest.raises(SystemExit):
+        run_cli(home, "decisions", "export", "--since", "2026-01-01T00:00:00", "--output", str(out))
+    assert "has no time zone" in capsys.readouterr().err
+    assert run_cli(home, "decisions", "export", "--output", str(out.parent)) == 2  # a directory: refused
 
     ready = httpx.get(f"{server.url}/ready").json()
     assert ready["ready"] and ready["auth_enabled"] and ready["bundle"]["verified"]

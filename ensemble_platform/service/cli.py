@@ -184,23 +184,46 @@ def _flat(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in entry.items()}
 
 
+def since_time(value: str) -> str:
+    """`--since` as the stored `created_at` text of that instant (UTC to the microsecond), so that text
+    order is time order: '2026-12-05T04:00:00+01:00' is 03:00 UTC (compared as text it was 04:00). A date
+    alone is its midnight UTC; a time without a zone is refused."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time, e.g. 2026-01-01T00:00:00+00:00 "
+                                         "or 2026-01-01") from None
+    if moment.tzinfo is None:
+        if "T" in value or " " in value.strip():
+            raise argparse.ArgumentTypeError(f"{value!r} has no time zone; add one, e.g. {value}+00:00")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def cmd_decisions_export(args: argparse.Namespace) -> int:
-    decision_log = _decision_log(args)
+    from ensemble_platform.files import atomic_path
+
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_dir():
+        raise PlatformError(f"--output {output} is a directory; give a file path")
+    decision_log = _decision_log(args)
     try:
         entries = decision_log.verified_entries(args.since)  # a tampered log exports nothing
     finally:
         decision_log.close()
-    if args.format == "jsonl":
-        with open(output, "w") as handle:
-            for entry in entries:
-                handle.write(json.dumps(entry, sort_keys=True) + "\n")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as tmp:  # a reader never finds half an export
+        if args.format == "jsonl":
+            with open(tmp, "w") as handle:
+                for entry in entries:
+                    handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist([_flat(e) for e in entries]), output)
+            pq.write_table(pa.Table.from_pylist([_flat(e) for e in entries]), tmp)
     print(f"exported {len(entries)} entries" + (f" since {args.since}" if args.since else "") + f" to {output}")
     return 0
 
@@ -386,7 +409,9 @@ def add_subcommands(sub: Any, *, serve_command: str = DEFAULT_SERVE_COMMAND) -> 
     verify = decisions_sub.add_parser("verify", help="verify the whole chain and its signed checkpoint")
     verify.set_defaults(func=cmd_decisions_verify)
     export = decisions_sub.add_parser("export", help="write records (created at or after --since) to a file")
-    export.add_argument("--since", help="ISO-8601 time, e.g. 2026-01-01T00:00:00+00:00 (default: everything)")
+    export.add_argument("--since", type=since_time,
+                        help="ISO-8601 time with a zone, or a date (midnight UTC), e.g. 2026-01-01T00:00:00+00:00 "
+                             "(default: everything)")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl", help="file format (default jsonl)")
     export.add_argument("--output", required=True, help="the file to write (its directory is created)")
     export.set_defaults(func=cmd_decisions_export)
