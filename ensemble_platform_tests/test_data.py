@@ -96,6 +96,22 @@ def test_bad_input_fails_fast_with_named_field(tmp_path, credit_slice, mutate, o
         assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (b"operations:\n  review_sla_hours: 4\noperations:\n  review_sla_hours: 8\n", "found the key 'operations' twice"),
+    (b"1: foo\n", r"field\(s\) 1 are not spec fields"),
+    (b"base_dir: /elsewhere\n", r"field\(s\) 'base_dir' are not spec fields"),
+    (b"intended_use: caf\xe9\n", "is not UTF-8 text"),
+], ids=["duplicate key", "number key", "loader field", "latin-1"])
+def test_a_spec_file_with_a_structural_mistake_is_refused_naming_it(tmp_path, credit_slice, extra, message):
+    """A key given twice kept the last silently (a second `operations:` dropped the first's shadow policy);
+    a number key, a `base_dir:` key and non-UTF-8 bytes were Python tracebacks (found by review)."""
+    path = write_spec(tmp_path, credit_slice)
+    path.write_bytes(path.read_bytes() + extra)
+    with pytest.raises(DatasetSpecError, match=message) as refused:
+        load_spec(path)
+    assert str(path) in str(refused.value)
+
+
 def test_unreadable_yaml_names_the_file(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("name: [unclosed")

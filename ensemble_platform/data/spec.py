@@ -120,17 +120,47 @@ def peek_dataset_name(path: str | os.PathLike[str] | None = None, fallback: str 
         return fallback
 
 
+# Fields the loader sets from where the spec file is, never from its content.
+_SET_BY_THE_LOADER = frozenset({"base_dir", "spec_path"})
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last silently: a spec
+    with two `operations:` blocks lost the first one's shadow policy)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: PyYAML's own error names it
+                break
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found the key {key!r} twice",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | os.PathLike[str] | None = None) -> DatasetSpec:
     """Read a spec file (default: `$ENSEMBLE_PLATFORM_DATASET`, else the bundled credit_data)."""
     spec_path = Path(path or os.environ.get(DATASET_ENV) or default_spec_path()).expanduser()
     if not spec_path.is_file():
         raise DatasetSpecError(f"dataset spec file {spec_path} does not exist")
     try:
-        raw = yaml.safe_load(spec_path.read_text())
+        raw = yaml.load(spec_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise DatasetSpecError(f"dataset spec {spec_path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise DatasetSpecError(f"dataset spec {spec_path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise DatasetSpecError(f"dataset spec {spec_path} must be a YAML mapping of fields")
+    odd = [repr(k) for k in raw if not isinstance(k, str) or k in _SET_BY_THE_LOADER]
+    if odd:
+        raise DatasetSpecError(f"dataset spec {spec_path}: field(s) {', '.join(odd)} are not spec fields "
+                               f"(fields are text; {sorted(_SET_BY_THE_LOADER)} are set from the file's place)")
     try:
         return DatasetSpec(**raw, base_dir=spec_path.parent.resolve(), spec_path=spec_path.resolve())
     except ValidationError as exc:
