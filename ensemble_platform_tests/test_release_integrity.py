@@ -226,6 +226,21 @@ def test_no_decision_is_recorded_for_a_version_whose_governance_is_incomplete(st
     assert len(approvals.log.verify()) == before
 
 
+def test_a_copied_home_refuses_to_use_the_originals_artifacts(production, tmp_path, capsys):
+    """MLflow's sqlite store keeps absolute artifact paths: `approve` in a copy overwrote the original home's
+    model card in its registry, and with the original gone every artifact read as tampered (found by
+    review). A copy is refused, naming both places, before anything is read or written."""
+    import shutil
+
+    release, dataset = production
+    copy = Path(shutil.copytree(release.paths.home, tmp_path / "copy"))
+    before = {p: p.stat().st_mtime_ns for p in release.paths.home.rglob("*") if p.is_file()}
+    assert cli.main(["--home", str(copy), "status", "--dataset", dataset]) == 2
+    err = capsys.readouterr().err
+    assert "the home was copied or moved" in err and str(release.paths.home) in err and str(copy) in err
+    assert {p: p.stat().st_mtime_ns for p in release.paths.home.rglob("*") if p.is_file()} == before
+
+
 def test_a_forged_promotion_intent_is_refused(production, audit):
     release, dataset = production
     (audit / INTENT_FILE).write_text(json.dumps({"intent": {"dataset": dataset}, "mac": "00" * 32}))

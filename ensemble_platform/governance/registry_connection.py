@@ -56,10 +56,27 @@ class RegistryConnection:
             try:
                 seed_sqlite_store(self.tracking_uri)
                 client = MlflowClient(self.tracking_uri, self.tracking_uri)
-                client.search_experiments(max_results=1)
+                self._refuse_foreign_artifacts(client)
                 return client
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _refuse_foreign_artifacts(self, client: MlflowClient) -> None:
+        """MLflow's sqlite store keeps artifact locations as absolute paths: in a copied or moved home they
+        still name the original, so a copy wrote its model cards into the original home's registry and,
+        with the original gone, read every artifact as tampered. Refused, naming both places."""
+        root = self.paths.mlflow_artifact_root.rstrip("/") + "/"
+        if not root.startswith("file:"):
+            return  # a tracking server keeps the artifacts
+        foreign = [(e.name, e.artifact_location) for e in client.search_experiments(max_results=1000)
+                   if e.name.startswith("ensemble_platform/") and not (e.artifact_location or "").startswith(root)]
+        if foreign:
+            name, location = foreign[0]
+            raise PlatformError(
+                f"this platform home's MLflow store ({self.tracking_uri}) keeps the artifacts of {name} under "
+                f"{location}, not under this home's {root}: the home was copied or moved, and MLflow stores "
+                "artifact paths as absolute, so it would read and write the original's files. Use the original "
+                "home, or build a new home from the dataset spec (demo --dataset SPEC)")
 
     def experiment_id(self, dataset: str) -> str:
         name = f"ensemble_platform/{dataset}"
