@@ -8,12 +8,16 @@ import argparse
 from collections.abc import Iterator
 
 from ensemble_platform.data.catalog import DatasetCatalog
-from ensemble_platform.errors import DatasetSpecError
+from ensemble_platform.errors import DatasetSpecError, PlatformError
 from ensemble_platform.settings import HOME_ENV, PlatformPaths
 
 HOME_HELP = f"platform home (default ${HOME_ENV} or ./.ensemble_platform)"
 # Commands whose --dataset is a spec file to build, not a dataset this home already knows.
 BUILDS_FROM_SPEC = frozenset({"demo"})
+# Commands that work on what a home already holds: on a home that does not exist (a mistyped --home)
+# they would create an empty one and report on it ("verified 0 entries", exit 0).
+NEEDS_A_HOME = frozenset({"approve", "promote", "export", "retrain", "status", "audit", "decisions", "reviews",
+                          "outcomes", "shadow"})
 
 
 def subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -39,7 +43,13 @@ def is_spec_file(value: str) -> bool:
 
 def refuse_unknown_dataset(args: argparse.Namespace) -> None:
     """A `--dataset` given by name must be in the home's catalogue (a typo would otherwise show an empty
-    table, or create its audit directory); a spec file is read where it is used."""
+    table, or create its audit directory); a spec file is read where it is used. A command that reads a
+    home needs one that exists."""
+    if getattr(args, "command", None) in NEEDS_A_HOME:
+        home = PlatformPaths.from_env(getattr(args, "home", None)).home
+        if not home.is_dir() or not any(home.iterdir()):
+            raise PlatformError(f"no platform home at {home} (nothing has run there); give the home with --home "
+                                f"or ${HOME_ENV}, or build one (demo --dataset SPEC)")
     value = getattr(args, "dataset", None)
     if not value or is_spec_file(value) or getattr(args, "command", None) in BUILDS_FROM_SPEC:
         return
