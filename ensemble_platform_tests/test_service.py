@@ -347,6 +347,18 @@ def test_a_token_planted_in_the_token_file_is_refused(home, server, tmp_path, ca
         path.write_bytes(original)
     assert httpx.post(url, json={"rows": home.rows[:1]}, headers=bearer(home.tokens["decide"]),
                       timeout=30).status_code == 200
+    # Put back after tokens changed (removing tokens is the revocation): the older signed file is refused
+    # against the checkpoint outside the home (it brought a removed token back; found by re-review).
+    TokenStore.for_home(home.paths).create_token("temporary", ["read"])
+    current = path.read_bytes()
+    path.write_bytes(original)
+    try:
+        answer = httpx.post(url, json={"rows": home.rows[:1]}, headers=bearer(home.tokens["decide"]), timeout=30)
+        assert answer.status_code == 503 and "is not the one last written" in answer.json()["detail"]["error"]
+    finally:
+        path.write_bytes(current)
+    assert httpx.post(url, json={"rows": home.rows[:1]}, headers=bearer(home.tokens["decide"]),
+                      timeout=30).status_code == 200
     # A token file written before files were signed: refused by `serve`'s store, signed by the operator.
     legacy = PlatformPaths(tmp_path / "legacy")
     (legacy.home / "service").mkdir(parents=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.integrity.chain import canonical_json
+from ensemble_platform.integrity.checkpoint import CheckpointStore
 from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
 
@@ -35,6 +36,7 @@ TOKEN_PREFIX = "ept_"
 TOKENS_FILE = "tokens.json"
 FILE_MODE = 0o600
 MAC_FIELD = "mac"
+TOKENS_CHECKPOINT = "service-tokens"
 # Prefixed to what the file's MAC covers, so no other signed document's MAC can pass for it.
 _MAC_CONTEXT = b"ensemble_platform.tokens.v1\0"
 
@@ -60,16 +62,22 @@ def token_sha256(token: str) -> str:
 
 
 class TokenStore:
-    def __init__(self, path: Path, key: SigningKey):
+    """`checkpoints` (outside the home) hold the digest of the token list last written: a signed token file
+    put back after tokens were removed (the only revocation is removing them) would bring a leaked token
+    back; it is refused as an older file."""
+
+    def __init__(self, path: Path, key: SigningKey, checkpoints: CheckpointStore | None = None):
         self.path = Path(path)
         self.key = key
+        self.checkpoints = checkpoints
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._tokens: list[TokenInfo] = []
 
     @classmethod
     def for_home(cls, paths: PlatformPaths) -> TokenStore:
-        return cls(tokens_path(paths), load_signing_key(paths))
+        key = load_signing_key(paths)
+        return cls(tokens_path(paths), key, CheckpointStore(key, paths=paths))
 
     def tokens(self) -> list[TokenInfo]:
         with self._lock:
@@ -135,6 +143,13 @@ class TokenStore:
                              f"{self.key.key_id}): it was edited, written with another key, or written before token "
                              "files were signed. No token is accepted until it is resolved: check its tokens and run "
                              "`ensemble-platform tokens sign`, or delete it and create the tokens again")
+        if self.checkpoints is not None:
+            last = self.checkpoints.read(TOKENS_CHECKPOINT)
+            if last is None or last.head_sha256 != self._digest(document["tokens"]):
+                raise TokenError(f"token file {self.path} is not the one last written (its checkpoint in "
+                                 f"{self.checkpoints.directory} names another): an older file put back, or one "
+                                 "written before token files were checkpointed. No token is accepted until it is "
+                                 "resolved: check its tokens and run `ensemble-platform tokens sign`")
         self._tokens, self._stamp = tokens, stamp
 
     def _read_document(self) -> dict:
@@ -157,11 +172,17 @@ class TokenStore:
     def _signed_bytes(tokens: object) -> bytes:
         return _MAC_CONTEXT + canonical_json(tokens)
 
+    @staticmethod
+    def _digest(tokens: object) -> str:
+        return hashlib.sha256(canonical_json(tokens)).hexdigest()
+
     def _write(self, tokens: list[TokenInfo]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         listed = [{"name": t.name, "sha256": t.sha256, "scopes": list(t.scopes), "created_at": t.created_at}
                   for t in tokens]
         document = {"tokens": listed, MAC_FIELD: self.key.mac(self._signed_bytes(listed))}
+        if self.checkpoints is not None:  # first: a crash in between leaves a file refused, never an old one trusted
+            self.checkpoints.write(TOKENS_CHECKPOINT, len(listed), self._digest(listed))
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, FILE_MODE)
