@@ -241,6 +241,24 @@ def test_a_copied_home_refuses_to_use_the_originals_artifacts(production, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in release.paths.home.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("which", ["validation", "config"])
+def test_a_damaged_version_document_is_an_error_naming_it(staged, capsys, which):
+    """Garbage in a version's validation.json or its configs/*.json ended `status` in a pydantic traceback
+    (found by review); now the command names the file."""
+    release, dataset = staged
+    path = (release.paths.version_reports_dir(dataset, VERSION) / "validation.json" if which == "validation"
+            else release.paths.configs_dir(dataset) / f"{VERSION}.json")
+    assert path.is_file(), path
+    saved = path.read_bytes()
+    try:
+        path.write_bytes(b'{"not": "a document"}\xff')
+        assert cli.main(["--home", str(release.paths.home), "status", "--dataset", dataset]) == 2
+        err = capsys.readouterr().err
+        assert f"{path} is unreadable" in err and "Traceback" not in err
+    finally:
+        path.write_bytes(saved)
+
+
 def test_a_forged_promotion_intent_is_refused(production, audit):
     release, dataset = production
     (audit / INTENT_FILE).write_text(json.dumps({"intent": {"dataset": dataset}, "mac": "00" * 32}))

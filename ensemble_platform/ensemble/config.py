@@ -165,7 +165,12 @@ class ConfigStore:
         path = self.path(version)
         if not path.is_file():
             raise PlatformError(f"no ensemble config {version} at {path}")
-        return EnsembleConfig.model_validate_json(path.read_text())
+        try:
+            return EnsembleConfig.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise PlatformError(f"ensemble config {path} is unreadable ({first}): edited or damaged under the "
+                                "home; the registry still holds the version's payload") from exc
 
     def latest(self) -> EnsembleConfig | None:
         versions = self.versions()
