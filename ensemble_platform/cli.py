@@ -10,6 +10,7 @@ import atexit
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ensemble_platform import instance_settings
@@ -55,28 +56,26 @@ def _instance(paths: PlatformPaths):
     return dg.DagsterInstance.from_ref(ref._replace(storage_data=platform_storage_data(ref.storage_data)))
 
 
+def _causes(exc: BaseException, *, context: bool = False) -> Iterator[BaseException]:
+    """`exc` and what is behind it: the user exception Dagster wraps a step's error around, the `from`
+    cause (and, with `context`, the exception being handled when it was raised); each once."""
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        yield seen
+        visited.add(id(seen))
+        seen = getattr(seen, "user_exception", None) or seen.__cause__ or (seen.__context__ if context else None)
+
+
 def _platform_error(exc: BaseException) -> PlatformError | None:
     """The platform's own error behind `exc`, if any: Dagster wraps step errors, and a platform
     error may itself be raised `from` a library error; users see the platform's message."""
-    seen: BaseException | None = exc
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:
-        if isinstance(seen, PlatformError):
-            return seen
-        visited.add(id(seen))
-        seen = getattr(seen, "user_exception", None) or seen.__cause__
-    return None
+    return next((e for e in _causes(exc) if isinstance(e, PlatformError)), None)
 
 
 def _interruption(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:
-        if isinstance(seen, KeyboardInterrupt) or type(seen).__name__ == "DagsterExecutionInterruptedError":
-            return True
-        visited.add(id(seen))
-        seen = getattr(seen, "user_exception", None) or seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) or type(e).__name__ == "DagsterExecutionInterruptedError"
+               for e in _causes(exc, context=True))
 
 
 def _interrupted(args: argparse.Namespace, exc: BaseException) -> int:

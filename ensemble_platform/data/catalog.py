@@ -10,12 +10,11 @@ from pathlib import Path
 from ensemble_platform.data.spec import DatasetSpec, load_spec
 from ensemble_platform.errors import DatasetSpecError
 from ensemble_platform.files import write_json
-from ensemble_platform.integrity.chain import canonical_json
+from ensemble_platform.integrity.documents import sign_document, verify_document
 from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
 
-# Prefixed to what an entry's MAC covers, so no other signed document's MAC can pass for it.
-_ENTRY_CONTEXT = b"ensemble_platform.catalogue.v1\0"
+_PURPOSE = b"ensemble_platform.catalogue.v1"
 MAC = "mac"
 
 
@@ -40,7 +39,7 @@ class DatasetCatalog:
             return
         path = self.directory / f"{spec.name}.json"
         entry = {"name": spec.name, "spec_path": str(spec.spec_path)}
-        signed = {**entry, MAC: self._key.mac(_ENTRY_CONTEXT + canonical_json(entry))}
+        signed = {**entry, MAC: sign_document(self._key, _PURPOSE, entry)}
         try:
             current = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -97,7 +96,7 @@ class DatasetCatalog:
         entry = {"name": document["name"], "spec_path": document["spec_path"]}
         if entry["name"] != path.stem:
             raise DatasetSpecError(f"names dataset {entry['name']!r}, not {path.stem!r} as its file name says")
-        if not self._key.verify(_ENTRY_CONTEXT + canonical_json(entry), document[MAC]):
+        if not verify_document(self._key, _PURPOSE, entry, document[MAC]):
             raise DatasetSpecError("not signed with the platform's signing key (edited, or written before catalogue "
                                    "entries were signed); run the dataset's graph (demo --dataset SPEC) to register "
                                    "it again")

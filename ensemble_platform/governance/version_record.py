@@ -17,7 +17,7 @@ from ensemble_platform.files import write_json
 from ensemble_platform.governance.approvals import ReleaseRefused
 from ensemble_platform.governance.gates import GateReport
 from ensemble_platform.governance.registry import Registry
-from ensemble_platform.integrity.chain import canonical_json
+from ensemble_platform.integrity.documents import sign_document, verify_document
 from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
 from ensemble_platform.tags import CONFIG_HASH_TAG
@@ -25,8 +25,7 @@ from ensemble_platform.tags import CONFIG_HASH_TAG
 GATES_FILE = "gates.json"
 MIN_HASH_PREFIX = 12
 GATES_MAC = "mac"
-# Prefixed to what gates.json's MAC covers, so no other signed document's MAC can pass for it.
-_GATES_CONTEXT = b"ensemble_platform.gates.v1\0"
+_GATES_PURPOSE = b"ensemble_platform.gates.v1"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def write_gates(path: Path, gates: GateReport, key: SigningKey) -> Path:
     """gates.json with an HMAC under the signing key: approval and promotion act on these pass/fail
     results, and the file lives under the home, where anyone could mark a failing gate passed."""
     document = gates.model_dump(mode="json")
-    return write_json({**document, GATES_MAC: key.mac(_GATES_CONTEXT + canonical_json(document))}, path)
+    return write_json({**document, GATES_MAC: sign_document(key, _GATES_PURPOSE, document)}, path)
 
 
 def read_gates(path: Path, key: SigningKey) -> GateReport | None:
@@ -83,7 +82,7 @@ def read_gates(path: Path, key: SigningKey) -> GateReport | None:
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise PlatformError(f"release gates {path} are unreadable ({str(exc)[:300]}); rerun the version's "
                             "governance (its ensemble job) to compute them again") from exc
-    if not key.verify(_GATES_CONTEXT + canonical_json(document), mac):
+    if not verify_document(key, _GATES_PURPOSE, document, mac):
         raise PlatformError(f"release gates {path} are not signed with the platform's signing key: changed after "
                             "they were computed, or written before gates were signed. Rerun the version's "
                             "governance (its ensemble job) to compute them again")

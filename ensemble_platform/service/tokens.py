@@ -28,6 +28,7 @@ from pathlib import Path
 from ensemble_platform.errors import PlatformError
 from ensemble_platform.integrity.chain import canonical_json
 from ensemble_platform.integrity.checkpoint import CheckpointStore
+from ensemble_platform.integrity.documents import sign_document, verify_document
 from ensemble_platform.integrity.keys import SigningKey, load_signing_key
 from ensemble_platform.settings import PlatformPaths
 
@@ -37,8 +38,7 @@ TOKENS_FILE = "tokens.json"
 FILE_MODE = 0o600
 MAC_FIELD = "mac"
 TOKENS_CHECKPOINT = "service-tokens"
-# Prefixed to what the file's MAC covers, so no other signed document's MAC can pass for it.
-_MAC_CONTEXT = b"ensemble_platform.tokens.v1\0"
+_PURPOSE = b"ensemble_platform.tokens.v1"
 
 
 class TokenError(PlatformError):
@@ -138,7 +138,7 @@ class TokenStore:
         self._stamp = None
         document = self._read_document()
         tokens = self._parse(document)
-        if not self.key.verify(self._signed_bytes(document["tokens"]), document.get(MAC_FIELD)):
+        if not verify_document(self.key, _PURPOSE, document["tokens"], document.get(MAC_FIELD)):
             raise TokenError(f"token file {self.path} is not signed with the platform's signing key (key "
                              f"{self.key.key_id}): it was edited, written with another key, or written before token "
                              "files were signed. No token is accepted until it is resolved: check its tokens and run "
@@ -169,10 +169,6 @@ class TokenStore:
             raise TokenError(f"token file {self.path}: a token lacks name, sha256, scopes or created_at ({exc})") from exc
 
     @staticmethod
-    def _signed_bytes(tokens: object) -> bytes:
-        return _MAC_CONTEXT + canonical_json(tokens)
-
-    @staticmethod
     def _digest(tokens: object) -> str:
         return hashlib.sha256(canonical_json(tokens)).hexdigest()
 
@@ -180,7 +176,7 @@ class TokenStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         listed = [{"name": t.name, "sha256": t.sha256, "scopes": list(t.scopes), "created_at": t.created_at}
                   for t in tokens]
-        document = {"tokens": listed, MAC_FIELD: self.key.mac(self._signed_bytes(listed))}
+        document = {"tokens": listed, MAC_FIELD: sign_document(self.key, _PURPOSE, listed)}
         if self.checkpoints is not None:  # first: a crash in between leaves a file refused, never an old one trusted
             self.checkpoints.write(TOKENS_CHECKPOINT, len(listed), self._digest(listed))
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
