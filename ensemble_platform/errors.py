@@ -1,6 +1,12 @@
 """Errors users see. Each names the file, field or column at fault and what was expected."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line (pydantic's run to dozens), or its type's name when it has no text."""
+    text = str(exc)
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class PlatformError(Exception):
     """Base class for errors the platform raises on purpose (as opposed to bugs)."""
 

@@ -57,12 +57,16 @@ class DatasetCatalog:
         """Catalogue files that are not an entry -> why."""
         return self._scan()[1]
 
+    def problems_text(self) -> str:
+        """The problems as a suffix for a "not in the catalogue" message ('' when there are none)."""
+        return "".join(f"; {path} is not a catalogue entry ({why})" for path, why in self.problems().items())
+
     def spec(self, name: str) -> DatasetSpec:
-        entries, problems = self._scan()
+        entries = self.entries()
         if name not in entries:
-            unreadable = "".join(f"; {path} is not a catalogue entry ({why})" for path, why in problems.items())
             raise DatasetSpecError(f"dataset {name!r} is not in the catalogue {self.directory} "
-                                   f"(known: {sorted(entries) or 'none'}); run its graph once first{unreadable}")
+                                   f"(known: {sorted(entries) or 'none'}); run its graph once first"
+                                   f"{self.problems_text()}")
         return load_spec(entries[name])
 
     def _scan(self) -> tuple[dict[str, Path], dict[Path, str]]:

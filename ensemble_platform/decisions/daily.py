@@ -447,9 +447,14 @@ def _top_segments(day: _DayTally) -> list[SegmentReview]:
     return rows
 
 
-def _refusal_alert(rate: float, policy: OperationsPolicy) -> Alert:
-    return Alert(kind="refusal_rate", value=rate, limit=policy.max_refusal_rate,
-                 message=f"share of refused requests is {rate:.4f}, above the limit {policy.max_refusal_rate:g}")
+def _rate_alerts(rates: Rates, policy: OperationsPolicy,
+                 kinds: tuple[AlertKind, ...] = ("fallback_rate", "refusal_rate")) -> list[Alert]:
+    limits: dict[AlertKind, tuple[float | None, float, str]] = {
+        "fallback_rate": (rates.fallback_rate, policy.max_fallback_rate, "share of fallback decisions"),
+        "refusal_rate": (rates.refusal_rate, policy.max_refusal_rate, "share of refused requests"),
+    }
+    return [Alert(kind=kind, value=value, limit=limit, message=f"{what} is {value:.4f}, above the limit {limit:g}")
+            for kind in kinds for value, limit, what in [limits[kind]] if value is not None and value > limit]
 
 
 def alerts(policy: OperationsPolicy, decisions: int, rates: Rates, agreement: Iterable[VersionAgreement],
@@ -459,9 +464,7 @@ def alerts(policy: OperationsPolicy, decisions: int, rates: Rates, agreement: It
     on `requests` (decided and refused) reaching that number: an outage refuses everything and decides
     nothing, and is the day that alert is for."""
     if decisions < policy.min_daily_decisions:
-        refusing = (requests or 0) >= policy.min_daily_decisions and rates.refusal_rate is not None \
-            and rates.refusal_rate > policy.max_refusal_rate
-        return [_refusal_alert(rates.refusal_rate, policy)] if refusing else []  # type: ignore[arg-type]
+        return _rate_alerts(rates, policy, ("refusal_rate",)) if (requests or 0) >= policy.min_daily_decisions else []
     found: list[Alert] = []
     for version in agreement:
         if (version.drop is not None and version.mean is not None and version.baseline_mean is not None
@@ -472,14 +475,7 @@ def alerts(policy: OperationsPolicy, decisions: int, rates: Rates, agreement: It
                 message=f"mean agreement of {version.ensemble_version} is {version.mean:.4f}, {version.drop:.4f} "
                         f"below its validated baseline {version.baseline_mean:.4f} (limit: a drop of "
                         f"{policy.agreement_drop:g}); falling agreement is the first sign of member drift"))
-    limits: tuple[tuple[AlertKind, float | None, float, str], ...] = (
-        ("fallback_rate", rates.fallback_rate, policy.max_fallback_rate, "share of fallback decisions"),
-        ("refusal_rate", rates.refusal_rate, policy.max_refusal_rate, "share of refused requests"),
-    )
-    for kind, value, limit, what in limits:
-        if value is not None and value > limit:
-            found.append(Alert(kind=kind, value=value, limit=limit,
-                               message=f"{what} is {value:.4f}, above the limit {limit:g}"))
+    found += _rate_alerts(rates, policy)
     if sla.breaches > policy.max_sla_breaches:
         found.append(Alert(kind="sla_breaches", value=sla.breaches, limit=policy.max_sla_breaches,
                            message=f"{sla.breaches} review item(s) of the day breached the {sla.sla_hours:g} h SLA "

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ensemble_platform.errors import PlatformError
+from ensemble_platform.errors import PlatformError, first_line
 from ensemble_platform.files import write_atomic
 from ensemble_platform.policy import GovernancePolicy, SelectionPolicy
 
@@ -168,8 +168,7 @@ class ConfigStore:
         try:
             return EnsembleConfig.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
-            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise PlatformError(f"ensemble config {path} is unreadable ({first}): edited or damaged under the "
+            raise PlatformError(f"ensemble config {path} is unreadable ({first_line(exc)}): edited or damaged under the "
                                 "home; the registry still holds the version's payload") from exc
 
     def latest(self) -> EnsembleConfig | None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ensemble_platform.ensemble.config import EnsembleConfig
 from ensemble_platform.ensemble.selection import SELECTION_RULE, CandidateSet
-from ensemble_platform.errors import PlatformError
+from ensemble_platform.errors import PlatformError, first_line
 from ensemble_platform.evaluation.agreement import agreement_summary
 from ensemble_platform.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, binary_metrics
 
@@ -80,8 +80,7 @@ class ValidationReport(BaseModel):
         try:
             return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
-            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise PlatformError(f"validation report {path} is unreadable ({first}); rerun the version's ensemble "
+            raise PlatformError(f"validation report {path} is unreadable ({first_line(exc)}); rerun the version's ensemble "
                                 "job to write it again") from exc
 
 

@@ -57,8 +57,7 @@ def refuse_unknown_dataset(args: argparse.Namespace) -> None:
     catalog = DatasetCatalog(paths)
     known = sorted(catalog.entries())
     if value not in known:
-        unreadable = "".join(f"; {path} is not a catalogue entry ({why})" for path, why in catalog.problems().items())
         raise DatasetSpecError(
             f"--dataset {value!r}: no such dataset in the catalogue of {paths.home} ({paths.datasets_dir}); "
             f"known: {', '.join(known) if known else 'none yet'}. Give one of these names, or the spec YAML "
-            f"of a dataset after running its graph once (demo --dataset SPEC.yaml){unreadable}")
+            f"of a dataset after running its graph once (demo --dataset SPEC.yaml){catalog.problems_text()}")
